@@ -1,0 +1,44 @@
+# Every target sets itself up from nothing (idempotent; a second run takes seconds).
+SHELL := /bin/bash
+PY := .venv/bin/python
+COMFY := .host/ComfyUI
+
+.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick clean
+
+setup:
+	bash scripts/setup_host.sh
+
+models: setup
+	$(PY) scripts/make_tiny_models.py --comfy $(COMFY)
+
+# Real ComfyUI, headless, runs example_workflows/ with and without ProCache, prints the table.
+demo: models
+	$(PY) scripts/run_demo.py
+
+# The whole suite: core (host-free), real-server tests and headless-browser tests.
+test: setup
+	bash scripts/setup_browser.sh
+	$(PY) -m pytest tests -q
+
+test-core: setup
+	$(PY) -m pytest tests/core -q
+
+test-host: models
+	$(PY) -m pytest tests/host -q
+
+test-web: setup
+	bash scripts/setup_browser.sh
+	$(PY) -m pytest tests/web -q
+
+# Real UI with the pack loaded, on http://127.0.0.1:8188
+serve: models
+	cd $(COMFY) && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188
+
+bench: models
+	$(PY) -m benchmarks.run
+
+bench-quick: models
+	$(PY) -m benchmarks.run --quick
+
+clean:
+	rm -rf .host .venv demo_output tests/artifacts

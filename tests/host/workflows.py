@@ -1,0 +1,55 @@
+"""Builders of API-format prompts for the tiny test models, so tests state only what they vary."""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+PIXART_ALPHA = "procache-tiny-pixart-alpha.safetensors"
+PIXART_SIGMA = "procache-tiny-pixart-sigma.safetensors"
+
+
+def pixart_prompt(*, steps: int = 6, width: int = 512, height: int = 512, seed: int = 0, cfg: float = 2.0,
+                  batch: int = 1, sampler: str = "euler", scheduler: str = "normal",
+                  unet: str = PIXART_ALPHA, prefix: str = "t", procache: dict[str, Any] | None = None,
+                  decode: bool = False) -> dict:
+    """PixArt text-to-image prompt with a seeded stand-in text embedding, ending in SaveLatent.
+
+    `procache`, when given, inserts the pack's nodes: keys `preset` or `actions` (Schedule Loader),
+    optional `selective` (dict of Selective Compute Settings inputs) and `apply` (extra Apply inputs).
+    """
+    p: dict[str, dict] = {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
+        "pos": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 1, "tokens": 8, "dim": 4096, "pooled_dim": 0, "scale": 1.0}},
+        "neg": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 2, "tokens": 8, "dim": 4096, "pooled_dim": 0, "scale": 1.0}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": ["unet", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
+            "denoise": 1.0}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+    }
+    if decode:
+        p["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesd"}}
+        p["decode"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sampler", 0], "vae": ["vae", 0]}}
+        p["image"] = {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}}
+    if procache is not None:
+        add_procache(p, "unet", procache)
+        p["sampler"]["inputs"]["model"] = ["apply", 0]
+    return p
+
+
+def add_procache(p: dict, model_node: str, procache: dict[str, Any]) -> dict:
+    """Inserts Schedule Loader (+ Selective Compute Settings) + ProCache Apply after `model_node`."""
+    procache = copy.deepcopy(procache)
+    p["schedule"] = {"class_type": "ProCacheScheduleLoader", "inputs": {
+        "preset": procache.get("preset", "pixart-alpha-dpm20-paper"),
+        "schedule_text": procache.get("actions", "")}}
+    apply_inputs = {"model": [model_node, 0], "schedule": ["schedule", 0]}
+    if "selective" in procache:
+        p["selective"] = {"class_type": "ProCacheSelectiveSettings", "inputs": procache["selective"]}
+        apply_inputs["selective"] = ["selective", 0]
+    apply_inputs.update(procache.get("apply", {}))
+    p["apply"] = {"class_type": "ProCacheApply", "inputs": apply_inputs}
+    return p
