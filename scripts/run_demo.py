@@ -18,26 +18,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from comfy_client import ComfyServer, load_latent  # noqa: E402
+from workflow_tools import without_procache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WORKFLOW = ROOT / "example_workflows" / "pixart_alpha_procache.api.json"
-PACK_NODE_TYPES = {"ProCacheApply", "ProCacheScheduleLoader", "ProCacheSelectiveSettings", "ProCacheStats"}
-
-
-def without_procache(prompt: dict) -> dict:
-    """The same graph with every ProCache Apply bypassed (its consumers take its input MODEL)."""
-    p = copy.deepcopy(prompt)
-    applies = {nid: n for nid, n in p.items() if n["class_type"] == "ProCacheApply"}
-    if not applies:
-        raise SystemExit("the workflow has no ProCacheApply node")
-    for node in p.values():
-        for name, val in node["inputs"].items():
-            while isinstance(val, list) and len(val) == 2 and str(val[0]) in applies:
-                val = applies[str(val[0])]["inputs"]["model"]
-            node["inputs"][name] = val
-    return {nid: n for nid, n in p.items() if n["class_type"] not in PACK_NODE_TYPES}
-
-
 def exec_seconds(entry: dict) -> float:
     """Execution time as the host reports it (execution_start -> execution_success timestamps)."""
     stamps = {kind: data.get("timestamp") for kind, data in entry["status"]["messages"]}

@@ -1,0 +1,247 @@
+"""CacheRun: the per-step runtime of ProCache (host independent; never imports comfy).
+
+A model adapter splits each transformer block into *branches* (self-attention, cross-attention,
+MLP, ...) that each add ``gate * compute(x)`` to the residual stream, and hands them to
+:meth:`CacheRun.run_block`. The run decides per block, from the step's scheduled action, whether to
+compute, reuse or partly recompute the branch outputs. See ``docs/runtime.md``.
+
+Exactness: every branch is applied as ``x = x + gate * out`` (``x + out`` without a gate), the same
+arithmetic as the unpatched blocks, so an all-FULL schedule reproduces the model bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Hashable, Sequence
+
+import torch
+from torch import Tensor
+
+from .cache import BlockCache, BlockEntry, block_signature, own
+from .errors import ProCacheError
+from .schedule import Action, Schedule
+from .settings import SelectiveSettings
+from .stats import RunStats, estimate_branch_flops
+from .tokens import TokenSelector, num_tokens
+
+
+@dataclass
+class Branch:
+    """One residual branch of a block: ``x = x + gate * compute(x)``."""
+
+    name: str                              # "attn", "cross", "mlp", ... (unique within the block)
+    compute: Callable[[Tensor], Tensor]    # x (B, N', C) -> branch output BEFORE gating (B, N', C)
+    gate: Tensor | None                    # multiplies the output (broadcasts to (B, N, C)) or None
+    token_local: bool                      # True when output row n depends only on token n (MLP, cross-attn)
+    flops: float | None = None             # optional cost hint for ONE batch row over all N tokens
+
+
+def _apply(x: Tensor, gate: Tensor | None, out: Tensor) -> Tensor:
+    """The residual update, written exactly as the unpatched blocks write it."""
+    return x + gate * out if gate is not None else x + out
+
+
+class CacheRun:
+    """Per-run state: created when sampling starts, closed when it ends.
+
+    Call :meth:`begin_step` once per model evaluation (extra evaluations inside one solver step
+    pass the same step index), :meth:`set_stream` before the blocks when the batch layout can vary,
+    then :meth:`run_block` for every block in order. ``selective=None`` means default settings.
+    Each stream key keeps its own full cache, so hosts should use a small fixed set of keys.
+    """
+
+    def __init__(self, schedule: Schedule, selective: SelectiveSettings | None, num_blocks: int,
+                 grid_hw: tuple[int, int] | None = None) -> None:
+        if num_blocks <= 0:
+            raise ProCacheError("num_blocks", f"is {num_blocks}; the model must have at least one block.",
+                                "pass the number of transformer blocks of the patched model.")
+        self.schedule = schedule
+        self.selective = (selective if selective is not None else SelectiveSettings()).validate()
+        self.num_blocks = int(num_blocks)
+        self.first_selective_block = self.selective.first_selective_block(self.num_blocks)
+        self.grid_hw = grid_hw
+        self.cache = BlockCache()
+        self.selector = TokenSelector(self.selective.weights, grid_hw)
+        self.stats = RunStats()
+        has_selective = any(a == Action.SELECTIVE for a in schedule.actions)
+        # token scoring state is only kept when some step can use it
+        self._track_tokens = self.selective.enabled and self.selective.ratio > 0.0 and has_selective
+        self._keep_input = self._track_tokens and self.selective.weights.input_change > 0.0
+        self._step = 0
+        self._action = Action.FULL
+        self._eval = -1
+        self._stream_key: Hashable = None
+        self._chunks = 1
+        self._stream_grid: tuple[int, int] | None = None
+        self._closed = False
+        self.stats.start()
+
+    # -- step / stream -----------------------------------------------------------------------
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def action(self) -> Action:
+        """The scheduled action of the current step."""
+        return self._action
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def begin_step(self, step: int) -> Action:
+        """Start a model evaluation at ``step``; returns its scheduled action.
+
+        Steps outside the schedule run FULL (safe default if a sampler takes more steps).
+        """
+        self.stats.observe_cache_bytes(self.cache.nbytes())
+        step = int(step)
+        action = self.schedule[step] if 0 <= step < len(self.schedule) else Action.FULL
+        self._step, self._action = step, action
+        self._eval += 1
+        self.stats.record_step(action)
+        return action
+
+    def set_stream(self, key: Hashable, chunks: int = 1, grid_hw: tuple[int, int] | None = None) -> None:
+        """Select the cache set for the next blocks.
+
+        ``key`` names the batch layout (e.g. which CFG branches are in it); ``chunks`` is the number
+        of equal batch parts that share one token selection; ``grid_hw`` (optional) the 2-D token grid
+        of this stream, overriding the run's.
+        """
+        chunks = int(chunks)
+        if chunks < 1:
+            raise ProCacheError("chunks", f"is {chunks}; it must be at least 1.", "pass 1 for an unbatched call.")
+        self._stream_key = key
+        self._chunks = chunks
+        self._stream_grid = grid_hw
+        self.cache.stream(key).chunks = chunks
+
+    # -- blocks -------------------------------------------------------------------------------
+    def block_action(self, block: int) -> Action:
+        """What ``block`` does this step if its cache is usable (SELECTIVE only for deep blocks)."""
+        if self._action == Action.SELECTIVE:
+            if not self.selective.enabled or block < self.first_selective_block:
+                return Action.CACHED
+        return self._action
+
+    def run_block(self, block: int, x: Tensor, branches: Sequence[Branch]) -> Tensor:
+        """Run one block on the residual stream ``x`` (B, N, C) and return the new stream."""
+        if self._closed:  # used after the run ended: behave like the unpatched block
+            for br in branches:
+                x = _apply(x, br.gate, br.compute(x))
+            return x
+        names = tuple(br.name for br in branches)
+        signature = block_signature(x, names)
+        stream = self.cache.stream(self._stream_key)
+        action = self.block_action(block)
+        entry: BlockEntry | None = None
+        if action != Action.FULL:
+            if stream.forced_full_eval != self._eval:
+                entry = self.cache.get(self._stream_key, block, signature)
+                if entry is None:  # first call, new resolution/batch/dtype: recompute this evaluation
+                    stream.forced_full_eval = self._eval
+                    self.stats.forced_full_evals += 1
+            if entry is None:
+                action = Action.FULL
+        if action == Action.FULL:
+            return self._full(block, x, branches, signature)
+        assert entry is not None
+        if action == Action.SELECTIVE:
+            return self._selective(x, branches, entry)
+        return self._cached(x, branches, entry)
+
+    def _costs(self, x: Tensor, branches: Sequence[Branch]) -> list[float]:
+        b, n, c = x.shape[0], x.shape[1], x.shape[-1]
+        return [b * (br.flops if br.flops is not None else estimate_branch_flops(br.name, br.token_local, n, c))
+                for br in branches]
+
+    def _full(self, block: int, x: Tensor, branches: Sequence[Branch], signature: tuple) -> Tensor:
+        names = signature[-1]
+        if len(set(names)) != len(names):
+            raise ProCacheError("branches", f"of block {block} repeat a name ({list(names)}).",
+                                "give every branch of a block its own name.")
+        x_in = x
+        outs: dict[str, Tensor] = {}
+        for br in branches:
+            out = br.compute(x)
+            x = _apply(x, br.gate, out)
+            outs[br.name] = own(out)
+        old = self.cache.get(self._stream_key, block, signature)
+        entry = BlockEntry(signature=signature, outputs=outs)
+        if self._track_tokens and block >= self.first_selective_block:
+            b, n = x_in.shape[0], x_in.shape[1]
+            if self._keep_input:  # reuse the old buffers: no allocation churn on refresh
+                if old is not None and old.input_ref is not None:
+                    entry.input_ref = old.input_ref.copy_(x_in)
+                else:
+                    entry.input_ref = x_in.clone(memory_format=torch.contiguous_format)
+            if old is not None and old.last_refresh is not None:
+                entry.last_refresh = old.last_refresh.fill_(self._step)
+            else:
+                entry.last_refresh = torch.full((b, n), self._step, dtype=torch.int32, device=x_in.device)
+        self.cache.put(self._stream_key, block, entry)
+        self.stats.record_block(self._costs(x_in, branches), [1.0] * len(branches))
+        return x
+
+    def _cached(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
+        costs = self._costs(x, branches)
+        for br in branches:
+            x = _apply(x, br.gate, entry.outputs[br.name])
+        self.stats.record_block(costs, [0.0] * len(branches))
+        return x
+
+    def _selective(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
+        b, n, c = x.shape[0], x.shape[1], x.shape[-1]
+        k = num_tokens(self.selective.ratio, n)
+        local = [br for br in branches if br.token_local]
+        if k == 0 or not local:
+            return self._cached(x, branches, entry)
+        chunks = self._chunks if b % self._chunks == 0 else 1
+        costs = self._costs(x, branches)
+        x_in = x
+        idx = idx_c = None
+        if k < n:
+            idx = self.selector(step=self._step, k=k, chunks=chunks, last_refresh=entry.last_refresh,
+                                x_in=x_in if entry.input_ref is not None else None,
+                                input_ref=entry.input_ref, cached=[entry.outputs[br.name] for br in local],
+                                grid_hw=self._stream_grid or self.grid_hw)
+            idx_c = idx.unsqueeze(-1).expand(b, k, c)
+        for br in branches:
+            out = entry.outputs[br.name]
+            if br.token_local:
+                if idx is None:  # every token: plain recompute, bitwise what FULL would give
+                    out = entry.outputs[br.name] = own(br.compute(x))
+                else:
+                    part = br.compute(x.gather(1, idx_c))
+                    out.scatter_(1, idx.unsqueeze(-1).expand(b, k, out.shape[-1]), part.to(out.dtype))
+            x = _apply(x, br.gate, out)
+        if entry.input_ref is not None:
+            if idx is None:
+                entry.input_ref.copy_(x_in)
+            else:
+                entry.input_ref.scatter_(1, idx_c, x_in.gather(1, idx_c))
+        if entry.last_refresh is not None:
+            if idx is None:
+                entry.last_refresh.fill_(self._step)
+            else:
+                entry.last_refresh.scatter_(1, idx, self._step)
+        share = k / n
+        self.stats.record_block(costs, [share if br.token_local else 0.0 for br in branches], tokens=b * k)
+        return x
+
+    # -- end ----------------------------------------------------------------------------------
+    def close(self) -> None:
+        """Free every cached tensor and stop the clock. Safe to call twice."""
+        if self._closed:
+            return
+        self.stats.observe_cache_bytes(self.cache.nbytes())
+        self.cache.clear()
+        self.stats.stop()
+        self._closed = True
+
+    def __enter__(self) -> "CacheRun":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,143 @@
+"""TokenSelector: which tokens a selective step recomputes, without attention maps.
+
+The reference method ranks tokens by attention maps, which fused attention kernels (what ComfyUI
+uses) never materialise. We rank by signals the cache already has, each normalised per sample to
+[0, 1] by its maximum and mixed with :class:`~procache_core.settings.ScoreWeights`:
+
+* ``staleness``: steps since the token's cache entry was last refreshed, so skipped tokens rise
+  until they are picked;
+* ``input_change``: relative L2 change of the token's block input since its last refresh
+  (``|x - x_ref| / |x_ref|``): a token whose input moved most has the stalest output;
+* ``output_norm``: L2 norm of the cached token-local outputs (large contributions matter more);
+* ``spatial``: a bonus for the best token of each ``g x g`` group of the 2-D token grid, with
+  ``g = ceil(sqrt(N / k))``. There are at most ``k`` groups, so when the bonus dominates every group
+  gets one pick before any group gets two, and picks do not clump. Without a usable grid the groups
+  are runs of ``g*g`` consecutive tokens.
+
+Everything runs on whole batches with tensor ops (no Python loop over tokens, no host sync). Ties
+are broken deterministically by a stable sort (the lower token index wins) rather than ``topk``,
+whose order among equal values is unspecified. With ``chunks`` > 1 the batch is ``chunks`` equal
+parts (CFG cond/uncond); scores are averaged over the parts per sample and the same indices are used
+in every part.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .settings import ScoreWeights
+
+_EPS = 1e-12
+
+
+def num_tokens(ratio: float, n: int) -> int:
+    """Tokens recomputed for share ``ratio`` of ``n``: ``ceil(ratio * n)`` clamped to [0, n]."""
+    if ratio <= 0.0 or n <= 0:
+        return 0
+    # the small slack keeps e.g. 0.3 * 10 = 3.0000000000000004 from rounding up to 4
+    return max(0, min(n, math.ceil(ratio * n - 1e-9)))
+
+
+def group_side(n: int, k: int) -> int:
+    """Side ``g`` of the spatial groups: the smallest with at most ``k`` groups of ``g*g`` tokens."""
+    if k <= 0 or k >= n:
+        return 1
+    return max(1, math.ceil(math.sqrt(n / k)))
+
+
+def _per_sample_max_norm(v: Tensor) -> Tensor:
+    return v / v.amax(dim=-1, keepdim=True).clamp_min(_EPS)
+
+
+def _chunk_mean(v: Tensor, chunks: int) -> Tensor:
+    """(B, N) -> (B // chunks, N): mean over the ``chunks`` equal parts of the batch."""
+    if chunks == 1:
+        return v
+    b, n = v.shape
+    return v.view(chunks, b // chunks, n).mean(dim=0)
+
+
+def group_best(scores: Tensor, g: int, grid_hw: tuple[int, int] | None) -> Tensor:
+    """Bool mask (S, N): the token holding the maximum of its group (see module docstring)."""
+    s, n = scores.shape
+    if g <= 1:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if grid_hw is not None and grid_hw[0] * grid_hw[1] == n:
+        h, w = grid_hw
+        pooled = F.max_pool2d(scores.view(s, 1, h, w), kernel_size=g, stride=g, ceil_mode=True)
+        hp, wp = pooled.shape[-2:]
+        # nearest upsampling by view/expand (repeat_interleave may synchronise on CUDA)
+        up = pooled.view(s, hp, 1, wp, 1).expand(s, hp, g, wp, g).reshape(s, hp * g, wp * g)
+        up = up[:, :h, :w].reshape(s, n)
+    else:
+        size = g * g
+        pad = (-n) % size
+        padded = F.pad(scores, (0, pad), value=float("-inf")) if pad else scores
+        groups = padded.view(s, -1, size)
+        up = groups.amax(dim=-1, keepdim=True).expand_as(groups).reshape(s, -1)[:, :n]
+    return scores >= up
+
+
+class TokenSelector:
+    """Attention-free token scores and top-k selection shared across CFG chunks."""
+
+    def __init__(self, weights: ScoreWeights | None = None, grid_hw: tuple[int, int] | None = None) -> None:
+        self.weights = weights if weights is not None else ScoreWeights()
+        self.grid_hw = grid_hw
+
+    def _grid(self, n: int, grid_hw: tuple[int, int] | None) -> tuple[int, int] | None:
+        grid = grid_hw if grid_hw is not None else self.grid_hw
+        if grid is not None and grid[0] * grid[1] == n:
+            return (int(grid[0]), int(grid[1]))
+        side = math.isqrt(n)
+        return (side, side) if side * side == n else None
+
+    def scores(self, *, step: int, k: int, last_refresh: Tensor | None = None,
+               x_in: Tensor | None = None, input_ref: Tensor | None = None,
+               cached: Sequence[Tensor] = (), chunks: int = 1,
+               grid_hw: tuple[int, int] | None = None) -> Tensor:
+        """Importance (B // chunks, N) in float32; higher = recompute first.
+
+        ``last_refresh`` (B, N) int steps, ``x_in``/``input_ref`` (B, N, C) current and cached block
+        input, ``cached`` token-local cached outputs (B, N, C). Missing inputs drop their term.
+        """
+        w = self.weights
+        ref = last_refresh if last_refresh is not None else (x_in if x_in is not None else cached[0])
+        b, n = ref.shape[0], ref.shape[1]
+        total = torch.zeros((b // chunks, n), dtype=torch.float32, device=ref.device)
+        if w.staleness and last_refresh is not None:
+            age = (step - last_refresh).to(torch.float32)
+            total = total + w.staleness * _per_sample_max_norm(_chunk_mean(age, chunks))
+        if w.input_change and x_in is not None and input_ref is not None:
+            diff = torch.linalg.vector_norm(x_in - input_ref, dim=-1, dtype=torch.float32)
+            base = torch.linalg.vector_norm(input_ref, dim=-1, dtype=torch.float32)
+            rel = diff / (base + 1e-6)
+            total = total + w.input_change * _per_sample_max_norm(_chunk_mean(rel, chunks))
+        if w.output_norm and len(cached):
+            norm = sum(torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32) for t in cached)
+            total = total + w.output_norm * _per_sample_max_norm(_chunk_mean(norm, chunks))
+        if w.spatial:
+            g = group_side(n, k)
+            if g > 1:
+                best = group_best(total, g, self._grid(n, grid_hw))
+                total = total + w.spatial * best.to(torch.float32)
+        return total
+
+    @staticmethod
+    def select(scores: Tensor, k: int) -> Tensor:
+        """Indices (S, k) int64 of the ``k`` highest scores, ascending; ties -> lower index."""
+        s, n = scores.shape
+        k = max(0, min(int(k), n))
+        if k == n:
+            return torch.arange(n, device=scores.device).expand(s, n).contiguous()
+        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+        return torch.sort(order, dim=-1).values  # ascending: contiguous-ish gathers, reproducible
+
+    def __call__(self, *, step: int, k: int, chunks: int = 1, **inputs) -> Tensor:
+        """Indices (B, k) for the whole batch: the per-sample pick repeated in every chunk."""
+        idx = self.select(self.scores(step=step, k=k, chunks=chunks, **inputs), k)
+        return idx.repeat(chunks, 1) if chunks > 1 else idx
