@@ -25,5 +25,5 @@ fi
 if ! "$PY" -c "import pytest, requests" 2>/dev/null; then
     "$PY" -m pip install -q pytest requests
 fi
-/usr/bin/chromium --version
+/usr/bin/chromium --version 2>/dev/null || true
 "$PY" -c "import playwright; from importlib.metadata import version; print('playwright', version('playwright'))"

@@ -1,0 +1,545 @@
+"""HTTP routes of the ProCache front-end, registered on the host's server under ``/procache/``.
+
+The host also serves every route under ``/api/...``; the front-end calls them through
+``api.fetchApi("/procache/...")``.
+
+* ``GET  /procache/presets``          every preset (shipped and user) with a summary: steps, family,
+                                       counts, estimated compute fraction, source (shipped | user).
+* ``GET  /procache/presets/{name}``   one preset: its YAML text, the summary and the actions string.
+                                       ``name`` is a listed name ("fast-dit", "user/mine").
+* ``POST /procache/presets``           JSON ``{name, yaml}`` or ``{name, actions, family, model, selective}``
+                                       (+ ``overwrite: true`` to replace an existing *user* preset).
+                                       Writes ``<user dir>/procache_presets/<name>.yaml`` and nothing else.
+* ``GET  /procache/preview``          ``?actions=FCS..|preset=name&steps=N`` -> the schedule remapped to
+                                       N steps (``Schedule.remap``) with counts and compute estimate.
+* ``POST /procache/preview``          JSON ``{text|actions|preset, steps}``; ``text`` is what a user typed
+                                       into the Schedule Loader (an actions string or preset YAML).
+
+Every refusal is HTTP 4xx with JSON ``{"error": message, "field": ..., "fix": ...}``; a broken preset
+gives the ``ProCacheError`` message (which names the field at fault and the fix).
+
+Importing this module registers the routes on ``server.PromptServer.instance`` when a host is running
+(once, however often it is imported); without a host it only defines them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..procache_core.errors import ProCacheError
+
+log = logging.getLogger("ProCache")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+USER_PREFIX = "user/"
+USER_SUBDIR = "procache_presets"
+MAX_BODY_BYTES = 64 * 1024          # a request body or a preset's YAML text may not be larger
+MAX_STEPS = 1000                    # preview refuses more steps than this
+MAX_ACTIONS = 1000                  # ... and longer schedules
+
+# Estimated share of a block's work done on a *selective* deep block: the token-local branches
+# (MLP; PixArt also cross-attention) recompute `ratio` of the tokens, the self-attention is reused.
+# Branches are weighed equally, like RunStats.block_eval_fraction.
+_TOKEN_LOCAL_SHARE = {"pixart": 2.0 / 3.0}
+_DEFAULT_TOKEN_LOCAL_SHARE = 0.5
+
+
+# -- helpers ------------------------------------------------------------------------------------
+class RouteError(Exception):
+    """A refusal: HTTP ``status`` with a JSON body."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body: dict[str, Any] = {"error": message}
+        if field:
+            self.body["field"] = field
+        if fix:
+            self.body["fix"] = fix
+
+    @classmethod
+    def from_procache(cls, exc: ProCacheError, status: int = 400) -> "RouteError":
+        return cls(status, str(exc), getattr(exc, "field", None), getattr(exc, "fix", None))
+
+
+def _schedule_mod():
+    from ..procache_core import schedule
+    return schedule
+
+
+def _presets_mod():
+    from ..procache_core import presets
+    return presets
+
+
+def user_presets_dir() -> Path:
+    """<ComfyUI user directory>/procache_presets (created on demand)."""
+    import folder_paths  # the host's module
+
+    return Path(folder_paths.get_user_directory()) / USER_SUBDIR
+
+
+def _shipped_dir() -> Path:
+    return Path(_presets_mod().shipped_presets_dir())
+
+
+def _all_presets() -> dict[str, Path]:
+    """{listed name: path}: shipped presets by name, user presets as "user/<name>" (as the loader lists them)."""
+    pm = _presets_mod()
+    out = {str(k): Path(v) for k, v in sorted(pm.list_presets([_shipped_dir()]).items())}
+    udir = user_presets_dir()
+    if udir.is_dir():
+        root = udir.resolve()
+        for k, v in sorted(pm.list_presets([udir]).items()):
+            k = str(k)
+            if Path(v).resolve().parent != root:  # a link out of the folder: never read through it
+                continue
+            out[k if k.startswith(USER_PREFIX) else USER_PREFIX + k] = Path(v)
+    return out
+
+
+def _shipped_names() -> set[str]:
+    return {str(n) for n in _presets_mod().list_presets([_shipped_dir()])}
+
+
+def _source_of(name: str) -> str:
+    return "user" if name.startswith(USER_PREFIX) else "shipped"
+
+
+def selective_cost(selective: Any = None, family: str | None = None) -> float:
+    """Estimated cost of a SELECTIVE step relative to a FULL one.
+
+    depth_fraction x ratio x (share of a block's branches that are token-local: MLP, and for PixArt
+    cross-attention too); 0 when selective computation is off. A rough, model-independent figure
+    for the UI (branches weighed equally, like RunStats.block_eval_fraction).
+    """
+    if selective is None:
+        from ..procache_core.settings import SelectiveSettings
+
+        selective = SelectiveSettings()
+    if not getattr(selective, "enabled", True):
+        return 0.0
+    share = _TOKEN_LOCAL_SHARE.get((family or "").lower(), _DEFAULT_TOKEN_LOCAL_SHARE)
+    # with an absolute start_block the block count is unknown here: depth_fraction stands in
+    depth = float(getattr(selective, "depth_fraction", 0.25))
+    return min(1.0, max(0.0, depth * float(getattr(selective, "ratio", 0.3)) * share))
+
+
+def estimate_compute(actions: str, selective: Any = None, family: str | None = None) -> dict[str, float]:
+    """Expected share of the unpatched model's block compute (Schedule.compute_fraction) and its
+    inverse, the speed-up. The real accounting of a run is RunStats."""
+    if not actions:
+        return {"compute_fraction": 1.0, "speedup": 1.0}
+    frac = _schedule_mod().Schedule.from_string(actions).compute_fraction(selective_cost(selective, family))
+    return {"compute_fraction": round(frac, 4), "speedup": round(1.0 / frac, 3) if frac > 0 else None}
+
+
+def _counts(actions: str) -> dict[str, int]:
+    return {"full": actions.count("F"), "cached": actions.count("C"), "selective": actions.count("S")}
+
+
+def _actions_of(preset) -> str:
+    sched = preset.schedule
+    try:
+        return sched.to_string()
+    except AttributeError:
+        return "".join(getattr(a, "value", str(a)) for a in sched)
+
+
+def summarize(preset, name: str | None = None, source: str | None = None) -> dict[str, Any]:
+    actions = _actions_of(preset)
+    sel = getattr(preset, "selective", None)
+    out: dict[str, Any] = {
+        "name": name if name is not None else preset.name,
+        "source": source or _source_of(name or ""),
+        "steps": len(actions),
+        "actions": actions,
+        "family": getattr(preset, "family", None),
+        "model": getattr(preset, "model", None),
+        "counts": _counts(actions),
+        "selective": sel.to_dict() if hasattr(sel, "to_dict") else None,
+        "version": getattr(preset, "version", None),
+    }
+    out.update(estimate_compute(actions, sel, out["family"]))
+    prov = getattr(preset, "provenance", None)
+    if isinstance(prov, dict):
+        out["provenance"] = {k: v for k, v in prov.items() if isinstance(v, (str, int, float, bool)) or v is None}
+    return out
+
+
+def check_name(name: Any) -> str:
+    """A user preset name: [A-Za-z0-9_.-], 1..64 chars, not starting with '.', no path parts."""
+    if not isinstance(name, str):
+        raise RouteError(400, "ProCache: 'name' must be a string.", "name", "send e.g. {\"name\": \"my-preset\"}.")
+    if name.startswith(USER_PREFIX):
+        name = name[len(USER_PREFIX):]
+    if not NAME_RE.match(name) or name.startswith(".") or name in (".", ".."):
+        raise RouteError(400, f"ProCache: 'name' {name[:80]!r} is not allowed (use 1-64 letters, digits, '_', '-', "
+                              "'.'; no leading dot, no slashes).", "name",
+                         "pick a plain name such as 'dit-fast_v2'.")
+    validate = getattr(_presets_mod(), "validate_preset_name", None)
+    if validate is not None:
+        try:
+            res = validate(name)
+        except ProCacheError as exc:
+            raise RouteError.from_procache(exc) from None
+        if isinstance(res, str) and res:
+            name = res
+    return name
+
+
+def user_preset_path(name: str) -> Path:
+    """The file a user preset is written to; refuses anything that resolves outside the folder."""
+    folder = user_presets_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    root = folder.resolve()
+    target = (folder / f"{name}.yaml")
+    resolved = target.resolve()
+    if resolved.parent != root or resolved.name != f"{name}.yaml":
+        raise RouteError(400, f"ProCache: 'name' {name!r} resolves outside the user preset folder.", "name",
+                         "use a plain name without path parts or links.")
+    return resolved
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def parse_typed_text(text: str, source: str):
+    """What a user typed into the Schedule Loader: an actions string ("FCSC...") or preset YAML.
+
+    Returns ``(actions_string, preset_or_None)``.
+    """
+    compact = re.sub(r"[\s,|_-]+", "", text)
+    t = text.strip()
+    # the same rule as the Schedule Loader node: F/C/S text, or anything without ':' and newlines
+    if (compact and re.fullmatch(r"[FCSfcs]+", compact)) or (":" not in t and "\n" not in t):
+        sched = _schedule_mod().Schedule.from_string(compact)
+        return sched.to_string(), None
+    preset = _presets_mod().parse_preset_text(text, source)
+    return _actions_of(preset), preset
+
+
+def _parse_steps(value: Any) -> int | None:
+    if value in (None, ""):
+        return None
+    try:
+        steps = int(str(value))
+    except ValueError:
+        raise RouteError(400, f"ProCache: 'steps' is {str(value)[:40]!r}, not an integer.", "steps",
+                         "send steps=N with N a whole number of sampling steps.") from None
+    if not 1 <= steps <= MAX_STEPS:
+        raise RouteError(400, f"ProCache: 'steps' is {steps}, outside [1, {MAX_STEPS}].", "steps",
+                         f"use between 1 and {MAX_STEPS} steps.")
+    return steps
+
+
+# -- handlers' logic (plain functions, easy to test) ---------------------------------------------
+def list_payload() -> dict[str, Any]:
+    items = []
+    for name, path in sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0])):
+        try:
+            items.append(summarize(_presets_mod().load_preset(path), name, _source_of(name)))
+        except ProCacheError as exc:
+            items.append({"name": name, "source": _source_of(name), "error": str(exc)})
+        except Exception as exc:  # a broken user file must not break the listing
+            items.append({"name": name, "source": _source_of(name), "error": f"ProCache: {exc}"})
+    return {"presets": items}
+
+
+def get_payload(name: str) -> dict[str, Any]:
+    presets = _all_presets()
+    if name not in presets:   # only listed names: the request never builds a path
+        raise RouteError(404, f"ProCache: preset {name[:80]!r} not found.", "name",
+                         "use a name from GET /procache/presets.")
+    path = presets[name]
+    text = path.read_text(encoding="utf-8")
+    try:
+        preset = _presets_mod().parse_preset_text(text, str(path))
+    except ProCacheError as exc:
+        raise RouteError(422, str(exc), getattr(exc, "field", None), getattr(exc, "fix", None)) from None
+    summary = summarize(preset, name, _source_of(name))
+    return {"name": name, "source": summary["source"], "yaml": text, "actions": summary["actions"],
+            "summary": summary}
+
+
+def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
+    if not isinstance(data, dict):
+        raise RouteError(400, "ProCache: the request body must be a JSON object.", "body",
+                         "send {\"name\": ..., \"yaml\": ...} or {\"name\": ..., \"actions\": \"FCS...\"}.")
+    name = check_name(data.get("name"))
+    if name.lower() in {n.lower() for n in _shipped_names()}:
+        raise RouteError(409, f"ProCache: 'name' {name!r} is a shipped preset and cannot be overwritten.", "name",
+                         "save under another name, e.g. '" + name + "-mine'.")
+    presets_mod = _presets_mod()
+    source = f"POST /procache/presets ({name})"
+    if "yaml" in data and data["yaml"] is not None:
+        text = data["yaml"]
+        if not isinstance(text, str):
+            raise RouteError(400, "ProCache: 'yaml' must be a string.", "yaml", "send the preset's YAML text.")
+        if len(text.encode("utf-8")) > MAX_BODY_BYTES:
+            raise RouteError(413, f"ProCache: 'yaml' is larger than {MAX_BODY_BYTES // 1024} KiB.", "yaml",
+                             "a preset is a few lines; remove what is not part of it.")
+        try:
+            preset = presets_mod.parse_preset_text(text, source)
+        except ProCacheError as exc:
+            raise RouteError.from_procache(exc) from None
+    elif "actions" in data:
+        actions = data.get("actions")
+        if not isinstance(actions, str) or not actions.strip():
+            raise RouteError(400, "ProCache: 'actions' must be a non-empty string of F/C/S.", "actions",
+                             "send e.g. \"FCSCFCSCF\".")
+        if len(actions) > MAX_ACTIONS:
+            raise RouteError(400, f"ProCache: 'actions' is longer than {MAX_ACTIONS} steps.", "actions",
+                             "use fewer steps.")
+        try:
+            _, typed = parse_typed_text(actions, source)
+            if typed is not None:
+                raise ProCacheError("actions", "must contain only F, C and S.", "send e.g. \"FCSCFCSCF\".")
+            sched = _schedule_mod().Schedule.from_string(re.sub(r"[\s,|_-]+", "", actions).upper())
+            from ..procache_core.settings import SelectiveSettings
+
+            selective = SelectiveSettings.from_dict(data.get("selective"))
+            family = data.get("family") or "any"
+            if not isinstance(family, str):
+                raise ProCacheError("family", "must be a string.", "e.g. \"pixart\", \"dit\", \"flux\" or \"any\".")
+            model = data.get("model")
+            if model is not None and not isinstance(model, str):
+                raise ProCacheError("model", "must be a string.", "e.g. \"PixArt-alpha 256\".")
+            preset = presets_mod.Preset(name=name, schedule=sched, family=family, model=model or "",
+                                        selective=selective, provenance={"source": "saved from the ProCache UI"})
+            # round trip through the text parser: the same validation a file gets
+            preset = presets_mod.parse_preset_text(presets_mod.dump_preset(preset), source)
+        except ProCacheError as exc:
+            raise RouteError.from_procache(exc) from None
+    else:
+        raise RouteError(400, "ProCache: send 'yaml' (preset text) or 'actions' (F/C/S string).", "yaml",
+                         "e.g. {\"name\": \"mine\", \"actions\": \"FCSCF\"}.")
+    if dataclasses.is_dataclass(preset) and getattr(preset, "name", name) != name:
+        preset = dataclasses.replace(preset, name=name)
+    text = presets_mod.dump_preset(preset)
+    if len(text.encode("utf-8")) > MAX_BODY_BYTES:
+        raise RouteError(413, f"ProCache: the preset is larger than {MAX_BODY_BYTES // 1024} KiB.", "yaml",
+                         "a preset is a few lines; remove what is not part of it.")
+    path = user_preset_path(name)
+    existed = path.exists()
+    if existed and not data.get("overwrite"):
+        raise RouteError(409, f"ProCache: user preset {name!r} already exists.", "name",
+                         "pick another name or send \"overwrite\": true.")
+    _write_atomic(path, text)
+    listed = USER_PREFIX + name
+    try:
+        summary = summarize(presets_mod.load_preset(path), listed, "user")
+    except ProCacheError as exc:  # should not happen: dump -> load must round-trip
+        path.unlink(missing_ok=True)
+        raise RouteError(500, f"ProCache: the saved preset did not load back ({exc}); nothing was kept.") from None
+    log.info("ProCache: saved user preset %s (%s)", listed, summary["actions"])
+    return (200 if existed else 201), {"name": listed, "file": path.name, "summary": summary,
+                                        "overwritten": existed}
+
+
+def preview_payload(data: dict[str, Any]) -> dict[str, Any]:
+    steps = _parse_steps(data.get("steps"))
+    preset = None
+    family = None
+    try:
+        if data.get("preset"):
+            presets = _all_presets()
+            pname = str(data["preset"])
+            if pname not in presets:
+                raise RouteError(404, f"ProCache: preset {pname[:80]!r} not found.", "preset",
+                                 "use a name from GET /procache/presets.")
+            preset = _presets_mod().load_preset(presets[pname])
+            actions = _actions_of(preset)
+        elif data.get("text") not in (None, ""):
+            text = str(data["text"])
+            if len(text.encode("utf-8")) > MAX_BODY_BYTES:
+                raise RouteError(413, f"ProCache: 'text' is larger than {MAX_BODY_BYTES // 1024} KiB.", "text",
+                                 "a schedule is a few lines.")
+            try:
+                actions, preset = parse_typed_text(text, "schedule_text")
+            except ProCacheError as exc:
+                if str(exc.field).startswith("schedule_text"):
+                    raise
+                raise ProCacheError("schedule_text", f"is not a valid schedule: {exc.field!r} {exc.problem}",
+                                    exc.fix or "type one letter per step (F, C, S), starting with F.") from None
+        elif data.get("actions") not in (None, ""):
+            raw = str(data["actions"])
+            if len(raw) > MAX_ACTIONS * 4:
+                raise RouteError(400, f"ProCache: 'actions' is longer than {MAX_ACTIONS} steps.", "actions",
+                                 "use fewer steps.")
+            actions, preset = parse_typed_text(raw, "actions")
+            if preset is not None:
+                raise ProCacheError("actions", "must contain only F, C and S.", "send e.g. actions=FCSCF.")
+        else:
+            raise RouteError(400, "ProCache: send 'actions', 'text' or 'preset'.", "actions",
+                             "e.g. /procache/preview?actions=FCSCF&steps=30.")
+        if len(actions) > MAX_ACTIONS:
+            raise RouteError(400, f"ProCache: the schedule is longer than {MAX_ACTIONS} steps.", "actions",
+                             "use fewer steps.")
+        source_steps = len(actions)
+        sched = _schedule_mod().Schedule.from_string(actions)
+        if steps is not None and steps != source_steps:
+            sched = sched.remap(steps)
+        # what ProCache Apply will run (nodes/runtime_bridge.build_run_schedule): a connected
+        # Selective Compute Settings node injects S where the schedule has none, or turns S into C
+        selective = getattr(preset, "selective", None) if preset is not None else None
+        applied = data.get("selective")
+        if applied is not None:
+            from ..procache_core.settings import SelectiveSettings
+
+            if not isinstance(applied, dict):
+                raise ProCacheError("selective", "must be a JSON object.", "send e.g. {\"enabled\": true, \"ratio\": 0.3}.")
+            known = {"enabled", "depth_fraction", "start_block", "ratio", "weights"}
+            selective = SelectiveSettings.from_dict({k: v for k, v in applied.items() if k in known})
+            if selective.enabled and not sched.has_selective():
+                sched = sched.with_selective(True)
+        if selective is not None and not selective.enabled:
+            sched = sched.with_selective(False)
+        start, end = _percent(data, "start_percent", 0.0), _percent(data, "end_percent", 1.0)
+        if start > end:
+            raise ProCacheError("start_percent", f"is {start}, after end_percent {end}.",
+                                "make start_percent <= end_percent.")
+        n = len(sched)
+        if (start, end) != (0.0, 1.0):  # by step share; the real run uses the sampler's sigmas
+            acts = [a if start <= i / n < end else "F" for i, a in enumerate(sched.to_string())]
+            sched = _schedule_mod().Schedule.from_string("".join(acts))
+        actions = sched.to_string()
+    except ProCacheError as exc:
+        raise RouteError.from_procache(exc) from None
+    if preset is not None:
+        family = getattr(preset, "family", None)
+    out = {"actions": actions, "steps": len(actions), "source_steps": source_steps,
+           "remapped": len(actions) != source_steps, "counts": _counts(actions), "family": family,
+           "model": getattr(preset, "model", None) if preset is not None else None,
+           "selective": selective.to_dict() if hasattr(selective, "to_dict") else None}
+    out.update(estimate_compute(actions, selective, family))
+    return out
+
+
+def _percent(data: dict[str, Any], key: str, default: float) -> float:
+    value = data.get(key)
+    if value in (None, ""):
+        return default
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise ProCacheError(key, f"is {str(value)[:40]!r}, not a number.", "use a share between 0 and 1.") from None
+    if not 0.0 <= x <= 1.0:
+        raise ProCacheError(key, f"is {x}, outside [0, 1].", "use a share between 0 and 1.")
+    return x
+
+
+# -- aiohttp glue --------------------------------------------------------------------------------
+def _json(status: int, payload: dict[str, Any]) -> web.Response:
+    return web.json_response(payload, status=status)
+
+
+def _guard(fn):
+    async def handler(request: web.Request) -> web.Response:
+        try:
+            return await fn(request)
+        except RouteError as exc:
+            return _json(exc.status, exc.body)
+        except ProCacheError as exc:
+            return _json(400, RouteError.from_procache(exc).body)
+        except Exception as exc:  # never leak a traceback page to the UI
+            log.exception("ProCache route %s failed", request.path)
+            return _json(500, {"error": f"ProCache: internal error ({type(exc).__name__}: {exc})"})
+    handler.__name__ = fn.__name__
+    return handler
+
+
+async def _read_json(request: web.Request) -> Any:
+    if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
+        raise RouteError(413, f"ProCache: the request is larger than {MAX_BODY_BYTES // 1024} KiB.", "body",
+                         "a preset is a few lines.")
+    chunks: list[bytes] = []
+    total = 0
+    while True:  # StreamReader.read(n) may return less than n: read to the end, but never past the limit
+        chunk = await request.content.read(16 * 1024)
+        if not chunk:
+            break
+        total += len(chunk)
+        if total > MAX_BODY_BYTES:
+            raise RouteError(413, f"ProCache: the request is larger than {MAX_BODY_BYTES // 1024} KiB.", "body",
+                             "a preset is a few lines.")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    try:
+        return json.loads(raw.decode("utf-8") or "null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RouteError(400, f"ProCache: the request body is not JSON ({exc}).", "body",
+                         "send Content-Type: application/json with a JSON object.") from None
+
+
+@_guard
+async def handle_list(request: web.Request) -> web.Response:
+    return _json(200, list_payload())
+
+
+@_guard
+async def handle_get(request: web.Request) -> web.Response:
+    return _json(200, get_payload(request.match_info["name"]))
+
+
+@_guard
+async def handle_save(request: web.Request) -> web.Response:
+    status, payload = save_payload(await _read_json(request))
+    return _json(status, payload)
+
+
+@_guard
+async def handle_preview_get(request: web.Request) -> web.Response:
+    return _json(200, preview_payload(dict(request.query)))
+
+
+@_guard
+async def handle_preview_post(request: web.Request) -> web.Response:
+    data = await _read_json(request)
+    if not isinstance(data, dict):
+        raise RouteError(400, "ProCache: the request body must be a JSON object.", "body",
+                         "send {\"text\": ..., \"steps\": N}.")
+    return _json(200, preview_payload(data))
+
+
+def register(routes: web.RouteTableDef) -> None:
+    routes.get("/procache/presets")(handle_list)
+    routes.post("/procache/presets")(handle_save)
+    routes.get("/procache/presets/{name:.+}")(handle_get)
+    routes.get("/procache/preview")(handle_preview_get)
+    routes.post("/procache/preview")(handle_preview_post)
+
+
+def _register_on_host() -> bool:
+    try:
+        from server import PromptServer  # the host's module; absent outside ComfyUI
+    except Exception:
+        return False
+    instance = getattr(PromptServer, "instance", None)
+    if instance is None or getattr(instance, "_procache_routes", False):
+        return False
+    register(instance.routes)
+    instance._procache_routes = True
+    return True
+
+
+_register_on_host()

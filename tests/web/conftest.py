@@ -1,0 +1,119 @@
+"""Fixtures of the web tests: one real ComfyUI server (own user folder) and headless Chromium.
+
+The browser is Debian's /usr/bin/chromium driven by the Python `playwright` package; both are
+installed by scripts/setup_browser.sh (never `playwright install`).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from comfy_client import COMFY_DIR, ComfyServer  # noqa: E402
+
+ARTIFACTS = ROOT / "tests" / "artifacts"
+CHROMIUM = os.environ.get("PROCACHE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage"]
+# Ports this suite may use (other suites running in parallel use other ranges).
+PORT_RANGE = range(int(os.environ.get("PROCACHE_WEB_PORT_MIN", 8180)), int(os.environ.get("PROCACHE_WEB_PORT_MAX", 8189)) + 1)
+
+# Settings that keep first-run dialogs and tours out of the way of the tests.
+UI_SETTINGS = {
+    "Comfy.TutorialCompleted": True,
+    "Comfy.InstalledVersion": "9.9.9",
+    "Comfy.Release.Version": "9.9.9",
+    "Comfy.Release.Timestamp": 4102444800000,
+    "Comfy.Workflow.ShowMissingModelsWarning": False,
+    "Comfy.Workflow.ShowMissingNodesWarning": False,
+    "Comfy.Validation.Workflows": False,
+    "Comfy.UseNewMenu": "Top",
+    "Comfy.VueNodes.Enabled": False,
+    "Comfy.Minimap.Visible": False,
+    "Comfy.NodeBadge.NodeSourceBadgeMode": "None",
+    "Comfy.Graph.CanvasInfo": False,
+}
+
+
+def _free_port() -> int:
+    for port in PORT_RANGE:
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
+
+
+@pytest.fixture(scope="session")
+def web_server(tmp_path_factory):
+    """A real ComfyUI server with this pack, its user folder under a fresh temp dir."""
+    if not (COMFY_DIR / "main.py").exists():
+        pytest.fail("ComfyUI host missing: run `make test-web` (it runs scripts/setup_host.sh first)")
+    import json
+
+    work = tmp_path_factory.mktemp("comfy-web")
+    settings = work / "user" / "default" / "comfy.settings.json"
+    settings.parent.mkdir(parents=True, exist_ok=True)
+    settings.write_text(json.dumps(UI_SETTINGS))
+    srv = ComfyServer(port=_free_port(), workdir=work).start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+@pytest.fixture(scope="session")
+def base_url(web_server) -> str:
+    return web_server.base_url
+
+
+@pytest.fixture(scope="session")
+def user_presets(web_server) -> Path:
+    return Path(web_server.workdir) / "user" / "procache_presets"
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: run `bash scripts/setup_browser.sh`")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("python package playwright missing: run `bash scripts/setup_browser.sh`")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def page(browser, web_server):
+    ctx = browser.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+    pg = ctx.new_page()
+    pg.set_default_timeout(90_000)
+    pg.console_messages = []  # type: ignore[attr-defined]
+    pg.on("console", lambda m: pg.console_messages.append(f"{m.type}: {m.text}"))
+    pg.on("pageerror", lambda e: pg.console_messages.append(f"pageerror: {e}"))
+    try:
+        yield pg
+    finally:
+        ctx.close()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS

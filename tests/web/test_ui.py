@@ -1,0 +1,239 @@
+"""The ProCache front-end in headless Chromium against the real server.
+
+A workflow with UNETLoader -> ProCache Apply (<- Schedule Loader) -> KSampler is loaded through
+app.loadGraphData; the Schedule Loader's strip must show one cell per step in the right colour, follow
+the preset, the typed schedule and the sampler's steps, and "Save as preset" must store a preset
+that the dropdown lists after a page reload. Screenshots go to tests/artifacts/.
+"""
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+import requests
+
+from procache_core.schedule import Schedule
+
+pytestmark = [pytest.mark.browser, pytest.mark.host]
+
+COLORS = {"F": (0x2F, 0x7D, 0xE1), "S": (0xF0, 0xA0, 0x20), "C": (0x5B, 0x65, 0x75)}
+LOADER_ID = 2
+SAMPLER_ID = 4
+
+
+def workflow(preset: str, steps: int, text: str = "") -> dict:
+    """UI-format workflow: UNETLoader -> ProCache Apply (<- Schedule Loader) -> KSampler."""
+    def out(name, typ, links):
+        return {"name": name, "type": typ, "links": links, "slot_index": 0}
+
+    return {
+        "last_node_id": 4, "last_link_id": 3,
+        "nodes": [
+            {"id": 1, "type": "UNETLoader", "pos": [30, 40], "size": [320, 90], "flags": {}, "order": 0, "mode": 0,
+             "inputs": [], "outputs": [out("MODEL", "MODEL", [1])], "properties": {},
+             "widgets_values": ["procache-tiny-pixart-alpha.safetensors", "default"]},
+            {"id": LOADER_ID, "type": "ProCacheScheduleLoader", "pos": [30, 190], "size": [460, 220], "flags": {},
+             "order": 1, "mode": 0, "inputs": [],
+             "outputs": [out("schedule", "PROCACHE_SCHEDULE", [2]),
+                         {"name": "summary", "type": "STRING", "links": None, "slot_index": 1}],
+             "properties": {}, "widgets_values": [preset, text]},
+            {"id": 3, "type": "ProCacheApply", "pos": [540, 40], "size": [300, 130], "flags": {}, "order": 2,
+             "mode": 0,
+             "inputs": [{"name": "model", "type": "MODEL", "link": 1},
+                        {"name": "schedule", "type": "PROCACHE_SCHEDULE", "link": 2},
+                        {"name": "selective", "type": "PROCACHE_SELECTIVE", "link": None}],
+             "outputs": [out("MODEL", "MODEL", [3])], "properties": {}, "widgets_values": [0.0, 1.0]},
+            {"id": SAMPLER_ID, "type": "KSampler", "pos": [880, 40], "size": [300, 270], "flags": {}, "order": 3,
+             "mode": 0,
+             "inputs": [{"name": "model", "type": "MODEL", "link": 3},
+                        {"name": "positive", "type": "CONDITIONING", "link": None},
+                        {"name": "negative", "type": "CONDITIONING", "link": None},
+                        {"name": "latent_image", "type": "LATENT", "link": None}],
+             "outputs": [out("LATENT", "LATENT", None)], "properties": {},
+             "widgets_values": [0, "fixed", steps, 2.0, "euler", "normal", 1.0]},
+        ],
+        "links": [[1, 1, 0, 3, 0, "MODEL"], [2, LOADER_ID, 0, 3, 1, "PROCACHE_SCHEDULE"],
+                  [3, 3, 0, SAMPLER_ID, 0, "MODEL"]],
+        "groups": [], "config": {}, "extra": {"ds": {"scale": 1.0, "offset": [90, 110]}}, "version": 0.4,
+    }
+
+
+def open_app(page, base_url):
+    page.add_init_script("try { localStorage.setItem('vueNodesBannerDismissed', 'true') } catch (e) {}")
+    page.goto(base_url + "/")
+    page.wait_for_function("() => window.app && window.app.graph && window.app.canvas && window.ProCache?.loaded",
+                           timeout=120_000)
+    page.keyboard.press("Escape")  # any first-run dialog
+
+
+def load(page, wf):
+    page.evaluate("async (wf) => { await app.loadGraphData(wf); app.canvas.ds.scale = 1; "
+                  "app.canvas.ds.offset = [90, 110]; app.graph.setDirtyCanvas(true, true); }", wf)
+
+
+def strip_sel(node_id=LOADER_ID):
+    return f'.procache-strip[data-node-id="{node_id}"]'
+
+
+def wait_strip(page, actions: str | None = None, state: str = "ready"):
+    cond = ("(a) => { const el = document.querySelector('%s'); return el && el.dataset.state === '%s' "
+            "&& (a === null || el.dataset.actions === a) }" % (strip_sel(), state))
+    try:
+        page.wait_for_function(cond, arg=actions, timeout=30_000)
+    except Exception:
+        got = page.evaluate("(s) => { const el = document.querySelector(s); return el && {...el.dataset} }",
+                            strip_sel())
+        raise AssertionError(f"strip not {state} with {actions!r}: {got}\n" + "\n".join(page.console_messages[-20:]))
+    return page.evaluate("""(s) => {
+        const el = document.querySelector(s);
+        const cells = [...el.querySelectorAll('.procache-cell')];
+        return {data: {...el.dataset}, summary: el.querySelector('.procache-summary').textContent,
+                cells: cells.map(c => ({action: c.dataset.action, step: +c.dataset.step,
+                                        bg: getComputedStyle(c).backgroundColor})),
+                prop: app.graph.getNodeById(%d).procacheStrip};
+    }""" % LOADER_ID, strip_sel())
+
+
+def rgb(t):
+    return f"rgb({t[0]}, {t[1]}, {t[2]})"
+
+
+def assert_cells(strip, actions: str):
+    assert strip["data"]["cells"] == str(len(actions))
+    assert [c["action"] for c in strip["cells"]] == list(actions)
+    assert [c["step"] for c in strip["cells"]] == list(range(len(actions)))
+    for c in strip["cells"]:
+        assert c["bg"] == rgb(COLORS[c["action"]]), c
+    assert strip["prop"]["actions"] == actions and strip["prop"]["cells"] == len(actions)
+
+
+def assert_pixels(page, actions: str, shot_path):
+    """The strip as rendered: sample the centre pixel of every cell in a screenshot."""
+    from PIL import Image
+
+    el = page.locator(strip_sel() + " .procache-cells")
+    png = el.screenshot(path=str(shot_path))
+    img = Image.open(io.BytesIO(png)).convert("RGB")
+    w, h = img.size
+    n = len(actions)
+    for i, a in enumerate(actions):
+        x = int((i + 0.5) * w / n)
+        px = img.getpixel((min(x, w - 1), h // 2))
+        assert all(abs(p - q) <= 12 for p, q in zip(px, COLORS[a])), (i, a, px)
+
+
+@pytest.fixture(scope="module")
+def presets(base_url):
+    r = requests.get(base_url + "/procache/presets", timeout=30)
+    r.raise_for_status()
+    ps = [p for p in r.json()["presets"] if p["source"] == "shipped" and "error" not in p]
+    assert ps
+    # prefer a preset that has all three kinds of steps, so every colour is on screen
+    ps.sort(key=lambda p: (-(min(p["counts"].values()) > 0), p["steps"]))
+    return ps
+
+
+def test_strip_preset_steps_and_typed_schedule(page, base_url, presets, artifacts):
+    p = presets[0]
+    open_app(page, base_url)
+    load(page, workflow(p["name"], p["steps"]))
+
+    # 1. the preset as is (the sampler has the preset's step count)
+    s = wait_strip(page, p["actions"])
+    assert_cells(s, p["actions"])
+    assert s["data"]["computeFraction"] and float(s["data"]["computeFraction"]) == pytest.approx(p["compute_fraction"])
+    assert f"~{round(p['compute_fraction'] * 100)}% of full compute" in s["summary"], s["summary"]
+    assert_pixels(page, p["actions"], artifacts / "web_strip_cells.png")
+    legend = page.evaluate("(s) => [...document.querySelectorAll(s + ' .procache-legend span')]"
+                           ".map(e => [e.dataset.action, e.textContent])", strip_sel())
+    assert legend == [["F", "full"], ["S", "selective"], ["C", "cached"]]
+    page.screenshot(path=str(artifacts / "web_strip_preset.png"))
+
+    # 2. the sampler's steps change -> the strip shows the remapped schedule
+    page.evaluate("""(n) => { const k = app.graph.getNodeById(%d); const w = k.widgets.find(w => w.name === 'steps');
+                     w.value = n; w.callback?.(n); app.graph.setDirtyCanvas(true, true); }""" % SAMPLER_ID, 30)
+    want = Schedule.from_string(p["actions"]).remap(30).to_string()
+    s = wait_strip(page, want)
+    assert_cells(s, want)
+    assert s["data"]["sourceSteps"] == str(p["steps"]) and "remapped from" in s["summary"]
+    page.screenshot(path=str(artifacts / "web_strip_remapped.png"))
+
+    # 2b. a Selective Compute Settings node on ProCache Apply with enabled=false turns S into C
+    page.evaluate("""() => { const s = LiteGraph.createNode('ProCacheSelectiveSettings'); s.id = 5; s.pos = [540, 330];
+                     app.graph.add(s); const apply = app.graph.getNodeById(3);
+                     s.connect(0, apply, apply.inputs.findIndex(i => i.name === 'selective'));
+                     const w = s.widgets.find(w => w.name === 'enabled'); w.value = false; w.callback?.(false);
+                     app.graph.setDirtyCanvas(true, true); }""")
+    off = Schedule.from_string(want).with_selective(False).to_string()
+    s = wait_strip(page, off)
+    assert_cells(s, off)
+    assert s["prop"]["counts"]["selective"] == 0
+    page.screenshot(path=str(artifacts / "web_strip_selective_off.png"))
+    page.evaluate("() => { app.graph.remove(app.graph.getNodeById(5)); app.graph.setDirtyCanvas(true, true); }")
+    wait_strip(page, want)
+
+    # 3. a typed schedule wins over the preset (and is remapped to the sampler's steps too)
+    def type_text(text):
+        page.evaluate("""(t) => { const n = app.graph.getNodeById(%d); const w = n.widgets.find(w => w.name === 'schedule_text');
+                         w.value = t; w.callback?.(t); }""" % LOADER_ID, text)
+
+    page.evaluate("(n) => { const w = app.graph.getNodeById(%d).widgets.find(w => w.name === 'steps'); "
+                  "w.value = n; w.callback?.(n); app.graph.setDirtyCanvas(true, true) }" % SAMPLER_ID, 8)
+    type_text("FCSC FCSC")
+    s = wait_strip(page, "FCSCFCSC")
+    assert_cells(s, "FCSCFCSC")
+    assert "typed schedule" in s["summary"]
+
+    # 4. a broken schedule shows the error, with no cells
+    type_text("CCF")
+    s = wait_strip(page, None, state="error")
+    assert s["data"]["cells"] == "0" and s["cells"] == []
+    assert "schedule_text" in s["data"]["error"] and "F" in s["data"]["error"]
+    page.screenshot(path=str(artifacts / "web_strip_error.png"))
+
+
+def test_save_as_preset_then_reload(page, base_url, presets, user_presets, artifacts):
+    name = "webtest-saved"
+    p = presets[0]
+    open_app(page, base_url)
+    load(page, workflow(p["name"], 12, text="FCCSFCSF"))
+    want = Schedule.from_string("FCCSFCSF").remap(12).to_string()
+    wait_strip(page, want)
+
+    # click the canvas button "Save as preset" and answer the name prompt
+    page.once("dialog", lambda d: d.accept(name))
+    xy = page.evaluate("""() => {
+        const n = app.graph.getNodeById(%d); const w = n.widgets.find(w => w.name === 'Save as preset');
+        const ds = app.canvas.ds; const r = app.canvas.canvas.getBoundingClientRect();
+        const h = w.computedHeight || LiteGraph.NODE_WIDGET_HEIGHT || 20;
+        const gx = n.pos[0] + n.size[0] / 2, gy = n.pos[1] + (w.y ?? w.last_y) + h / 2;
+        return [r.left + (gx + ds.offset[0]) * ds.scale, r.top + (gy + ds.offset[1]) * ds.scale];
+    }""" % LOADER_ID)
+    page.mouse.click(*xy)
+    try:
+        page.wait_for_function("(v) => app.graph.getNodeById(%d).widgets.find(w => w.name === 'preset').value === v"
+                               % LOADER_ID, arg=f"user/{name}", timeout=30_000)
+    except Exception:
+        page.screenshot(path=str(artifacts / "web_save_failed.png"))
+        raise AssertionError("preset not selected after save:\n" + "\n".join(page.console_messages[-20:]))
+    saved = user_presets / f"{name}.yaml"
+    assert saved.is_file()
+    # the typed text was cleared: the node now uses the saved preset, which is what the strip showed
+    s = wait_strip(page, want)
+    assert "schedule_text" and s["data"]["actions"] == want
+    got = requests.get(f"{base_url}/procache/presets/user/{name}", timeout=30).json()
+    assert got["actions"] == want
+
+    # after a reload the dropdown (built from /object_info) lists the new preset
+    page.reload()
+    page.wait_for_function("() => window.app && window.app.graph && window.ProCache?.loaded", timeout=120_000)
+    load(page, workflow(f"user/{name}", 12))
+    options = page.evaluate("() => app.graph.getNodeById(%d).widgets.find(w => w.name === 'preset').options.values"
+                            % LOADER_ID)
+    assert f"user/{name}" in options and p["name"] in options
+    s = wait_strip(page, want)
+    assert_cells(s, want)
+    page.screenshot(path=str(artifacts / "web_saved_preset_after_reload.png"))
+    (artifacts / "web_console.log").write_text("\n".join(page.console_messages))
+    json.dumps(options)
