@@ -27,16 +27,11 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from comfy_client import ComfyClient, ComfyServer, load_latent  # noqa: E402
 from procache_core import proxy, search  # noqa: E402
+from procache_core.baselines import uniform_schedule  # noqa: E402
 from procache_core.presets import Preset, dump_preset, validate_preset_name  # noqa: E402
 from procache_core.schedule import Schedule  # noqa: E402
 from workflow_tools import (WorkflowError, ensure_save_latent, only_latent_outputs, sampler_steps,  # noqa: E402
                             set_schedule_text, set_seed, without_procache)
-
-
-def uniform_schedule(steps: int, budget: int) -> Schedule:
-    """FORA-style reference: `budget` full steps spread as evenly as the step count allows."""
-    full = {round(i * steps / budget) for i in range(budget)}
-    return Schedule.from_string("".join("F" if i in full else "C" for i in range(steps)))
 
 
 def run_latent(client: ComfyClient, prompt: dict, prefix: str):

@@ -1,0 +1,142 @@
+"""Writes the shipped presets in schedules/ deterministically.
+
+    python scripts/generate_presets.py            # (re)write schedules/*.yaml
+    python scripts/generate_presets.py --check    # exit 1 if schedules/ differs from what this writes
+
+Two kinds of preset:
+
+* the paper's reference patterns, recorded as data with their provenance;
+* fast / balanced / quality presets per family and step count, each one uniform sample from the
+  constrained space (procache_core.search) with a seed fixed below, selective steps placed by Eq. 7.
+  They are NOT proxy-scored yet: scripts/calibrate.py does that on a real workflow.
+
+Every value that ends up in a file is fixed here (seeds, date), so reruns give identical files.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from procache_core.presets import Preset, dump_preset, load_preset  # noqa: E402
+from procache_core.schedule import Schedule  # noqa: E402
+from procache_core.search import count_patterns, sample_patterns  # noqa: E402
+from procache_core.settings import SelectiveSettings  # noqa: E402
+
+DATE = "2026-11-23"  # fixed: the files must not change when regenerated on another day
+PAPER_SOURCE = "ProCache paper / reference code (macovaseas/ProCache)"
+PAPER_CITE = "Cao et al., ProCache, AAAI 2026, arXiv 2512.17298"
+OBJECTIVE = "uniform constrained sample, not yet proxy-scored"
+
+# tier -> (share of full steps, vmin, vmax). Quality allows back-to-back full steps late (vmin 0).
+TIERS: dict[str, tuple[float, int, int]] = {
+    "fast": (0.25, 1, 4),
+    "balanced": (0.35, 1, 4),
+    "quality": (0.50, 0, 3),
+}
+
+
+@dataclass(frozen=True)
+class Target:
+    prefix: str
+    family: str
+    model: str
+    steps: int
+    sampler: str
+    ratio: float
+    seed: int
+
+
+TARGETS = [
+    Target("pixart-alpha-20", "pixart", "PixArt-alpha (PixArt-XL-2)", 20, "dpmpp_2m / 20 steps (remapped otherwise)", 0.3, 101),
+    Target("pixart-sigma-20", "pixart", "PixArt-Sigma (PixArt-Sigma-XL-2)", 20, "dpmpp_2m / 20 steps (remapped otherwise)", 0.3, 202),
+    Target("flux-28", "flux", "FLUX.1-dev / FLUX.1-schnell-class", 28, "euler / simple, 28 steps (remapped otherwise)", 0.3, 303),
+    Target("flux-50", "flux", "FLUX.1-dev", 50, "euler / simple, 50 steps (remapped otherwise)", 0.3, 404),
+    Target("sd3-28", "sd3", "Stable Diffusion 3 / 3.5", 28, "euler / sgm_uniform, 28 steps (remapped otherwise)", 0.3, 505),
+    Target("wan-30", "wan", "Wan 2.x text/image-to-video", 30, "uni_pc / simple, 30 steps (remapped otherwise)", 0.3, 606),
+    Target("wan-50", "wan", "Wan 2.x text/image-to-video", 50, "uni_pc / simple, 50 steps (remapped otherwise)", 0.3, 707),
+]
+
+
+def paper_presets() -> list[Preset]:
+    dit = Schedule.from_string("FCSC" * 6 + "FCS" * 4 + "FC" * 7)
+    pixart = Schedule.from_string("F F S C F S C F S C F S C F S C F S C F")
+    flux = Schedule.from_full_steps(50, [0, 1, 2, 6, 12, 18, 24, 30, 35, 40, 45])
+    return [
+        Preset(name="dit-xl2-ddim50-paper", schedule=dit, family="dit", model="DiT-XL/2 256x256 (ImageNet, class-conditional)",
+               selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.07),
+               provenance={"source": PAPER_SOURCE, "sampler": "DDIM 50 steps, cfg 1.5", "budget": 17,
+                           "objective": "FID on a proxy set (paper)", "date": DATE,
+                           "notes": f"{PAPER_CITE}. F C S C x6, F C S x4, F C x7: 17 full, 10 selective, 23 cached; "
+                                    "selective ratio 0.07 is the reference code's DiT base token share."}),
+        Preset(name="pixart-alpha-dpm20-paper", schedule=pixart, family="pixart", model="PixArt-alpha 256px",
+               selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.3),
+               provenance={"source": PAPER_SOURCE, "sampler": "DPM-Solver++ 20 steps, cfg 4.5, 256 px", "budget": 8,
+                           "objective": "CLIP score on a proxy set (paper)", "date": DATE,
+                           "notes": f"{PAPER_CITE}. 8 full (incl. the forced first), 6 selective, 6 cached. S "
+                                    "placement kept as published (first of each reuse run); remapping to another "
+                                    "step count re-derives S by Eq. 7."}),
+        Preset(name="flux-dev-50-paper", schedule=flux, family="flux", model="FLUX.1-dev",
+               selective=SelectiveSettings(enabled=False, depth_fraction=0.25, ratio=0.3),
+               provenance={"source": PAPER_SOURCE, "sampler": "50 steps", "budget": 11,
+                           "objective": "ImageReward (paper)", "date": DATE,
+                           "notes": f"{PAPER_CITE}. Full at steps 0,1,2,6,12,18,24,30,35,40,45. The released code "
+                                    "runs TaylorSeer-style prediction between full steps; here they reuse the "
+                                    "cache. No selective steps (connect Selective Compute Settings to add them)."}),
+    ]
+
+
+def generated_presets() -> list[Preset]:
+    out = []
+    for t in TARGETS:
+        for tier, (share, vmin, vmax) in TIERS.items():
+            budget = max(1, round(t.steps * share))
+            space = count_patterns(t.steps, budget, vmin, vmax)
+            sched = sample_patterns(t.steps, budget, vmin, vmax, k=1, seed=t.seed)[0].with_selective(True)
+            c = sched.counts()
+            out.append(Preset(
+                name=f"{t.prefix}-{tier}", schedule=sched, family=t.family, model=t.model,
+                selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=t.ratio),
+                provenance={"source": "procache_core.search", "sampler": t.sampler, "budget": budget,
+                            "seed": t.seed, "vmin": vmin, "vmax": vmax, "objective": OBJECTIVE, "date": DATE,
+                            "notes": f"{tier}: {c['full']}/{t.steps} full steps; one of {space} patterns in the "
+                                     f"constrained space; selective steps by Eq. 7."}))
+    return out
+
+
+def all_presets() -> list[Preset]:
+    return paper_presets() + generated_presets()
+
+
+def render() -> dict[str, str]:
+    """file name -> YAML text of every shipped preset."""
+    header = "# Generated by scripts/generate_presets.py; edit that script, not this file.\n"
+    return {f"{p.name}.yaml": header + dump_preset(p) for p in all_presets()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "schedules")
+    ap.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on a difference")
+    args = ap.parse_args(argv)
+    files = render()
+    if args.check:
+        bad = [n for n, text in files.items()
+               if not (args.out / n).is_file() or (args.out / n).read_text(encoding="utf-8") != text]
+        for n in bad:
+            print(f"out of date: {args.out / n}", file=sys.stderr)
+        return 1 if bad else 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    for n, text in files.items():
+        (args.out / n).write_text(text, encoding="utf-8")
+        p = load_preset(args.out / n)  # every written file must load back
+        print(f"{n}: {p.schedule.grouped()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
