@@ -1,0 +1,142 @@
+"""Flux.1 (``comfy.ldm.flux.model.Flux`` with the host's Double/SingleStreamBlock).
+
+Patched with ``dit`` replace patches ``("double_block", i)`` and ``("single_block", i)``.
+
+* A double block has two residual streams (image, text) sharing one joint attention. It is run as two
+  engine blocks (image stream ``2i``, text stream ``2i+1``) with branches ``attn`` (the stream's
+  output projection of the joint attention, gated by ``mod1.gate``; the joint attention is computed
+  lazily, once, only when some stream needs it) and ``mlp`` (gated by ``mod2.gate``; token-local, so
+  selective steps recompute it for the top-k tokens of that stream).
+* A single block fuses attention and MLP in ``linear2(cat(attn, mlp))``: one branch, gated by
+  ``mod.gate``, not token-local (selective steps reuse it).
+
+Arithmetic is the host's (``x + gate * out`` is what its ``x += out * gate`` computes), so an
+all-FULL schedule reproduces the unpatched model.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...procache_core.engine import Branch
+from ..runtime_bridge import active_run
+from . import FamilyAdapter
+
+
+def _qkv(attn_mod, x, mod, norm, num_heads):
+    from comfy.ldm.flux.layers import apply_mod
+
+    h = apply_mod(norm(x), (1 + mod.scale), mod.shift, None)
+    qkv = attn_mod.qkv(h)
+    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = attn_mod.norm(q, k, v)
+    return q, k, v
+
+
+class FluxDoubleBlock:
+    def __init__(self, adapter: "FluxAdapter", index: int, owner: Any) -> None:
+        self.adapter, self.index, self.owner = adapter, index, owner
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        run = active_run(self.owner)
+        if run is None:
+            return extra["original_block"](args)
+        from comfy.ldm.flux.layers import apply_mod
+        from comfy.ldm.flux.math import attention
+
+        block = self.adapter.dm.double_blocks[self.index]
+        img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
+        attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
+        if block.modulation:
+            img_mod1, img_mod2 = block.img_mod(vec)
+            txt_mod1, txt_mod2 = block.txt_mod(vec)
+        else:
+            (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
+        img_in, txt_in = img, txt
+        joint: dict = {}
+
+        def attn_out() -> dict:
+            if not joint:
+                iq, ik, iv = _qkv(block.img_attn, img_in, img_mod1, block.img_norm1, block.num_heads)
+                tq, tk, tv = _qkv(block.txt_attn, txt_in, txt_mod1, block.txt_norm1, block.num_heads)
+                if block.flipped_img_txt:
+                    a = attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
+                                  pe=pe, mask=attn_mask, transformer_options=to)
+                    joint["img"], joint["txt"] = a[:, : img_in.shape[1]], a[:, img_in.shape[1]:]
+                else:
+                    a = attention(torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2),
+                                  pe=pe, mask=attn_mask, transformer_options=to)
+                    joint["txt"], joint["img"] = a[:, : txt_in.shape[1]], a[:, txt_in.shape[1]:]
+            return joint
+
+        img = run.run_block(2 * self.index, img, (
+            Branch("attn", lambda h: block.img_attn.proj(attn_out()["img"]), img_mod1.gate, False),
+            Branch("mlp", lambda h: block.img_mlp(apply_mod(block.img_norm2(h), (1 + img_mod2.scale), img_mod2.shift, None)),
+                   img_mod2.gate, True),
+        ))
+        txt = run.run_block(2 * self.index + 1, txt, (
+            Branch("attn", lambda h: block.txt_attn.proj(attn_out()["txt"]), txt_mod1.gate, False),
+            Branch("mlp", lambda h: block.txt_mlp(apply_mod(block.txt_norm2(h), (1 + txt_mod2.scale), txt_mod2.shift, None)),
+                   txt_mod2.gate, True),
+        ))
+        joint.clear()
+        if txt.dtype == torch.float16:
+            txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
+        return {"img": img, "txt": txt}
+
+
+class FluxSingleBlock:
+    def __init__(self, adapter: "FluxAdapter", index: int, owner: Any) -> None:
+        self.adapter, self.index, self.owner = adapter, index, owner
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        run = active_run(self.owner)
+        if run is None:
+            return extra["original_block"](args)
+        from comfy.ldm.flux.layers import apply_mod
+        from comfy.ldm.flux.math import attention
+
+        block = self.adapter.dm.single_blocks[self.index]
+        x, vec, pe = args["img"], args["vec"], args["pe"]
+        attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
+        mod = block.modulation(vec)[0] if block.modulation else vec
+
+        def compute(h):
+            qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + mod.scale), mod.shift, None)),
+                                   [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
+            q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+            del qkv
+            q, k = block.norm(q, k, v)
+            attn = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
+            return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
+
+        x = run.run_block(self.adapter.single_offset + self.index, x, (Branch("attn_mlp", compute, mod.gate, False),))
+        if x.dtype == torch.float16:
+            x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
+        return {"img": x}
+
+
+class FluxAdapter(FamilyAdapter):
+    family = "flux"
+    selective_support = "partial (double-block MLPs recompute top-k tokens; single blocks reuse on selective steps)"
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.n_double = len(diffusion_model.double_blocks)
+        self.n_single = len(diffusion_model.single_blocks)
+        self.single_offset = 2 * self.n_double
+        self.num_blocks = 2 * self.n_double + self.n_single
+        self.patch_size = int(getattr(diffusion_model, "patch_size", 2))
+
+    def install(self, model_patcher: Any, owner: Any) -> None:
+        for i in range(self.n_double):
+            model_patcher.set_model_patch_replace(FluxDoubleBlock(self, i, owner), "dit", "double_block", i)
+        for i in range(self.n_single):
+            model_patcher.set_model_patch_replace(FluxSingleBlock(self, i, owner), "dit", "single_block", i)
+
+    def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
+        if len(x_shape) != 4:
+            return None
+        p = self.patch_size
+        return ((x_shape[2] + p // 2) // p, (x_shape[3] + p // 2) // p)

@@ -1,0 +1,67 @@
+"""PixArt-α / PixArt-Σ (``comfy.ldm.pixart.pixartms.PixArtMS``).
+
+The host's PixArt forward passes no ``transformer_options`` to its blocks and has no ``dit`` replace
+patches, so each block's ``forward`` is replaced with an object patch
+(``diffusion_model.blocks.N.forward``). ``PixArtMSBlock.forward`` is split into three branches with
+the host's exact arithmetic:
+
+* ``attn``  = ``attn(t2i_modulate(norm1(x), shift_msa, scale_msa))``, gated by ``gate_msa``; reused on
+  selective steps (self-attention mixes tokens);
+* ``cross`` = ``cross_attn(x, y, mask)``, no gate; token-local (each query row attends to the prompt);
+* ``mlp``   = ``mlp(t2i_modulate(norm2(x), shift_mlp, scale_mlp))``, gated by ``gate_mlp``; token-local.
+
+The adaLN table (shift/scale/gate) is recomputed from the current timestep on every step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ...procache_core.engine import Branch
+from ..runtime_bridge import active_run
+from . import FamilyAdapter
+
+
+class PixArtBlockForward:
+    """Replacement of one block's ``forward`` (unpatched behaviour when no run of ours is active)."""
+
+    def __init__(self, block: Any, index: int, owner: Any) -> None:
+        self.block = block
+        self.index = index
+        self.owner = owner
+
+    def __call__(self, x, y, t, mask=None, HW=None, **kwargs):
+        block = self.block
+        run = active_run(self.owner)
+        if run is None:
+            return type(block).forward(block, x, y, t, mask, HW, **kwargs)
+        from comfy.ldm.pixart.blocks import t2i_modulate
+
+        B, N, C = x.shape
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            block.scale_shift_table[None].to(dtype=x.dtype, device=x.device) + t.reshape(B, 6, -1)).chunk(6, dim=1)
+        branches = (
+            Branch("attn", lambda h: block.attn(t2i_modulate(block.norm1(h), shift_msa, scale_msa), HW=HW),
+                   gate_msa, False),
+            Branch("cross", lambda h: block.cross_attn(h, y, mask), None, True),
+            Branch("mlp", lambda h: block.mlp(t2i_modulate(block.norm2(h), shift_mlp, scale_mlp)), gate_mlp, True),
+        )
+        return run.run_block(self.index, x, branches)
+
+
+class PixArtAdapter(FamilyAdapter):
+    family = "pixart"
+    selective_support = "full (cross-attention and MLP recompute top-k tokens; self-attention reused)"
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.num_blocks = len(diffusion_model.blocks)
+        self.patch_size = int(diffusion_model.patch_size)
+
+    def install(self, model_patcher: Any, owner: Any) -> None:
+        for i, block in enumerate(self.dm.blocks):
+            model_patcher.add_object_patch(f"diffusion_model.blocks.{i}.forward", PixArtBlockForward(block, i, owner))
+
+    def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
+        if len(x_shape) != 4:
+            return None
+        return (x_shape[2] // self.patch_size, x_shape[3] // self.patch_size)

@@ -1,0 +1,119 @@
+"""SD3 / SD3.5 (``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT``), patched per joint block with
+``dit`` replace patches ``("double_block", i)``.
+
+A joint block has an image stream (``x_block``) and a text stream (``context_block``) sharing one
+joint attention; like Flux they run as two engine blocks (image ``2i``, text ``2i+1``) with branches
+``attn`` (``attn.post_attention`` of the joint attention, gated by ``gate_msa``; computed lazily once)
+and ``mlp`` (gated by ``gate_mlp``; token-local). The last joint block's text stream is ``pre_only``
+(no output) and is not run. SD3.5 Medium's image blocks with an extra self-attention
+(``x_block_self_attn``) get a third branch ``attn2``; the host sums those two attention outputs with
+``torch.stack(...).sum``, so for those blocks an all-FULL schedule matches the unpatched model up to
+float rounding rather than bit for bit. Everything else uses the host's exact arithmetic.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...procache_core.engine import Branch
+from ..runtime_bridge import active_run
+from . import FamilyAdapter
+
+
+def _mods(block, c):
+    """adaLN terms of a DismantledBlock, as its pre_attention(_x) computes them (no qkv yet)."""
+    if block.x_block_self_attn:
+        m = block.adaLN_modulation(c).chunk(9, dim=1)
+        return {"shift_msa": m[0], "scale_msa": m[1], "gate_msa": m[2], "shift_mlp": m[3], "scale_mlp": m[4],
+                "gate_mlp": m[5], "shift_msa2": m[6], "scale_msa2": m[7], "gate_msa2": m[8]}
+    if not block.pre_only:
+        if not block.scale_mod_only:
+            m = block.adaLN_modulation(c).chunk(6, dim=1)
+            return {"shift_msa": m[0], "scale_msa": m[1], "gate_msa": m[2], "shift_mlp": m[3], "scale_mlp": m[4],
+                    "gate_mlp": m[5]}
+        m = block.adaLN_modulation(c).chunk(4, dim=1)
+        return {"shift_msa": None, "scale_msa": m[0], "gate_msa": m[1], "shift_mlp": None, "scale_mlp": m[2],
+                "gate_mlp": m[3]}
+    if not block.scale_mod_only:
+        m = block.adaLN_modulation(c).chunk(2, dim=1)
+        return {"shift_msa": m[0], "scale_msa": m[1]}
+    return {"shift_msa": None, "scale_msa": block.adaLN_modulation(c)}
+
+
+class SD3JointBlock:
+    def __init__(self, adapter: "SD3Adapter", index: int, owner: Any) -> None:
+        self.adapter, self.index, self.owner = adapter, index, owner
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        run = active_run(self.owner)
+        if run is None:
+            return extra["original_block"](args)
+        import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
+
+        jb = self.adapter.dm.joint_blocks[self.index]
+        cb, xb = jb.context_block, jb.x_block
+        x, context, c = args["img"], args["txt"], args["vec"]
+        to = args.get("transformer_options") or {}
+        cm, xm = _mods(cb, c), _mods(xb, c)
+        x_in, ctx_in = x, context
+        joint: dict = {}
+
+        def attn_out() -> dict:
+            if not joint:
+                cq = cb.attn.pre_attention(mmdit.modulate(cb.norm1(ctx_in), cm["shift_msa"], cm["scale_msa"]))
+                if xb.x_block_self_attn:
+                    x_norm = xb.norm1(x_in)
+                    xq = xb.attn.pre_attention(mmdit.modulate(x_norm, xm["shift_msa"], xm["scale_msa"]))
+                    joint["qkv2"] = xb.attn2.pre_attention(mmdit.modulate(x_norm, xm["shift_msa2"], xm["scale_msa2"]))
+                else:
+                    xq = xb.attn.pre_attention(mmdit.modulate(xb.norm1(x_in), xm["shift_msa"], xm["scale_msa"]))
+                qkv = tuple(torch.cat((cq[t], xq[t]), dim=1) for t in range(3))
+                a = mmdit.optimized_attention(qkv[0], qkv[1], qkv[2], heads=xb.attn.num_heads, transformer_options=to)
+                joint["ctx"], joint["x"] = a[:, : cq[0].shape[1]], a[:, cq[0].shape[1]:]
+            return joint
+
+        def attn2(h):
+            q2 = attn_out()["qkv2"]
+            return xb.attn2.post_attention(
+                mmdit.optimized_attention(q2[0], q2[1], q2[2], heads=xb.attn2.num_heads, transformer_options=to))
+
+        x_branches = [Branch("attn", lambda h: xb.attn.post_attention(attn_out()["x"]),
+                             xm["gate_msa"].unsqueeze(1), False)]
+        if xb.x_block_self_attn:
+            x_branches.append(Branch("attn2", attn2, xm["gate_msa2"].unsqueeze(1), False))
+        x_branches.append(Branch("mlp", lambda h: xb.mlp(mmdit.modulate(xb.norm2(h), xm["shift_mlp"], xm["scale_mlp"])),
+                                 xm["gate_mlp"].unsqueeze(1), True))
+        if not cb.pre_only:
+            context = run.run_block(2 * self.index + 1, context, (
+                Branch("attn", lambda h: cb.attn.post_attention(attn_out()["ctx"]), cm["gate_msa"].unsqueeze(1), False),
+                Branch("mlp", lambda h: cb.mlp(mmdit.modulate(cb.norm2(h), cm["shift_mlp"], cm["scale_mlp"])),
+                       cm["gate_mlp"].unsqueeze(1), True),
+            ))
+        else:
+            context = None
+        x = run.run_block(2 * self.index, x, x_branches)
+        joint.clear()
+        return {"txt": context, "img": x}
+
+
+class SD3Adapter(FamilyAdapter):
+    family = "sd3"
+    selective_support = "partial (joint-block MLPs of both streams recompute top-k tokens; attention reused)"
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.n_joint = len(diffusion_model.joint_blocks)
+        self.num_blocks = 2 * self.n_joint
+        ps = diffusion_model.patch_size
+        self.patch_size = int(ps[0] if isinstance(ps, (tuple, list)) else ps)
+
+    def install(self, model_patcher: Any, owner: Any) -> None:
+        for i in range(self.n_joint):
+            model_patcher.set_model_patch_replace(SD3JointBlock(self, i, owner), "dit", "double_block", i)
+
+    def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
+        if len(x_shape) != 4:
+            return None
+        p = self.patch_size
+        return ((x_shape[2] + p - 1) // p, (x_shape[3] + p - 1) // p)

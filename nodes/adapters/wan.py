@@ -1,0 +1,79 @@
+"""Wan 2.x (``comfy.ldm.wan.model.WanModel`` and subclasses with ``WanAttentionBlock`` blocks).
+
+Wan has ``dit`` replace patches, but they do not carry the block's ``context_img_len`` (image-to-video
+cross-attention needs it), so each block's ``forward`` is replaced with an object patch
+(``diffusion_model.blocks.N.forward``), which receives every argument. Branches:
+
+* ``self_attn``, gated by ``e[2]`` (reused on selective steps);
+* ``cross`` = ``cross_attn(norm3(x), context)``, no gate, token-local;
+* ``ffn``, gated by ``e[5]``; token-local when the modulation is per sample (Wan 2.1/2.2 14B). With
+  per-frame modulation (Wan 2.2 5B) it is treated as not token-local (reused on selective steps).
+
+The host writes the gated residual as ``torch.addcmul(x, y, gate)`` (fused); the engine writes
+``x + gate * y``. They differ in the last bits (measured ~1e-6 relative on CPU), so for Wan an all-FULL
+schedule equals the unpatched model up to float rounding, not bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...procache_core.engine import Branch
+from ..runtime_bridge import active_run
+from . import FamilyAdapter
+
+
+class WanBlockForward:
+    def __init__(self, block: Any, index: int, owner: Any) -> None:
+        self.block, self.index, self.owner = block, index, owner
+
+    def __call__(self, x, e, freqs, context, context_img_len=257, transformer_options={}, **kwargs):
+        block = self.block
+        run = active_run(self.owner)
+        if run is None:
+            return type(block).forward(block, x, e, freqs, context, context_img_len=context_img_len,
+                                       transformer_options=transformer_options, **kwargs)
+        import comfy.model_management
+        from comfy.ldm.wan.model import repeat_e
+
+        mod = comfy.model_management.cast_to(block.modulation, dtype=x.dtype, device=x.device)
+        e = (mod + e).chunk(6, dim=1) if e.ndim < 4 else (mod.unsqueeze(0) + e).unbind(2)
+        x = x.contiguous()
+        per_sample = all(t.size(1) == 1 for t in e)
+        to = transformer_options
+        branches = (
+            Branch("self_attn", lambda h: block.self_attn(torch_addcmul(repeat_e(e[0], h), block.norm1(h), 1 + repeat_e(e[1], h)),
+                                                          freqs, transformer_options=to),
+                   repeat_e(e[2], x), False),
+            Branch("cross", lambda h: block.cross_attn(block.norm3(h), context, context_img_len=context_img_len,
+                                                       transformer_options=to), None, True),
+            Branch("ffn", lambda h: block.ffn(torch_addcmul(repeat_e(e[3], h), block.norm2(h), 1 + repeat_e(e[4], h))),
+                   repeat_e(e[5], x), per_sample),
+        )
+        return run.run_block(self.index, x, branches)
+
+
+def torch_addcmul(a, b, c):
+    return torch.addcmul(a, b, c)
+
+
+class WanAdapter(FamilyAdapter):
+    family = "wan"
+    selective_support = "partial (cross-attention and, with per-sample modulation, FFN recompute top-k tokens)"
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.num_blocks = len(diffusion_model.blocks)
+        self.patch_size = tuple(int(p) for p in diffusion_model.patch_size)
+
+    def install(self, model_patcher: Any, owner: Any) -> None:
+        for i, block in enumerate(self.dm.blocks):
+            model_patcher.add_object_patch(f"diffusion_model.blocks.{i}.forward", WanBlockForward(block, i, owner))
+
+    def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
+        if len(x_shape) != 5:
+            return None
+        pt, ph, pw = self.patch_size
+        t = (x_shape[2] + pt - 1) // pt
+        return (t * ((x_shape[3] + ph - 1) // ph), (x_shape[4] + pw - 1) // pw)

@@ -1,0 +1,130 @@
+"""ProCache Schedule Search: the paper's offline search, run on the user's own model inside ComfyUI.
+
+One full-compute reference sampling, then one sampling per constrained candidate schedule (drawn
+uniformly by procache_core.search), each scored against the reference with the proxy metric. A
+uniform-interval schedule of the same budget is scored too, so the report shows what the search bought.
+A single progress bar spans every sampling; an interrupt stops the search before anything is saved.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..procache_core import proxy, search
+from ..procache_core.baselines import uniform_schedule
+from ..procache_core.presets import Preset, save_preset, validate_preset_name
+from ..procache_core.settings import SelectiveSettings
+from .schedule_loader import ScheduleSocket, user_presets_dir
+from .selective_settings import SelectiveSocket
+
+log = logging.getLogger("ProCache")
+
+
+def _sample(model, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
+            positive, negative, on_step) -> torch.Tensor:
+    import comfy.sample
+
+    latent_image = comfy.sample.fix_empty_latent_channels(model, latent["samples"])
+    noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
+    return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
+                               denoise=1.0, noise_mask=latent.get("noise_mask"), seed=seed, disable_pbar=True,
+                               callback=lambda step, x0, x, total: on_step())
+
+
+def _patched(model, preset: Preset, selective: SelectiveSettings | None):
+    from .apply import ProCacheApply
+
+    return ProCacheApply.execute(model, preset, selective).args[0]
+
+
+class ProCacheScheduleSearch(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        import comfy.samplers
+
+        return io.Schema(
+            node_id="ProCacheScheduleSearch",
+            display_name="ProCache Schedule Search",
+            category="ProCache",
+            description="Finds the best ProCache schedule for this model, prompt and sampler: samples once with "
+                        "full compute, then with K constrained candidate schedules, and keeps the candidate "
+                        "closest to full compute. Costs about K+2 samplings.",
+            inputs=[
+                io.Model.Input("model", tooltip="the plain MODEL (not the output of ProCache Apply)"),
+                io.Conditioning.Input("positive"),
+                io.Conditioning.Input("negative"),
+                io.Latent.Input("latent_image"),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, tooltip="sampling seed of every run"),
+                io.Int.Input("steps", default=20, min=2, max=1000, tooltip="sampler steps the schedule is for"),
+                io.Float.Input("cfg", default=4.5, min=0.0, max=100.0, step=0.1),
+                io.Combo.Input("sampler_name", options=comfy.samplers.KSampler.SAMPLERS, default="dpmpp_2m"),
+                io.Combo.Input("scheduler", options=comfy.samplers.KSampler.SCHEDULERS, default="karras"),
+                io.Float.Input("target_speedup", default=2.0, min=1.0, max=20.0, step=0.05,
+                               tooltip="sets the number of full steps (budget = steps / speed-up) unless "
+                                       "budget is above 0"),
+                io.Int.Input("budget", default=0, min=0, max=1000, tooltip="number of full steps; 0 = from target_speedup"),
+                io.Int.Input("vmin", default=1, min=0, max=100, tooltip="shortest reuse interval (cached steps in a row)"),
+                io.Int.Input("vmax", default=4, min=0, max=100, tooltip="longest reuse interval"),
+                io.Int.Input("k", default=5, min=1, max=64, tooltip="candidate schedules to try"),
+                io.Int.Input("search_seed", default=0, min=0, max=2**31 - 1, tooltip="seed of the candidate draw"),
+                io.Combo.Input("metric", options=sorted(proxy.METRICS), default="rel_l2",
+                               tooltip="proxy metric against the full-compute result"),
+                SelectiveSocket.Input("selective", optional=True,
+                                      tooltip="selective settings; when given, candidates get selective steps"),
+                io.String.Input("save_as", default="", optional=True,
+                                tooltip="when set, the best schedule is saved as user preset user/<name>"),
+            ],
+            outputs=[ScheduleSocket.Output(display_name="schedule"), io.String.Output(display_name="report")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
+                target_speedup, budget, vmin, vmax, k, search_seed, metric, selective=None,
+                save_as: str = "") -> io.NodeOutput:
+        import comfy.utils
+
+        save_as = (save_as or "").strip()
+        if save_as:
+            validate_preset_name(save_as)
+        if budget <= 0:
+            budget = search.budget_for_speedup(steps, target_speedup, vmin, vmax)
+        sel = selective.validate() if selective is not None else None
+        use_sel = bool(sel is not None and sel.enabled)
+        candidates = search.sample_patterns(steps, budget, vmin, vmax, k, search_seed, selective=use_sel)
+        uniform = uniform_schedule(steps, budget)
+        uniform = uniform.with_selective(True) if use_sel else uniform
+        pbar = comfy.utils.ProgressBar((len(candidates) + 2) * steps)
+        run = lambda m: _sample(m, latent_image, seed, steps, cfg, sampler_name, scheduler, positive, negative,
+                                lambda: pbar.update(1))  # noqa: E731
+
+        reference = run(model).float()
+        scores = []
+        for i, sched in enumerate(candidates):
+            preset = Preset(name=f"candidate-{i}", schedule=sched, family="any")
+            scores.append(proxy.METRICS[metric](run(_patched(model, preset, sel)).float(), reference))
+        uni_score = proxy.METRICS[metric](run(_patched(model, Preset(name="uniform", schedule=uniform), sel)).float(),
+                                          reference)
+        best = proxy.best_index(scores, metric)
+        winner = candidates[best]
+        best_preset = Preset(
+            name=save_as or "searched", schedule=winner, family="any", model="",
+            selective=sel or SelectiveSettings(),
+            provenance={"source": "ProCache Schedule Search node", "sampler": f"{sampler_name}/{scheduler}",
+                        "budget": budget, "objective": f"{metric} vs full compute, seed {seed}, cfg {cfg}",
+                        "date": _dt.date.today().isoformat(),
+                        "notes": f"best of {len(candidates)} (vmin={vmin}, vmax={vmax}, search_seed={search_seed})"})
+        lines = [f"ProCache search: {steps} steps, budget {budget} full, {len(candidates)} candidates, {metric}"]
+        for i, (sched, sc) in enumerate(zip(candidates, scores)):
+            lines.append(f"{'*' if i == best else ' '} {sched.to_string()}  {metric}={sc:.5f}")
+        lines.append(f"  uniform {uniform.to_string()}  {metric}={uni_score:.5f}")
+        if save_as:
+            path = user_presets_dir() / f"{save_as}.yaml"
+            save_preset(best_preset, path)  # written only after every run finished
+            lines.append(f"saved as user/{save_as} ({path.name})")
+        report = "\n".join(lines)
+        log.info("%s", report)
+        return io.NodeOutput(best_preset, report, ui={"text": [report]})

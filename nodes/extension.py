@@ -1,0 +1,20 @@
+"""The pack's V3 extension: the list of nodes ComfyUI registers."""
+from __future__ import annotations
+
+from comfy_api.latest import ComfyExtension, io
+
+try:  # registers the /procache/ HTTP routes used by the web UI (web/js/procache.js)
+    from . import routes as _routes  # noqa: F401
+except Exception:  # the nodes must load even if the UI routes cannot
+    import logging; logging.getLogger("ProCache").exception("ProCache: web UI routes not registered")
+
+
+class ProCacheExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        from .apply import ProCacheApply, ProCacheStats
+        from .calibrate import ProCacheScheduleSearch
+        from .schedule_loader import ProCacheScheduleLoader
+        from .selective_settings import ProCacheSelectiveSettings
+
+        return [ProCacheScheduleLoader, ProCacheSelectiveSettings, ProCacheApply, ProCacheStats,
+                ProCacheScheduleSearch]

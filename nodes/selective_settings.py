@@ -1,0 +1,49 @@
+"""Selective Compute Settings: how ProCache's selective (S) steps recompute tokens."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..procache_core.settings import ScoreWeights, SelectiveSettings
+
+SelectiveSocket = io.Custom("PROCACHE_SELECTIVE")
+
+
+class ProCacheSelectiveSettings(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheSelectiveSettings",
+            display_name="Selective Compute Settings",
+            category="ProCache",
+            description="On selective (S) steps the deepest blocks recompute token-local parts (MLP, "
+                        "cross-attention) for the most important tokens and reuse the rest.",
+            inputs=[
+                io.Boolean.Input("enabled", default=True,
+                                 tooltip="Off: selective steps become cached steps. On, connected to Apply: a "
+                                         "schedule without S steps gets them (every 2nd step of each cached run)."),
+                io.Float.Input("depth_fraction", default=0.25, step=0.01,
+                               tooltip="Share of blocks, counted from the deepest, that recompute tokens (0..1). "
+                                       "Checked when the node runs."),
+                io.Float.Input("ratio", default=0.3, step=0.01,
+                               tooltip="Share of tokens recomputed in those blocks (0..1). Checked when the node runs."),
+                io.Float.Input("w_staleness", default=1.0, min=0.0, max=100.0, step=0.05,
+                               tooltip="Weight of steps since a token was last recomputed."),
+                io.Float.Input("w_input_change", default=1.0, min=0.0, max=100.0, step=0.05,
+                               tooltip="Weight of how much a token's block input changed since then."),
+                io.Float.Input("w_output_norm", default=0.25, min=0.0, max=100.0, step=0.05,
+                               tooltip="Weight of the size of the token's cached output."),
+                io.Float.Input("w_spatial", default=0.5, min=0.0, max=100.0, step=0.05,
+                               tooltip="Weight of the bonus that spreads picks over the image."),
+            ],
+            outputs=[SelectiveSocket.Output(display_name="selective")],
+        )
+
+    @classmethod
+    def execute(cls, enabled: bool, depth_fraction: float, ratio: float, w_staleness: float = 1.0,
+                w_input_change: float = 1.0, w_output_norm: float = 0.25, w_spatial: float = 0.5) -> io.NodeOutput:
+        settings = SelectiveSettings(
+            enabled=bool(enabled), depth_fraction=float(depth_fraction), ratio=float(ratio),
+            weights=ScoreWeights(staleness=float(w_staleness), input_change=float(w_input_change),
+                                 output_norm=float(w_output_norm), spatial=float(w_spatial)),
+        ).validate()
+        return io.NodeOutput(settings)

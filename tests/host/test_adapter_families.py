@@ -1,0 +1,178 @@
+"""Family adapters, in process, on tiny random models built from the host's own classes.
+
+For every family: an all-FULL run through the adapter equals the unpatched model bit for bit (Wan and
+SD3.5's extra self-attention blocks: to float rounding, see their adapters), a cached step reuses every block (no block
+computed), a selective step recomputes tokens where the family has token-local branches, and
+family detection / the unsupported-model error work. The run is driven the way the bridge drives
+it: ``CacheRun.begin_step`` + ``set_stream`` and the state pushed on the active stack.
+"""
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from _inprocess import FakePatcher, load_pack
+
+pack = load_pack()
+from procache_pack.nodes import adapters as A  # noqa: E402
+from procache_pack.nodes import runtime_bridge as RB  # noqa: E402
+from procache_pack.procache_core.engine import CacheRun  # noqa: E402
+from procache_pack.procache_core.errors import UnsupportedModelError  # noqa: E402
+from procache_pack.procache_core.schedule import Schedule  # noqa: E402
+from procache_pack.procache_core.settings import SelectiveSettings  # noqa: E402
+
+
+def _init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, p in sorted(model.named_parameters()):
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    return model.eval()
+
+
+def tiny_pixart():
+    import torch.nn as nn
+    from comfy.ldm.pixart.pixartms import PixArtMS
+
+    return _init(PixArtMS(depth=3, hidden_size=96, num_heads=4, patch_size=2, in_channels=4, pred_sigma=True,
+                          micro_condition=True, model_max_length=8, caption_channels=32, operations=nn), 1)
+
+
+def tiny_flux():
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    return _init(Flux(in_channels=4, out_channels=4, vec_in_dim=16, context_in_dim=32, hidden_size=64, mlp_ratio=2.0,
+                      num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
+                      qkv_bias=True, guidance_embed=False, operations=comfy.ops.disable_weight_init), 2)
+
+
+def tiny_sd3(x_self_attn: bool = False):
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
+
+    return _init(OpenAISignatureMMDITWrapper(
+        input_size=None, patch_size=2, in_channels=4, depth=2, adm_in_channels=16, out_channels=4,
+        pos_embed_max_size=16, num_patches=256, qk_norm="rms" if x_self_attn else None,
+        x_block_self_attn=x_self_attn, x_block_self_attn_layers=[0] if x_self_attn else [],
+        context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 32, "out_features": 128}},
+        operations=comfy.ops.disable_weight_init), 3)
+
+
+def tiny_wan():
+    import comfy.ops
+    from comfy.ldm.wan.model import WanModel
+
+    return _init(WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=8, in_dim=4, dim=64, ffn_dim=128,
+                          freq_dim=32, text_dim=32, out_dim=4, num_heads=4, num_layers=2,
+                          operations=comfy.ops.disable_weight_init), 4)
+
+
+def call(family, dm, to):
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        if family == "pixart":
+            x = torch.randn(2, 4, 48, 48, generator=g)
+            return dm(x, torch.tensor([500.0, 500.0]), torch.randn(2, 8, 32, generator=g))
+        if family == "flux":
+            x = torch.randn(2, 4, 16, 16, generator=g)
+            return dm(x, torch.tensor([0.5, 0.5]), torch.randn(2, 6, 32, generator=g), y=torch.randn(2, 16, generator=g),
+                      transformer_options=to)
+        if family == "sd3":
+            x = torch.randn(2, 4, 16, 16, generator=g)
+            return dm(x, torch.tensor([500.0, 500.0]), torch.randn(2, 6, 32, generator=g),
+                      y=torch.randn(2, 16, generator=g), transformer_options=to)
+        x = torch.randn(2, 4, 2, 16, 16, generator=g)
+        return dm(x, torch.tensor([500.0, 500.0]), torch.randn(2, 8, 32, generator=g), transformer_options=to)
+
+
+BUILDERS = {"pixart": tiny_pixart, "flux": tiny_flux, "sd3": tiny_sd3, "wan": tiny_wan}
+
+
+def patched_run(family, dm, schedule: str, ratio: float = 0.5):
+    """Outputs of every step of `schedule`, evaluated on the same inputs through the adapter."""
+    fp = FakePatcher(dm)
+    adapter = A.adapter_for(fp)
+    assert adapter.family == family
+    owner = types.SimpleNamespace()
+    adapter.install(fp, owner)
+    run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(ratio=ratio, depth_fraction=1.0),
+                   num_blocks=adapter.num_blocks)
+    state = types.SimpleNamespace(config=owner, run=run, closed=False)
+    outs = []
+    to = fp.model_options["transformer_options"]
+    with fp.patched():
+        for step in range(len(schedule)):
+            run.begin_step(step)
+            run.set_stream((0, 1), chunks=2)
+            RB._ACTIVE.stack = [state]
+            try:
+                outs.append(call(family, dm, dict(to)))
+            finally:
+                RB._ACTIVE.stack = []
+    run.close()
+    return outs, run.stats
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_all_full_is_bitwise_equal(family):
+    dm = BUILDERS[family]()
+    ref = call(family, dm, {})
+    outs, stats = patched_run(family, dm, "FF")
+    for o in outs:
+        if family == "wan":  # host writes torch.addcmul(x, y, gate); the engine x + gate * y (see wan.py)
+            assert torch.allclose(o, ref, atol=1e-5, rtol=1e-5), f"wan: max diff {(o - ref).abs().max().item()}"
+        else:
+            assert torch.equal(o, ref), f"{family}: max diff {(o - ref).abs().max().item()}"
+    assert stats.block_eval_fraction == 1.0
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_cached_step_reuses_every_block_and_stays_close(family):
+    dm = BUILDERS[family]()
+    ref = call(family, dm, {})
+    outs, stats = patched_run(family, dm, "FC")
+    # same inputs on both steps: reusing the block outputs of step 0 reproduces them (same gates)
+    assert torch.allclose(outs[1], ref, atol=1e-5, rtol=1e-4)
+    n = stats.block_evals_full // 2
+    assert stats.block_evals_done == pytest.approx(n)  # step 1 computed nothing
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_selective_step(family):
+    dm = BUILDERS[family]()
+    outs, stats = patched_run(family, dm, "FCS", ratio=0.5)
+    assert stats.tokens_recomputed > 0  # flux: the double blocks' MLPs; the others: MLP/cross-attention
+    assert all(torch.isfinite(o).all() for o in outs)
+
+
+def test_unpatched_when_no_run_is_active():
+    dm = tiny_pixart()
+    ref = call("pixart", dm, {})
+    fp = FakePatcher(dm)
+    A.adapter_for(fp).install(fp, object())
+    with fp.patched():
+        assert torch.equal(call("pixart", dm, {}), ref)
+
+
+def test_sd35_self_attn_blocks_close():
+    dm = tiny_sd3(x_self_attn=True)
+    ref = call("sd3", dm, {})
+    outs, _ = patched_run("sd3", dm, "FF")
+    assert torch.allclose(outs[0], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_model_names_supported_families():
+    dm = torch.nn.Linear(2, 2)
+    fp = FakePatcher(dm)
+    with pytest.raises(UnsupportedModelError) as err:
+        A.adapter_for(fp)
+    msg = str(err.value)
+    assert "'model'" in msg and "Linear" in msg
+    for fam in ("PixArt", "Flux", "SD3", "Wan"):
+        assert fam in msg
