@@ -32,6 +32,11 @@ def _init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
             else:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+        # buffers such as SD3's pos_embed are allocated with torch.empty by the host: never leave them
+        # holding whatever memory was there (NaN in a full test run)
+        for _, b in sorted(model.named_buffers()):
+            if b.is_floating_point():
+                b.copy_(torch.randn(b.shape, generator=g) * 0.1)
     return model.eval()
 
 
