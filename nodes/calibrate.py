@@ -121,6 +121,9 @@ class ProCacheScheduleSearch(io.ComfyNode):
         for i, (sched, sc) in enumerate(zip(candidates, scores)):
             lines.append(f"{'*' if i == best else ' '} {sched.to_string()}  {metric}={sc:.5f}")
         lines.append(f"  uniform {uniform.to_string()}  {metric}={uni_score:.5f}")
+        beats = scores[best] != uni_score and proxy.best_index([uni_score, scores[best]], metric) == 1
+        lines.append(f"best {metric}={scores[best]:.5f} vs uniform {metric}={uni_score:.5f}: "
+                     f"{'better than uniform' if beats else 'NOT better than uniform'}")
         if save_as:
             path = user_presets_dir() / f"{save_as}.yaml"
             save_preset(best_preset, path)  # written only after every run finished

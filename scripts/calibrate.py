@@ -27,11 +27,12 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 from comfy_client import ComfyClient, ComfyServer, load_latent  # noqa: E402
 from procache_core import proxy, search  # noqa: E402
+from procache_core.errors import ProCacheError  # noqa: E402
 from procache_core.baselines import uniform_schedule  # noqa: E402
 from procache_core.presets import Preset, dump_preset, validate_preset_name  # noqa: E402
 from procache_core.schedule import Schedule  # noqa: E402
-from workflow_tools import (WorkflowError, ensure_save_latent, only_latent_outputs, sampler_steps,  # noqa: E402
-                            set_schedule_text, set_seed, without_procache)
+from workflow_tools import (WorkflowError, ensure_save_latent, nodes_of, only_latent_outputs,  # noqa: E402
+                            sampler_steps, set_schedule_text, set_seed, without_procache)
 
 
 def run_latent(client: ComfyClient, prompt: dict, prefix: str):
@@ -84,10 +85,12 @@ def main(argv: list[str] | None = None) -> int:
 
     name = args.name or args.out.stem
     validate_preset_name(name)
-    prompt = only_latent_outputs(json.loads(args.workflow.read_text()))
+    prompt = only_latent_outputs(load_workflow(args.workflow))
+    check_workflow(prompt)  # before any host starts: a bad workflow fails in milliseconds
     steps = sampler_steps(prompt)
     budget = args.budget if args.budget is not None else (
-        search.budget_for_speedup(steps, args.speedup) if args.speedup else max(1, round(steps * 0.35)))
+        search.budget_for_speedup(steps, args.speedup, args.vmin, args.vmax) if args.speedup
+        else search.budget_for_speedup(steps, 1 / 0.35, args.vmin, args.vmax))
     candidates = search.sample_patterns(steps, budget, args.vmin, args.vmax, args.k, args.seed)
     if args.selective:
         candidates = [c.with_selective(True) for c in candidates]
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         baseline = baseline.with_selective(True)
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    mine = list(range(rank, len(candidates), world))
+    mine = split_candidates(len(candidates), rank, world)
     server = None
     if args.server:
         if args.output_dir is None:
@@ -115,12 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             server.stop()
     for i, row in zip(mine, rows_mine):
         row["index"] = i
-    rows = _gather(rows_mine, world)
+    rows = merge_rows(_gather(rows_mine, world))
     if rank != 0:
         return 0
-    rows.sort(key=lambda r: r["index"])
     higher_better = proxy.HIGHER_IS_BETTER[args.metric]
-    best = (max if higher_better else min)(rows, key=lambda r: r["score"])
+    best = rows[proxy.best_index([r["score"] for r in rows], args.metric)]  # NaN never wins
     sched = Schedule.from_string(best["actions"])
     preset = Preset(name=name, schedule=sched, family=args.family, model=args.workflow.stem,
                     selective=_default_selective(), provenance={
@@ -134,13 +136,58 @@ def main(argv: list[str] | None = None) -> int:
     tmp.replace(args.out)  # never leaves a half-written preset
     report = {"workflow": str(args.workflow), "steps": steps, "budget": budget, "metric": args.metric,
               "higher_is_better": higher_better, "candidates": rows, "best": best,
-              "uniform_baseline": base_rows[0] if base_rows else None}
+              "uniform_baseline": base_rows[0] if base_rows else None,
+              "best_beats_uniform": bool(base_rows) and proxy.best_index(
+                  [base_rows[0]["score"], best["score"]], args.metric) == 1
+              and base_rows[0]["score"] != best["score"]}
     report_path = args.report or args.out.with_suffix(".report.json")
     report_path.write_text(json.dumps(report, indent=2))
     print(f"[calibrate] best {best['actions']} ({args.metric}={best['score']:.5f}); uniform "
           f"{base_rows[0]['actions']} ({args.metric}={base_rows[0]['score']:.5f})")
     print(f"[calibrate] wrote {args.out} and {report_path}")
     return 0
+
+
+def load_workflow(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as exc:
+        raise WorkflowError(f"cannot read the workflow {path}: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise WorkflowError(f"{path} is not JSON ({exc})") from None
+    if not isinstance(data, dict) or not all(isinstance(n, dict) and "class_type" in n for n in data.values()):
+        raise WorkflowError(f"{path} is not an API-format workflow: use \"Save (API)\" in the ComfyUI menu")
+    return data
+
+
+def check_workflow(prompt: dict) -> None:
+    """Everything the calibration needs from the graph, checked up front (raises WorkflowError)."""
+    if not nodes_of(prompt, "ProCacheApply"):
+        raise WorkflowError("the workflow has no ProCacheApply node: add ProCache Apply between the model "
+                            "and the sampler")
+    if not nodes_of(prompt, "ProCacheScheduleLoader"):
+        raise WorkflowError("the workflow has no ProCacheScheduleLoader node: add ProCache Schedule Loader "
+                            "and connect it to ProCache Apply")
+    without_procache(prompt)
+    sampler_steps(prompt)
+
+
+def split_candidates(n: int, rank: int, world: int) -> list[int]:
+    """Indices of the candidates process `rank` of `world` evaluates: every world-th from rank.
+
+    Every index in range(n) lands in exactly one process; process loads differ by at most one.
+    """
+    if world < 1 or not 0 <= rank < world:
+        raise WorkflowError(f"RANK={rank} / WORLD_SIZE={world} is not a valid process layout")
+    return list(range(rank, n, world))
+
+
+def merge_rows(parts: list[list[dict]]) -> list[dict]:
+    """Rows gathered from every process, in candidate order; each index must appear exactly once."""
+    rows = sorted((r for part in parts for r in part), key=lambda r: r["index"])
+    if [r["index"] for r in rows] != list(range(len(rows))):
+        raise RuntimeError(f"gathered candidate indices {[r['index'] for r in rows]} are not 0..{len(rows) - 1}")
+    return rows
 
 
 def _default_selective():
@@ -165,21 +212,28 @@ def _cuda_available() -> bool:
         return False
 
 
-def _gather(rows: list[dict], world: int) -> list[dict]:
+def _gather(rows: list[dict], world: int) -> list[list[dict]]:
+    """Every process's rows, one list per rank (torch.distributed gloo when world > 1)."""
     if world == 1:
-        return rows
+        return [rows]
     import torch.distributed as dist
 
     if not dist.is_initialized():
         dist.init_process_group("gloo")
     out: list = [None] * world
     dist.all_gather_object(out, rows)
-    return [r for part in out for r in part]
+    return list(out)
+
+
+def cli(argv: list[str] | None = None) -> int:
+    from comfy_client import PromptError
+
+    try:
+        return main(argv)
+    except (WorkflowError, ProCacheError, PromptError) as exc:
+        print(f"calibrate: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except WorkflowError as exc:
-        print(f"calibrate: {exc}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(cli())

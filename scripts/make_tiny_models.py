@@ -66,6 +66,26 @@ def tiny_pixart_sigma() -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
+@maker("procache-tiny-unsupported-hunyuan-video.safetensors", "diffusion_models")
+def tiny_unsupported_hunyuan_video() -> dict[str, torch.Tensor]:
+    """Hunyuan Video, a family ProCache does not patch, used to check that ProCache Apply refuses it
+    cleanly. The host's detection reads hidden size (heads = hidden / 128), patch size, channels and
+    text dim from the weights and counts the blocks, so hidden 256 (vector_in 768) with one double
+    and one single block loads as a real HunyuanVideo model of 6 M params. (Lumina 2 cannot be made
+    small: a dim other
+    than the two released ones leaves the host's default head layout, which only fits dim 4096.)"""
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    # exactly the config comfy/model_detection.py derives from these weights (vector_in present, so
+    # vec_in_dim 768: without it the host detects Hunyuan Image 2.1 instead)
+    model = HunyuanVideo(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=64, hidden_size=256,
+                         mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
+                         theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=False, byt5=False,
+                         meanflow=False, use_cond_type_embedding=False, vision_in_dim=None, operations=torch.nn)
+    _init_(model, seed=777)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
 def _taesd(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     from comfy.taesd.taesd import Decoder, Encoder
 

@@ -35,6 +35,58 @@ class ProCacheTestConditioning(io.ComfyNode):
         return io.NodeOutput([[emb, extra]])
 
 
+class ProCacheTestTinyFlux(io.ComfyNode):
+    """A seeded tiny Flux.1 MODEL (host classes, hidden 256).
+
+    A checkpoint file cannot be tiny: the host's Flux detection fixes 24 heads of 128 channels, i.e.
+    hidden 3072 (~0.3 B parameters per double block). This node builds the same config object the
+    detection would (comfy.supported_models.Flux via model_config_from_unet_config) with 2 heads of 128,
+    so everything after the loader (ModelPatcher, model_base.Flux, samplers, the pack) is the real path.
+    """
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheTestTinyFlux",
+            display_name="ProCache Test Tiny Flux (random weights)",
+            category="ProCache/testing",
+            inputs=[
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                io.Int.Input("depth", default=2, min=1, max=8, tooltip="double-stream blocks"),
+                io.Int.Input("depth_single_blocks", default=2, min=0, max=8),
+                io.Int.Input("context_in_dim", default=64, min=8, max=4096),
+            ],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int, depth: int, depth_single_blocks: int, context_in_dim: int) -> io.NodeOutput:
+        import comfy.model_detection
+        import comfy.model_management as mm
+        import comfy.model_patcher
+        from comfy.ldm.flux.model import Flux
+
+        unet_config = {"image_model": "flux", "guidance_embed": True, "axes_dim": [16, 56, 56], "num_heads": 2,
+                       "mlp_ratio": 4.0, "theta": 10000, "out_channels": 16, "qkv_bias": True, "in_channels": 16,
+                       "hidden_size": 256, "context_in_dim": context_in_dim, "patch_size": 2, "vec_in_dim": 768,
+                       "depth": depth, "depth_single_blocks": depth_single_blocks}
+        net = Flux(operations=torch.nn, **unet_config)
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _, prm in sorted(net.named_parameters()):
+                if prm.ndim >= 2:
+                    prm.copy_(torch.randn(prm.shape, generator=gen) / prm[0].numel() ** 0.5)
+                else:
+                    prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
+        sd = {"model.diffusion_model." + k: v for k, v in net.state_dict().items()}
+        config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
+        config.set_inference_dtype(torch.float32, None)
+        model = config.get_model(sd, "model.diffusion_model.")
+        model.load_model_weights(sd, "model.diffusion_model.")
+        return io.NodeOutput(comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                                              offload_device=mm.unet_offload_device()))
+
+
 class ProCacheTestExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ProCacheTestConditioning]
+        return [ProCacheTestConditioning, ProCacheTestTinyFlux]

@@ -1,0 +1,72 @@
+"""A tiny Flux.1 graph through the REAL server, with and without ProCache.
+
+The model comes from the test-only node ProCacheTestTinyFlux (host Flux classes, hidden 256, 2 double +
+2 single blocks): a Flux checkpoint the host's detection accepts cannot be small (it fixes hidden 3072).
+Conditioning: seeded T5-like tokens of context_in_dim plus a 768-d pooled_output (CLIP-L pooled, the
+`y` input of Flux's vector_in); FluxGuidance sets the distilled guidance. 256x256, 4 euler steps.
+"""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from comfy_client import load_latent
+from workflows import add_procache
+
+CTX = 64
+
+
+def flux_prompt(prefix: str, procache: dict | None = None) -> dict:
+    p = {
+        "flux": {"class_type": "ProCacheTestTinyFlux",
+                 "inputs": {"seed": 5, "depth": 2, "depth_single_blocks": 2, "context_in_dim": CTX}},
+        "pos": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 1, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
+        "guid": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
+        "neg": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 2, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
+        "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": ["flux", 0], "positive": ["guid", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": 0, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+    }
+    if procache is not None:
+        add_procache(p, "flux", procache)
+        p["sampler"]["inputs"]["model"] = ["apply", 0]
+        p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
+    return p
+
+
+def _latent(client, entry) -> torch.Tensor:
+    files = client.output_files(entry, "latents")
+    assert len(files) == 1, entry.get("outputs")
+    return load_latent(files[0])
+
+
+def _stats(entry) -> str:
+    texts = [t for o in entry["outputs"].values() for t in (o.get("text") or []) if str(t).startswith("ProCache [")]
+    assert texts, entry["outputs"]
+    return texts[0]
+
+
+def test_flux_graph_all_full_bitwise_and_schedule_saves_blocks(comfy_server):
+    plain = _latent(comfy_server, comfy_server.run(flux_prompt("flux_plain"), timeout=600))
+    assert plain.shape == (1, 16, 32, 32) and torch.isfinite(plain).all()
+
+    full = comfy_server.run(flux_prompt("flux_ffff", {"actions": "FFFF"}), timeout=600)
+    assert torch.equal(_latent(comfy_server, full), plain)
+    assert "[flux]" in _stats(full) and "(4 full / 0 selective / 0 cached)" in _stats(full)
+
+    cached = comfy_server.run(flux_prompt("flux_fcfc", {"actions": "FCFC"}), timeout=600)
+    lat = _latent(comfy_server, cached)
+    text = _stats(cached)
+    print(text)
+    assert "(2 full / 0 selective / 2 cached)" in text, text
+    m = re.search(r"blocks computed ([\d.]+)% of full \(([\d.]+) of (\d+) block evals saved\)", text)
+    assert m and float(m.group(1)) < 100.0 and float(m.group(2)) > 0, text
+    err = float((lat.double() - plain.double()).norm() / plain.double().norm())
+    print(f"rel L2 FCFC vs plain: {err:.5f}")
+    assert torch.isfinite(lat).all() and 0.0 < err < 0.5, err
+    assert comfy_server.get("/system_stats").ok
