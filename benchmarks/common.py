@@ -1,0 +1,110 @@
+"""Shared helpers: machine info, timing (interleaved repeats, median), markdown tables, JSON output."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+        "cpu": _cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    if device == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    for mod in ("numpy", "sklearn", "matplotlib", "safetensors"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - version is informational
+            pass
+    try:
+        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                            text=True, cwd=RESULTS.parent.parent).stdout.strip()
+    except Exception:  # noqa: BLE001
+        pass
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn: Callable[[], Any], device: str) -> tuple[float, float, Any]:
+    """(wall seconds, process CPU seconds, result)."""
+    sync(device)
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    out = fn()
+    sync(device)
+    return time.perf_counter() - t0, time.process_time() - c0, out
+
+
+def interleaved(methods: Sequence[str], run: Callable[[str], Any], repeats: int, device: str,
+                log=print) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Times every method `repeats` times, round-robin (method order rotated each round) so that
+    load from other processes on a shared machine hits all methods alike.
+
+    Returns (wall seconds, process CPU seconds) per run. On a CPU the process CPU time is much less
+    sensitive to other processes than the wall clock (with one torch thread it equals the wall time
+    of an idle machine); on a GPU only the wall clock is meaningful."""
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    cpu: dict[str, list[float]] = {m: [] for m in methods}
+    order = list(methods)
+    for r in range(repeats):
+        for m in order:
+            dt, dc, _ = timed(lambda: run(m), device)
+            times[m].append(dt)
+            cpu[m].append(dc)
+            log(f"    [{r + 1}/{repeats}] {m:<22s} {dt:7.2f} s wall  {dc:7.2f} s cpu")
+        order = order[1:] + order[:1]
+    return times, cpu
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(v):
+        if isinstance(v, float):
+            if v != v:
+                return "n/a"
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.1f}"
+        return str(v)
+
+    out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    out += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=1, default=str))
