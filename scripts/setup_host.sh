@@ -59,15 +59,17 @@ PYEOF
 fi
 
 # 3. ComfyUI requirements (torch lines dropped: torch is pinned above, torchaudio is optional)
-#    plus this pack's runtime and test requirements.
-REQ_HASH="$(cat "$COMFY/requirements.txt" "$ROOT/requirements.txt" "$ROOT/tests/requirements.txt" | sha256sum | cut -c1-16)"
+#    plus this pack's runtime, test and benchmark requirements (the test suite smoke-runs the benchmarks).
+REQ_HASH="$(cat "$COMFY/requirements.txt" "$ROOT/requirements.txt" "$ROOT/tests/requirements.txt" \
+             "$ROOT/benchmarks/requirements.txt" | sha256sum | cut -c1-16)"
 if ! stamp_ok reqs "$REQ_HASH"; then
   say "installing ComfyUI and ProCache requirements"
   grep -v -E '^(torch|torchvision|torchaudio)\s*$' "$COMFY/requirements.txt" > "$HOST_DIR/comfy-requirements.txt"
   "$VPY" -m pip install -q --disable-pip-version-check \
       -r "$HOST_DIR/comfy-requirements.txt" -r "$ROOT/requirements.txt" -r "$ROOT/tests/requirements.txt" \
+      -r "$ROOT/benchmarks/requirements.txt" \
       requests $TORCH_SPEC 2>&1 | grep -v "is ignored: it is neither" || true
-  "$VPY" -c "import aiohttp, einops, transformers, safetensors, yaml, requests, pytest, hypothesis" \
+  "$VPY" -c "import aiohttp, einops, transformers, safetensors, yaml, requests, pytest, hypothesis, sklearn, matplotlib" \
       || { say "requirements failed to install"; exit 1; }
   stamp_set reqs "$REQ_HASH"
 fi
