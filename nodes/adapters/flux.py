@@ -10,6 +10,9 @@ Patched with ``dit`` replace patches ``("double_block", i)`` and ``("single_bloc
 * A single block fuses attention and MLP in ``linear2(cat(attn, mlp))``: one branch, gated by
   ``mod.gate``, not token-local (selective steps reuse it).
 
+Engine blocks: ``2 * n_double + n_single``, so the stats' block evaluations count a double block
+twice per model evaluation (2 double + 2 single blocks, 4 steps: 24 block evaluations, not 16).
+
 Arithmetic is the host's (``x + gate * out`` is what its ``x += out * gate`` computes), so an
 all-FULL schedule reproduces the unpatched model.
 """

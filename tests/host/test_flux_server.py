@@ -66,6 +66,10 @@ def test_flux_graph_all_full_bitwise_and_schedule_saves_blocks(comfy_server):
     assert "(2 full / 0 selective / 2 cached)" in text, text
     m = re.search(r"blocks computed ([\d.]+)% of full \(([\d.]+) of (\d+) block evals saved\)", text)
     assert m and float(m.group(1)) < 100.0 and float(m.group(2)) > 0, text
+    # block evals count engine blocks: each double block is two (image and text stream), so
+    # (2 double x 2 + 2 single) x 4 evaluations (cfg 1: one per step) = 24; the 2 cached steps save 12
+    assert (m.group(1), m.group(2), m.group(3)) == ("50.0", "12.0", "24"), text
+    assert "4 model evals" in text, text
     err = float((lat.double() - plain.double()).norm() / plain.double().norm())
     print(f"rel L2 FCFC vs plain: {err:.5f}")
     assert torch.isfinite(lat).all() and 0.0 < err < 0.5, err
