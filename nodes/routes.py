@@ -26,21 +26,19 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ..procache_core.errors import ProCacheError
+from .schedule_loader import available_presets, user_presets_dir
 
 log = logging.getLogger("ProCache")
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 USER_PREFIX = "user/"
-USER_SUBDIR = "procache_presets"
 MAX_BODY_BYTES = 64 * 1024          # a request body or a preset's YAML text may not be larger
 MAX_STEPS = 1000                    # preview refuses more steps than this
 MAX_ACTIONS = 1000                  # ... and longer schedules
@@ -80,30 +78,13 @@ def _presets_mod():
     return presets
 
 
-def user_presets_dir() -> Path:
-    """<ComfyUI user directory>/procache_presets (created on demand)."""
-    import folder_paths  # the host's module
-
-    return Path(folder_paths.get_user_directory()) / USER_SUBDIR
-
-
 def _shipped_dir() -> Path:
     return Path(_presets_mod().shipped_presets_dir())
 
 
 def _all_presets() -> dict[str, Path]:
-    """{listed name: path}: shipped presets by name, user presets as "user/<name>" (as the loader lists them)."""
-    pm = _presets_mod()
-    out = {str(k): Path(v) for k, v in sorted(pm.list_presets([_shipped_dir()]).items())}
-    udir = user_presets_dir()
-    if udir.is_dir():
-        root = udir.resolve()
-        for k, v in sorted(pm.list_presets([udir]).items()):
-            k = str(k)
-            if Path(v).resolve().parent != root:  # a link out of the folder: never read through it
-                continue
-            out[k if k.startswith(USER_PREFIX) else USER_PREFIX + k] = Path(v)
-    return out
+    """{listed name: path}, exactly as the Schedule Loader lists them."""
+    return available_presets()
 
 
 def _shipped_names() -> set[str]:
@@ -207,20 +188,6 @@ def user_preset_path(name: str) -> Path:
         raise RouteError(400, f"ProCache: 'name' {name!r} resolves outside the user preset folder.", "name",
                          "use a plain name without path parts or links.")
     return resolved
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def parse_typed_text(text: str, source: str):
@@ -344,7 +311,7 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
     if existed and not data.get("overwrite"):
         raise RouteError(409, f"ProCache: user preset {name!r} already exists.", "name",
                          "pick another name or send \"overwrite\": true.")
-    _write_atomic(path, text)
+    _presets_mod().write_text_atomic(path, text)
     listed = USER_PREFIX + name
     try:
         summary = summarize(presets_mod.load_preset(path), listed, "user")

@@ -41,8 +41,22 @@ def user_presets_dir(create: bool = True) -> Path:
 
 
 def available_presets() -> dict[str, Path]:
-    """Dropdown name -> file: shipped presets by name, user presets as ``user/<name>``."""
-    return {k: Path(v) for k, v in _p().list_presets([_p().shipped_presets_dir(), user_presets_dir()]).items()}
+    """Dropdown name -> file: shipped presets by name, user presets as ``user/<name>``.
+
+    A user file that resolves outside the user folder (a link) is not listed, so nothing is ever read
+    through it (the /procache/ routes list the same way).
+    """
+    pm = _p()
+    out = {str(k): Path(v) for k, v in sorted(pm.list_presets([pm.shipped_presets_dir()]).items())}
+    udir = user_presets_dir()
+    if udir.is_dir():
+        root = udir.resolve()
+        for k, v in sorted(pm.list_presets([udir]).items()):
+            if Path(v).resolve().parent != root:
+                continue
+            k = str(k)
+            out[k if k.startswith(pm.USER_PREFIX) else pm.USER_PREFIX + k] = Path(v)
+    return out
 
 
 def _file_fingerprint(path: Path) -> str:

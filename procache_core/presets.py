@@ -354,8 +354,12 @@ def load_preset(path: str | os.PathLike[str]) -> Preset:
 
 def save_preset(preset: Preset, path: str | os.PathLike[str]) -> Path:
     """Write the preset atomically (a temporary file renamed over the target) and return the path."""
+    return write_text_atomic(path, dump_preset(preset))
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
+    """Write ``text`` so that readers see the old file or the whole new one, never half of it."""
     p = Path(path)
-    text = dump_preset(preset)
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".yaml", dir=str(p.parent))
     try:
