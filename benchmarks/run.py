@@ -2,6 +2,10 @@
 
     python -m benchmarks.run [--quick] [--device cpu|cuda] [--only speed|quality] [--out DIR]
 
+--medium  CPU speed cases at the paper's token counts (DiT-XL/2 256 px = 256 tokens, PixArt-α 512 px = 1024
+          tokens, full width, CFG batch, paper schedules) but 4 of the 28 blocks; about 25 minutes on 2 cores.
+          Writes raw/speed_medium_<device>_<arch>.json; the README (quick or full mode) shows it as its own section.
+          --medium-cases dit,pixart picks the cases (e.g. to run them in two processes).
 --quick   the CPU setting (about 30 minutes on 2 cores): speed cases use 8 of the 28 blocks at full width
           and few tokens, 2-3 repeats; the quality bench uses 200 samples.
 (default) the GPU setting: 28 blocks, DiT-XL/2 at 256 px (32x32 latent) batch 4, PixArt-α at 512 px
@@ -59,6 +63,35 @@ def speed_plan(quick: bool, device: str) -> list[dict]:
     ]
 
 
+MEDIUM_DEPTH = 4
+
+
+def medium_plan(cases: tuple[str, ...] = ("dit", "pixart")) -> list[dict]:
+    # Paper token counts on a CPU: full width 1152 / 16 heads, CFG batch (2 rows per image), paper schedules,
+    # 4 of the 28 blocks (one 4-block DiT step at 256 tokens x 2 takes ~1 s on one core).
+    plan = []
+    if "dit" in cases:
+        plan.append(dict(arch="dit", T=50, depth=MEDIUM_DEPTH, latent=32, batch=1, repeats=3,
+                         methods=("uniform", "easycache", "lazycache", "procache", "procache+sel")))
+    if "pixart" in cases:
+        plan.append(dict(arch="pixart", T=20, depth=MEDIUM_DEPTH, latent_hw=(64, 64), repeats=3,
+                         methods=("uniform", "procache", "procache+sel")))
+    return plan
+
+
+def load_medium(out: Path, device: str) -> list[dict]:
+    """The saved --medium cases (one JSON per architecture), DiT first."""
+    cases = []
+    for arch in ("dit", "pixart"):
+        p = out / "raw" / f"speed_medium_{device}_{arch}.json"
+        if p.exists():
+            d = json.loads(p.read_text())
+            for c in d["cases"]:
+                c.setdefault("info", d.get("info", {}))
+                cases.append(c)
+    return cases
+
+
 def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_patch=None) -> list[dict]:
     from . import speed
 
@@ -81,6 +114,9 @@ def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_p
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CPU-sized settings (about 30 minutes)")
+    ap.add_argument("--medium", action="store_true",
+                    help="CPU speed cases at the paper's token counts with 4 blocks (speed only; about 25 minutes)")
+    ap.add_argument("--medium-cases", default="dit,pixart", help="with --medium: comma list of dit, pixart")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     ap.add_argument("--only", choices=["speed", "quality"], default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -102,6 +138,9 @@ def main(argv: list[str] | None = None) -> int:
         log("[bench] --device cuda but CUDA is not available")
         return 2
     mode = "quick" if args.quick else "full"
+    if args.medium and device == "cpu":
+        mode = "quick"  # the README it refreshes is the CPU (quick) one
+        args.quick = True  # (for its notes; --medium runs no quick case)
     if device == "cpu" and not args.quick:
         log("[bench] full mode on a CPU takes hours; use --quick for the CPU setting")
     out = args.out
@@ -116,6 +155,16 @@ def main(argv: list[str] | None = None) -> int:
     speed_res = quality_res = None
     if args.report_only:
         args.only = "none"
+    if args.medium:
+        args.only = "none"  # only the medium speed cases; the other results are re-read from raw/
+        minfo = dict(info)
+        minfo["mode"] = "medium"
+        for case in medium_plan(tuple(x.strip() for x in args.medium_cases.split(",") if x.strip())):
+            log("[bench] medium speed case " + case["arch"])
+            t1 = time.time()
+            res = run_speed(False, device, plan=[case])
+            minfo["bench_seconds"] = round(time.time() - t1, 1)
+            write_json(out / "raw" / f"speed_medium_{device}_{case['arch']}.json", {"info": minfo, "cases": res})
     if args.only in (None, "quality"):
         from .quality import run_quality
 
@@ -142,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     if speed_res is None and speed_json.exists():
         saved = json.loads(speed_json.read_text())
         speed_res = saved["cases"]
-        if args.report_only:
+        if args.report_only or args.medium:
             info = {**saved.get("info", info), "mode": mode}
             plot_speed(speed_res, out / f"speed_{device}.png")
     if args.report_only and quality_res is not None:
@@ -172,12 +221,16 @@ def main(argv: list[str] | None = None) -> int:
                  "reference DiT the host's unmodified wrapper functions are called around our model "
                  "(benchmarks/hostcache.py). Host default settings (threshold 0.2, start 0.15, end 0.95) for speed; "
                  "a threshold sweep for quality.")
-    if not args.report_only:
+    if not (args.report_only or args.medium):
         info["bench_seconds"] = round(time.time() - t0, 1)
     qp = "quality_vs_speedup.png" if quality_res else None
     spp = "samples.png" if quality_res and (out / "samples.png").exists() else None
     sp = f"speed_{device}.png" if speed_res else None
-    path = write_readme(out, info, mode, speed_res, quality_res, notes, qp, spp, sp)
+    medium = load_medium(out, device)
+    if medium:
+        plot_speed(medium, out / f"speed_medium_{device}.png")
+    path = write_readme(out, info, mode, speed_res, quality_res, notes, qp, spp, sp,
+                        medium=medium or None, medium_plot=f"speed_medium_{device}.png" if medium else None)
     log(f"[bench] wrote {path} ({round(time.time() - t0, 1)} s)")
     return 0
 

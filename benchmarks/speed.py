@@ -84,7 +84,9 @@ def _cuda_mem_peak(device: str, base: int) -> int:
 # -- DiT-XL/2 (reference model) -------------------------------------------------------------------
 
 def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: str, log=print,
-             seed: int = 0, width: int = 1152, heads: int = 16) -> dict[str, Any]:
+             seed: int = 0, width: int = 1152, heads: int = 16,
+             methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """`methods`: a subset of the method names to time (default: all; "full" is always run)."""
     from procache_core.reference_dit import DiT_XL_2
 
     from .quality import Method, sample
@@ -94,7 +96,7 @@ def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: 
                      zero_init=False).to(device).eval()
     sched = paper_schedule(DIT_PRESET, T)
     s_str = sched.to_string()
-    methods = {
+    all_methods = {
         "full": Method("full", "full"),
         "uniform": Method("uniform", "uniform", schedule=uniform_like(sched)),
         "easycache": Method("easycache", "easycache", threshold=0.2),
@@ -102,6 +104,7 @@ def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: 
         "procache": Method("procache", "procache", schedule=s_str, selective=False),
         "procache+sel": Method("procache+sel", "procache+sel", schedule=s_str, selective=True),
     }
+    methods = _subset(all_methods, methods)
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(batch, 4, latent, latent, generator=g).to(device)
     labels = (torch.arange(batch) % 1000).to(device)
@@ -118,8 +121,8 @@ def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: 
     run("full")  # warm-up (allocator, kernels); accounting comes from the timed runs
     times, cpu = interleaved(list(methods), run, repeats, device, log=log)
     arch = "DiT-XL/2" if width == 1152 else f"DiT (width {width})"
-    return _summarise(arch, T, depth, f"{latent * 8}px ({(latent // 2) ** 2} tokens), batch {batch}",
-                      times, cpu, device, acct, mem, {"uniform": methods["uniform"].schedule,
+    return _summarise(arch, T, depth, f"{latent * 8}px ({(latent // 2) ** 2} tokens), batch {batch} (x2 with CFG)",
+                      times, cpu, device, acct, mem, {"uniform": all_methods["uniform"].schedule,
                                         "procache (S run as C)": sched.with_selective(False).to_string(),
                                         "procache+sel": s_str})
 
@@ -191,7 +194,8 @@ def procache_last_stats(patched) -> dict | None:
 
 
 def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, device: str, log=print,
-                seed: int = 0, procache_fn: Callable | None = None) -> dict[str, Any]:
+                seed: int = 0, procache_fn: Callable | None = None,
+                methods: tuple[str, ...] | None = None) -> dict[str, Any]:
     _host()
     import comfy.sample
     from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
@@ -202,14 +206,15 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
     sched = paper_schedule(PIXART_PRESET, T)
     patch = procache_fn or procache_patch
     uni = Schedule.from_string(uniform_like(sched))
-    models = {
-        "full": mp,
-        "uniform": patch(mp, uni.to_string(), False),
-        "easycache": EasyCacheNode.execute(mp, 0.2, 0.15, 0.95, False).args[0],
-        "lazycache": LazyCacheNode.execute(mp, 0.2, 0.15, 0.95, False).args[0],
-        "procache": patch(mp, sched.to_string(), False),
-        "procache+sel": patch(mp, sched.to_string(), True),
+    makers = {
+        "full": lambda: mp,
+        "uniform": lambda: patch(mp, uni.to_string(), False),
+        "easycache": lambda: EasyCacheNode.execute(mp, 0.2, 0.15, 0.95, False).args[0],
+        "lazycache": lambda: LazyCacheNode.execute(mp, 0.2, 0.15, 0.95, False).args[0],
+        "procache": lambda: patch(mp, sched.to_string(), False),
+        "procache+sel": lambda: patch(mp, sched.to_string(), True),
     }
+    models = {k: f() for k, f in _subset(makers, methods).items()}
     h, w = latent_hw
     g = torch.Generator().manual_seed(seed)
     pos = [[torch.randn(1, 120, 4096, generator=g) * 0.5, {}]]
@@ -240,12 +245,12 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
         run("full")  # warm-up (allocator, kernels)
         times, cpu = interleaved(list(models), run, repeats, device, log=log)
         full_calls = acct["full"]["model_calls"]
-        for name in ("easycache", "lazycache", "full"):
+        for name in [n for n in ("easycache", "lazycache", "full") if n in models]:
             frac = acct[name]["model_calls"] / full_calls
             acct[name].update({"block_eval_fraction": frac, "flops_fraction": frac,
                                "steps_full": round(frac * T), "steps_selective": 0,
                                "steps_cached": T - round(frac * T), "peak_cache_bytes": _easycache_bytes(name, noise)})
-        for name in ("uniform", "procache", "procache+sel"):
+        for name in [n for n in ("uniform", "procache", "procache+sel") if n in models]:
             if "block_eval_fraction" not in acct[name]:  # no stats exposed: derive from the schedule
                 s = uni if name == "uniform" else sched
                 c = s.counts()
@@ -254,10 +259,19 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
                                    "steps_cached": c.get("cached", 0), "peak_cache_bytes": 0, "stats": "schedule"})
     finally:
         hook.remove()
-    return _summarise("PixArt-α", T, depth, f"latent {h}x{w} ({(h // 2) * (w // 2)} tokens), batch 1",
+    return _summarise("PixArt-α", T, depth, f"latent {h}x{w} ({(h // 2) * (w // 2)} tokens), batch 1 (x2 with CFG)",
                       times, cpu, device, acct, mem, {"uniform": uni.to_string(),
                                         "procache (S run as C)": sched.with_selective(False).to_string(),
                                         "procache+sel": sched.to_string()})
+
+
+def _subset(d: dict, names: tuple[str, ...] | None) -> dict:
+    if not names:
+        return d
+    unknown = set(names) - set(d)
+    if unknown:
+        raise ValueError(f"unknown speed methods {sorted(unknown)}; known: {list(d)}")
+    return {k: v for k, v in d.items() if k == "full" or k in names}
 
 
 def _easycache_bytes(name: str, noise: torch.Tensor) -> int:

@@ -97,3 +97,23 @@ def test_speed_bench_dit_tiny(tmp_path):
     assert res["rows"][0]["block_eval_fraction"] == 1.0
     table = speed_tables([res])
     assert "| procache+sel |" in table and "wall speed-up" in table
+
+
+def test_speed_bench_medium_subset_tiny(tmp_path):
+    """The --medium machinery: a method subset (full always timed), the plan, and its README section."""
+    from benchmarks.report import medium_section
+    from benchmarks.run import medium_plan
+    from benchmarks.speed import dit_case
+
+    plan = medium_plan()
+    dit = next(c for c in plan if c["arch"] == "dit")
+    assert dit["latent"] == 32 and dit["T"] == 50 and dit["repeats"] >= 3
+    assert {"uniform", "procache", "procache+sel"} <= set(dit["methods"])
+    res = dit_case(T=6, depth=2, latent=4, batch=1, repeats=1, device="cpu", width=64, heads=4,
+                   log=lambda *_: None, methods=("uniform", "procache", "procache+sel"))
+    assert [r["method"] for r in res["rows"]] == ["full", "uniform", "procache", "procache+sel"]
+    with pytest.raises(ValueError):
+        dit_case(T=4, depth=1, latent=4, batch=1, repeats=1, device="cpu", width=32, heads=2,
+                 log=lambda *_: None, methods=("nope",))
+    text = "\n".join(medium_section([res], None))
+    assert "medium CPU setting" in text and "| procache+sel |" in text
