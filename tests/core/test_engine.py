@@ -13,14 +13,6 @@ from procache_core.schedule import Action, Schedule
 from procache_core.settings import ScoreWeights, SelectiveSettings
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU (spinning OpenMP)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 C = 16
 DEPTH = 4
 

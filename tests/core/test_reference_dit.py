@@ -10,14 +10,6 @@ from procache_core.settings import SelectiveSettings
 from procache_core.reference_dit import DiT, DiT_XL_2, ddim_sample, ddim_timesteps, tiny_dit
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU (spinning OpenMP)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 STEPS = 20
 # F/C pattern with long reuse early and short reuse late; PROCACHE is it with Eq. 7 injection
 CACHED = "FCCCFCCCFCCFCCFCFCFF"

@@ -1,7 +1,6 @@
 """TokenSelector: attention-free scores, spread, staleness, determinism."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from procache_core.engine import Branch, CacheRun
@@ -9,14 +8,6 @@ from procache_core.schedule import Schedule
 from procache_core.settings import ScoreWeights, SelectiveSettings
 from procache_core.tokens import TokenSelector, group_best, group_side, num_tokens
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy CPU (spinning OpenMP)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 ONLY = {
     "staleness": ScoreWeights(staleness=1.0, input_change=0.0, output_norm=0.0, spatial=0.0),
