@@ -97,12 +97,8 @@ def test_all_full_is_bitwise_equal_to_unpatched():
     assert run.stats.flops_speedup == 1.0
 
 
-def test_cached_step_is_hand_computed_reuse_with_current_gates():
-    model = Toy()
-    xs, cs = trajectory(2)
-    run = make_run("FC")
-    drive(model, run, xs, cs)
-    # hand-computed: pre-gate outputs of step 0, gates of step 1
+def _step0_branch_outputs(model: Toy, xs, cs) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Pre-gate (attn, mlp) outputs of every block in a plain full step 0."""
     x, pre = xs[0], []
     for blk in model.blocks:
         ga, gm = blk.gates(cs[0])
@@ -111,6 +107,16 @@ def test_cached_step_is_hand_computed_reuse_with_current_gates():
         m = blk.mlp(x)
         x = x + gm * m
         pre.append((a, m))
+    return pre
+
+
+def test_cached_step_is_hand_computed_reuse_with_current_gates():
+    model = Toy()
+    xs, cs = trajectory(2)
+    run = make_run("FC")
+    drive(model, run, xs, cs)
+    # hand-computed: pre-gate outputs of step 0, gates of step 1
+    pre = _step0_branch_outputs(model, xs, cs)
     x = xs[1]
     for blk, (a, m) in zip(model.blocks, pre):
         ga, gm = blk.gates(cs[1])
@@ -124,14 +130,7 @@ def test_cached_step_is_hand_computed_reuse_with_current_gates():
 
 def _selective_expected(model: Toy, xs, cs, deep_from: int):
     """Step 1 of "FS" with every token recomputed in deep blocks, attention reused everywhere."""
-    x, pre = xs[0], []
-    for blk in model.blocks:
-        ga, gm = blk.gates(cs[0])
-        a = blk.attn(x)
-        x = x + ga * a
-        m = blk.mlp(x)
-        x = x + gm * m
-        pre.append((a, m))
+    pre = _step0_branch_outputs(model, xs, cs)
     x = xs[1]
     for i, (blk, (a, m)) in enumerate(zip(model.blocks, pre)):
         ga, gm = blk.gates(cs[1])
