@@ -6,6 +6,10 @@
           tokens, full width, CFG batch, paper schedules) but 4 of the 28 blocks; about 25 minutes on 2 cores.
           Writes raw/speed_medium_<device>_<arch>.json; the README (quick or full mode) shows it as its own section.
           --medium-cases dit,pixart picks the cases (e.g. to run them in two processes).
+--deep    CPU speed cases of the real 28-block architectures at the paper's token counts (DiT-XL/2 T=20 and 50:
+          full, uniform, ProCache, ProCache + selective; PixArt-α T=20: full, ProCache, ProCache + selective),
+          one timed run per method after a 2-step warm-up; about 25 minutes with the two cases run as two
+          single-thread processes (--deep-cases dit / pixart). Writes raw/speed_deep_<device>_<arch>.json.
 --quick   the CPU setting (about 30 minutes on 2 cores): speed cases use 8 of the 28 blocks at full width
           and few tokens, 2-3 repeats; the quality bench uses 200 samples.
 (default) the GPU setting: 28 blocks, DiT-XL/2 at 256 px (32x32 latent) batch 4, PixArt-α at 512 px
@@ -79,11 +83,25 @@ def medium_plan(cases: tuple[str, ...] = ("dit", "pixart")) -> list[dict]:
     return plan
 
 
-def load_medium(out: Path, device: str) -> list[dict]:
-    """The saved --medium cases (one JSON per architecture), DiT first."""
+def deep_plan(cases: tuple[str, ...] = ("dit", "pixart")) -> list[dict]:
+    # The real depth (28 blocks) at the paper's token counts; one 28-block DiT step at 256 tokens x 2 takes
+    # ~6 s on one core, a PixArt-α step at 1024 tokens x 2 ~38 s, so one timed run per method.
+    plan = []
+    if "dit" in cases:
+        for T in (20, 50):
+            plan.append(dict(arch="dit", T=T, depth=28, latent=32, batch=1, repeats=1, warmup_T=2,
+                             methods=("uniform", "procache", "procache+sel")))
+    if "pixart" in cases:
+        plan.append(dict(arch="pixart", T=20, depth=28, latent_hw=(64, 64), repeats=1, warmup_T=2,
+                         methods=("procache", "procache+sel")))
+    return plan
+
+
+def load_medium(out: Path, device: str, tag: str = "medium") -> list[dict]:
+    """The saved --medium (or --deep) cases (one JSON per architecture), DiT first."""
     cases = []
     for arch in ("dit", "pixart"):
-        p = out / "raw" / f"speed_medium_{device}_{arch}.json"
+        p = out / "raw" / f"speed_{tag}_{device}_{arch}.json"
         if p.exists():
             d = json.loads(p.read_text())
             for c in d["cases"]:
@@ -117,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--medium", action="store_true",
                     help="CPU speed cases at the paper's token counts with 4 blocks (speed only; about 25 minutes)")
     ap.add_argument("--medium-cases", default="dit,pixart", help="with --medium: comma list of dit, pixart")
+    ap.add_argument("--deep", action="store_true",
+                    help="CPU speed cases of the 28-block architectures (speed only; about 25 minutes)")
+    ap.add_argument("--deep-cases", default="dit,pixart", help="with --deep: comma list of dit, pixart")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     ap.add_argument("--only", choices=["speed", "quality"], default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results")
@@ -138,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         log("[bench] --device cuda but CUDA is not available")
         return 2
     mode = "quick" if args.quick else "full"
-    if args.medium and device == "cpu":
+    if (args.medium or args.deep) and device == "cpu":
         mode = "quick"  # the README it refreshes is the CPU (quick) one
         args.quick = True  # (for its notes; --medium runs no quick case)
     if device == "cpu" and not args.quick:
@@ -147,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "raw").mkdir(parents=True, exist_ok=True)
     info = machine_info(device)
     info["mode"] = mode
+    info["reused_adaln"] = "gate rows only"  # since procache_core.modulation (older raw JSON lacks the key)
     log(f"[bench] {mode} mode on {device}: {info.get('gpu') or info['cpu']}, torch {info['torch']}, "
         f"{info['torch_threads']} threads")
     t0 = time.time()
@@ -165,6 +187,22 @@ def main(argv: list[str] | None = None) -> int:
             res = run_speed(False, device, plan=[case])
             minfo["bench_seconds"] = round(time.time() - t1, 1)
             write_json(out / "raw" / f"speed_medium_{device}_{case['arch']}.json", {"info": minfo, "cases": res})
+    if args.deep:
+        args.only = "none"
+        dinfo = dict(info)
+        dinfo["mode"] = "deep"
+        for case in deep_plan(tuple(x.strip() for x in args.deep_cases.split(",") if x.strip())):
+            log(f"[bench] deep speed case {case['arch']} T={case['T']}")
+            t1 = time.time()
+            res = run_speed(False, device, plan=[case])
+            dinfo["bench_seconds"] = round(time.time() - t1, 1)
+            # one JSON per architecture: the DiT file accumulates its T=20 and T=50 cases
+            p = out / "raw" / f"speed_deep_{device}_{case['arch']}.json"
+            prev = json.loads(p.read_text())["cases"] if p.exists() else []
+            prev = [c for c in prev if c["T"] != res[0]["T"]]
+            for c in res:
+                c["info"] = dict(dinfo)
+            write_json(p, {"info": dinfo, "cases": sorted(prev + res, key=lambda c: c["T"])})
     if args.only in (None, "quality"):
         from .quality import run_quality
 
@@ -191,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if speed_res is None and speed_json.exists():
         saved = json.loads(speed_json.read_text())
         speed_res = saved["cases"]
-        if args.report_only or args.medium:
+        if args.report_only or args.medium or args.deep:
             info = {**saved.get("info", info), "mode": mode}
             plot_speed(speed_res, out / f"speed_{device}.png")
     if args.report_only and quality_res is not None:
@@ -221,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
                  "reference DiT the host's unmodified wrapper functions are called around our model "
                  "(benchmarks/hostcache.py). Host default settings (threshold 0.2, start 0.15, end 0.95) for speed; "
                  "a threshold sweep for quality.")
-    if not (args.report_only or args.medium):
+    if not (args.report_only or args.medium or args.deep):
         info["bench_seconds"] = round(time.time() - t0, 1)
     qp = "quality_vs_speedup.png" if quality_res else None
     spp = "samples.png" if quality_res and (out / "samples.png").exists() else None
@@ -229,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     medium = load_medium(out, device)
     if medium:
         plot_speed(medium, out / f"speed_medium_{device}.png")
+    deep = load_medium(out, device, "deep")
+    if deep:
+        plot_speed(deep, out / f"speed_deep_{device}.png")
     path = write_readme(out, info, mode, speed_res, quality_res, notes, qp, spp, sp,
-                        medium=medium or None, medium_plot=f"speed_medium_{device}.png" if medium else None)
+                        medium=medium or None, medium_plot=f"speed_medium_{device}.png" if medium else None,
+                        deep=deep or None, deep_plot=f"speed_deep_{device}.png" if deep else None)
     log(f"[bench] wrote {path} ({round(time.time() - t0, 1)} s)")
     return 0
 

@@ -85,8 +85,9 @@ def _cuda_mem_peak(device: str, base: int) -> int:
 
 def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: str, log=print,
              seed: int = 0, width: int = 1152, heads: int = 16,
-             methods: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """`methods`: a subset of the method names to time (default: all; "full" is always run)."""
+             methods: tuple[str, ...] | None = None, warmup_T: int | None = None) -> dict[str, Any]:
+    """`methods`: a subset of the method names to time (default: all; "full" is always run).
+    `warmup_T`: steps of the untimed full-compute warm-up run (default T)."""
     from procache_core.reference_dit import DiT_XL_2
 
     from .quality import Method, sample
@@ -111,14 +112,14 @@ def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: 
     acct: dict[str, dict] = {}
     mem: dict[str, int] = {}
 
-    def run(name: str):
+    def run(name: str, steps: int = T):
         base = _cuda_mem_begin(device)
-        _, a = sample(model, noise, labels, T, methods[name])
+        _, a = sample(model, noise, labels, steps, methods[name])
         mem[name] = max(mem.get(name, 0), _cuda_mem_peak(device, base))
         acct[name] = a
 
     log(f"  DiT-XL/2 arch depth={depth} width={width} latent={latent} batch={batch} T={T}: warm-up")
-    run("full")  # warm-up (allocator, kernels); accounting comes from the timed runs
+    run("full", min(T, warmup_T or T))  # warm-up (allocator, kernels); accounting comes from the timed runs
     times, cpu = interleaved(list(methods), run, repeats, device, log=log)
     arch = "DiT-XL/2" if width == 1152 else f"DiT (width {width})"
     return _summarise(arch, T, depth, f"{latent * 8}px ({(latent // 2) ** 2} tokens), batch {batch} (x2 with CFG)",
@@ -195,7 +196,7 @@ def procache_last_stats(patched) -> dict | None:
 
 def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, device: str, log=print,
                 seed: int = 0, procache_fn: Callable | None = None,
-                methods: tuple[str, ...] | None = None) -> dict[str, Any]:
+                methods: tuple[str, ...] | None = None, warmup_T: int | None = None) -> dict[str, Any]:
     _host()
     import comfy.sample
     from comfy_extras.nodes_easycache import EasyCacheNode, LazyCacheNode
@@ -227,10 +228,10 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
     acct: dict[str, dict] = {}
     mem: dict[str, int] = {}
 
-    def run(name: str):
+    def run(name: str, steps: int = T):
         calls["n"] = 0
         base = _cuda_mem_begin(device)
-        comfy.sample.sample(models[name], noise, T, 4.5, "dpmpp_2m", "normal", pos, neg, latent, seed=seed,
+        comfy.sample.sample(models[name], noise, steps, 4.5, "dpmpp_2m", "normal", pos, neg, latent, seed=seed,
                             disable_pbar=True)
         mem[name] = max(mem.get(name, 0), _cuda_mem_peak(device, base))
         a = {"model_calls": calls["n"]}
@@ -242,7 +243,7 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
 
     try:
         log(f"  PixArt-α arch depth={depth} latent={h}x{w} T={T}: warm-up")
-        run("full")  # warm-up (allocator, kernels)
+        run("full", min(T, warmup_T or T))  # warm-up (allocator, kernels)
         times, cpu = interleaved(list(models), run, repeats, device, log=log)
         full_calls = acct["full"]["model_calls"]
         for name in [n for n in ("easycache", "lazycache", "full") if n in models]:

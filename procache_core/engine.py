@@ -30,13 +30,21 @@ class Branch:
 
     name: str                              # "attn", "cross", "mlp", ... (unique within the block)
     compute: Callable[[Tensor], Tensor]    # x (B, N', C) -> branch output BEFORE gating (B, N', C)
-    gate: Tensor | None                    # multiplies the output (broadcasts to (B, N, C)) or None
+    gate: Tensor | Callable[[], Tensor] | None  # multiplies the output (broadcasts to (B, N, C)), a
+                                           # zero-argument callable giving it (evaluated only when
+                                           # used: see procache_core.modulation), or None
     token_local: bool                      # True when output row n depends only on token n (MLP, cross-attn)
     flops: float | None = None             # optional cost hint for ONE batch row over all N tokens
 
 
-def _apply(x: Tensor, gate: Tensor | None, out: Tensor) -> Tensor:
-    """The residual update, written exactly as the unpatched blocks write it."""
+def _apply(x: Tensor, gate: Tensor | Callable[[], Tensor] | None, out: Tensor) -> Tensor:
+    """The residual update, written exactly as the unpatched blocks write it.
+
+    A callable gate is resolved here, after the branch's ``compute`` ran on computed steps, so the
+    block's modulation is evaluated in full there and only its gate rows on reused steps.
+    """
+    if callable(gate):
+        gate = gate()
     return x + gate * out if gate is not None else x + out
 
 

@@ -20,11 +20,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .engine import Branch, CacheRun
+from .modulation import LazyModulation, linear_rows
 
 
 def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     """adaLN modulation of a (B, N, C) tensor by per-sample (B, C) shift and scale."""
     return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+def _unsqueeze1(t: Tensor) -> Tensor:
+    return t.unsqueeze(1)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
@@ -124,13 +129,26 @@ class DiTBlock(nn.Module):
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size, bias=True))
 
     def branches(self, c: Tensor) -> list[Branch]:
-        """The two residual branches for conditioning ``c``: adaLN is evaluated here, every step."""
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
+        """The two residual branches for conditioning ``c``.
+
+        adaLN follows the current timestep on every step, lazily: computed steps evaluate it whole
+        (the unpatched expression), reused steps only the two gate chunks (see procache_core.modulation).
+        """
+        lin = self.adaLN_modulation[1]
+        width = lin.out_features // 6
+        act: list[Tensor] = []
+
+        def chunk(i: int) -> Tensor:
+            if not act:
+                act.append(self.adaLN_modulation[0](c))
+            return linear_rows(act[0], lin.weight, lin.bias, i * width, (i + 1) * width)
+
+        mod = LazyModulation(lambda: self.adaLN_modulation(c).chunk(6, dim=1), chunk)
         return [
-            Branch("attn", lambda h: self.attn(modulate(self.norm1(h), shift_msa, scale_msa)),
-                   gate_msa.unsqueeze(1), token_local=False),
-            Branch("mlp", lambda h: self.mlp(modulate(self.norm2(h), shift_mlp, scale_mlp)),
-                   gate_mlp.unsqueeze(1), token_local=True),
+            Branch("attn", lambda h: self.attn(modulate(self.norm1(h), mod[0], mod[1])),
+                   mod.lazy_gate(2, _unsqueeze1), token_local=False),
+            Branch("mlp", lambda h: self.mlp(modulate(self.norm2(h), mod[3], mod[4])),
+                   mod.lazy_gate(5, _unsqueeze1), token_local=True),
         ]
 
     def forward(self, x: Tensor, c: Tensor, cache_run: CacheRun | None = None, index: int = 0) -> Tensor:
@@ -138,8 +156,10 @@ class DiTBlock(nn.Module):
         if cache_run is not None:
             return cache_run.run_block(index, x, branches)
         attn, mlp = branches
-        x = x + attn.gate * attn.compute(x)
-        x = x + mlp.gate * mlp.compute(x)
+        a = attn.compute(x)
+        x = x + attn.gate() * a
+        m = mlp.compute(x)
+        x = x + mlp.gate() * m
         return x
 
 
