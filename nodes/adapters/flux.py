@@ -13,6 +13,9 @@ Patched with ``dit`` replace patches ``("double_block", i)`` and ``("single_bloc
 Engine blocks: ``2 * n_double + n_single``, so the stats' block evaluations count a double block
 twice per model evaluation (2 double + 2 single blocks, 4 steps: 24 block evaluations, not 16).
 
+Modulation is lazy (``nodes/adapters/modulation.py``): a reused block evaluates only the gate rows
+of its ``Modulation`` linear; computed blocks call the host's ``Modulation`` itself.
+
 Arithmetic is the host's (``x + gate * out`` is what its ``x += out * gate`` computes), so an
 all-FULL schedule reproduces the unpatched model.
 """
@@ -23,14 +26,30 @@ from typing import Any
 import torch
 
 from ...procache_core.engine import Branch
+from ...procache_core.modulation import LazyModulation
 from ..runtime_bridge import active_run
 from . import FamilyAdapter
+from .modulation import lazy_chunks
 
 
-def _qkv(attn_mod, x, mod, norm, num_heads):
+def _flat(mods) -> list:
+    """(ModulationOut, ModulationOut | None) -> [shift, scale, gate, (shift, scale, gate)]."""
+    return [t for m in mods if m is not None for t in (m.shift, m.scale, m.gate)]
+
+
+def _lazy_mod(modulation, vec) -> LazyModulation:
+    """The host's ``Modulation(vec)`` (full, exact) with gate chunks from their weight rows alone."""
+    import torch.nn.functional as F
+
+    v = vec[:, None, :] if vec.ndim == 2 else vec
+    return lazy_chunks(lambda: _flat(modulation(vec)), modulation.lin, lambda: F.silu(v), v,
+                       modulation.multiplier)
+
+
+def _qkv(attn_mod, x, shift, scale, norm, num_heads):
     from comfy.ldm.flux.layers import apply_mod
 
-    h = apply_mod(norm(x), (1 + mod.scale), mod.shift, None)
+    h = apply_mod(norm(x), (1 + scale), shift, None)
     qkv = attn_mod.qkv(h)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = attn_mod.norm(q, k, v)
@@ -52,17 +71,16 @@ class FluxDoubleBlock:
         img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
         attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
         if block.modulation:
-            img_mod1, img_mod2 = block.img_mod(vec)
-            txt_mod1, txt_mod2 = block.txt_mod(vec)
+            im, tm = _lazy_mod(block.img_mod, vec), _lazy_mod(block.txt_mod, vec)
         else:
-            (img_mod1, img_mod2), (txt_mod1, txt_mod2) = vec
+            im, tm = (LazyModulation(lambda m=m: _flat(m)) for m in vec)
         img_in, txt_in = img, txt
         joint: dict = {}
 
         def attn_out() -> dict:
             if not joint:
-                iq, ik, iv = _qkv(block.img_attn, img_in, img_mod1, block.img_norm1, block.num_heads)
-                tq, tk, tv = _qkv(block.txt_attn, txt_in, txt_mod1, block.txt_norm1, block.num_heads)
+                iq, ik, iv = _qkv(block.img_attn, img_in, im[0], im[1], block.img_norm1, block.num_heads)
+                tq, tk, tv = _qkv(block.txt_attn, txt_in, tm[0], tm[1], block.txt_norm1, block.num_heads)
                 if block.flipped_img_txt:
                     a = attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
                                   pe=pe, mask=attn_mask, transformer_options=to)
@@ -74,14 +92,14 @@ class FluxDoubleBlock:
             return joint
 
         img = run.run_block(2 * self.index, img, (
-            Branch("attn", lambda h: block.img_attn.proj(attn_out()["img"]), img_mod1.gate, False),
-            Branch("mlp", lambda h: block.img_mlp(apply_mod(block.img_norm2(h), (1 + img_mod2.scale), img_mod2.shift, None)),
-                   img_mod2.gate, True),
+            Branch("attn", lambda h: block.img_attn.proj(attn_out()["img"]), im.lazy_gate(2), False),
+            Branch("mlp", lambda h: block.img_mlp(apply_mod(block.img_norm2(h), (1 + im[4]), im[3], None)),
+                   im.lazy_gate(5), True),
         ))
         txt = run.run_block(2 * self.index + 1, txt, (
-            Branch("attn", lambda h: block.txt_attn.proj(attn_out()["txt"]), txt_mod1.gate, False),
-            Branch("mlp", lambda h: block.txt_mlp(apply_mod(block.txt_norm2(h), (1 + txt_mod2.scale), txt_mod2.shift, None)),
-                   txt_mod2.gate, True),
+            Branch("attn", lambda h: block.txt_attn.proj(attn_out()["txt"]), tm.lazy_gate(2), False),
+            Branch("mlp", lambda h: block.txt_mlp(apply_mod(block.txt_norm2(h), (1 + tm[4]), tm[3], None)),
+                   tm.lazy_gate(5), True),
         ))
         joint.clear()
         if txt.dtype == torch.float16:
@@ -103,10 +121,10 @@ class FluxSingleBlock:
         block = self.adapter.dm.single_blocks[self.index]
         x, vec, pe = args["img"], args["vec"], args["pe"]
         attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
-        mod = block.modulation(vec)[0] if block.modulation else vec
+        mod = _lazy_mod(block.modulation, vec) if block.modulation else LazyModulation(lambda: _flat((vec, None)))
 
         def compute(h):
-            qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + mod.scale), mod.shift, None)),
+            qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + mod[1]), mod[0], None)),
                                    [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
             q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
             del qkv
@@ -114,7 +132,7 @@ class FluxSingleBlock:
             attn = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
             return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
 
-        x = run.run_block(self.adapter.single_offset + self.index, x, (Branch("attn_mlp", compute, mod.gate, False),))
+        x = run.run_block(self.adapter.single_offset + self.index, x, (Branch("attn_mlp", compute, mod.lazy_gate(2), False),))
         if x.dtype == torch.float16:
             x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
         return {"img": x}

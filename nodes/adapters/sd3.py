@@ -9,6 +9,8 @@ and ``mlp`` (gated by ``gate_mlp``; token-local). The last joint block's text st
 (``x_block_self_attn``) get a third branch ``attn2``; the host sums those two attention outputs with
 ``torch.stack(...).sum``, so for those blocks an all-FULL schedule matches the unpatched model up to
 float rounding rather than bit for bit. Everything else uses the host's exact arithmetic.
+adaLN is lazy (``nodes/adapters/modulation.py``): a reused stream evaluates only the gate rows of its
+``adaLN_modulation`` linear; computed streams run the host's expression.
 """
 from __future__ import annotations
 
@@ -17,28 +19,51 @@ from typing import Any
 import torch
 
 from ...procache_core.engine import Branch
+from ...procache_core.modulation import LazyModulation
 from ..runtime_bridge import active_run
 from . import FamilyAdapter
+from .modulation import lazy_chunks
 
 
-def _mods(block, c):
-    """adaLN terms of a DismantledBlock, as its pre_attention(_x) computes them (no qkv yet)."""
-    if block.x_block_self_attn:
-        m = block.adaLN_modulation(c).chunk(9, dim=1)
-        return {"shift_msa": m[0], "scale_msa": m[1], "gate_msa": m[2], "shift_mlp": m[3], "scale_mlp": m[4],
-                "gate_mlp": m[5], "shift_msa2": m[6], "scale_msa2": m[7], "gate_msa2": m[8]}
-    if not block.pre_only:
-        if not block.scale_mod_only:
-            m = block.adaLN_modulation(c).chunk(6, dim=1)
-            return {"shift_msa": m[0], "scale_msa": m[1], "gate_msa": m[2], "shift_mlp": m[3], "scale_mlp": m[4],
-                    "gate_mlp": m[5]}
-        m = block.adaLN_modulation(c).chunk(4, dim=1)
-        return {"shift_msa": None, "scale_msa": m[0], "gate_msa": m[1], "shift_mlp": None, "scale_mlp": m[2],
-                "gate_mlp": m[3]}
-    if not block.scale_mod_only:
-        m = block.adaLN_modulation(c).chunk(2, dim=1)
-        return {"shift_msa": m[0], "scale_msa": m[1]}
-    return {"shift_msa": None, "scale_msa": block.adaLN_modulation(c)}
+_LAYOUTS = {  # chunk names of adaLN_modulation(c).chunk(n, dim=1), per DismantledBlock variant
+    9: ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp", "shift_msa2", "scale_msa2",
+        "gate_msa2"),
+    6: ("shift_msa", "scale_msa", "gate_msa", "shift_mlp", "scale_mlp", "gate_mlp"),
+    4: ("scale_msa", "gate_msa", "scale_mlp", "gate_mlp"),
+    2: ("shift_msa", "scale_msa"),
+    1: ("scale_msa",),
+}
+
+
+class _Mods:
+    """adaLN terms of a DismantledBlock, as its pre_attention(_x) computes them, evaluated lazily.
+
+    ``m[name]`` evaluates the block's own expression in full (None for terms the variant lacks);
+    ``m.gate(name)`` is a Branch gate that a reused block evaluates from the gate rows alone.
+    """
+
+    def __init__(self, block, c) -> None:
+        if block.x_block_self_attn:
+            n = 9
+        elif not block.pre_only:
+            n = 4 if block.scale_mod_only else 6
+        else:
+            n = 1 if block.scale_mod_only else 2
+        self.index = {name: i for i, name in enumerate(_LAYOUTS[n])}
+        full = (lambda: (block.adaLN_modulation(c),)) if n == 1 else (lambda: block.adaLN_modulation(c).chunk(n, dim=1))
+        act, lin = block.adaLN_modulation[0], block.adaLN_modulation[-1]
+        self.mod = lazy_chunks(full, lin, lambda: act(c), c, n) if n > 1 else LazyModulation(full)
+
+    def __getitem__(self, name: str):
+        i = self.index.get(name)
+        return None if i is None else self.mod[i]
+
+    def gate(self, name: str):
+        return self.mod.lazy_gate(self.index[name], _unsqueeze1)
+
+
+def _unsqueeze1(t):
+    return t.unsqueeze(1)
 
 
 class SD3JointBlock:
@@ -55,7 +80,7 @@ class SD3JointBlock:
         cb, xb = jb.context_block, jb.x_block
         x, context, c = args["img"], args["txt"], args["vec"]
         to = args.get("transformer_options") or {}
-        cm, xm = _mods(cb, c), _mods(xb, c)
+        cm, xm = _Mods(cb, c), _Mods(xb, c)
         x_in, ctx_in = x, context
         joint: dict = {}
 
@@ -79,16 +104,16 @@ class SD3JointBlock:
                 mmdit.optimized_attention(q2[0], q2[1], q2[2], heads=xb.attn2.num_heads, transformer_options=to))
 
         x_branches = [Branch("attn", lambda h: xb.attn.post_attention(attn_out()["x"]),
-                             xm["gate_msa"].unsqueeze(1), False)]
+                             xm.gate("gate_msa"), False)]
         if xb.x_block_self_attn:
-            x_branches.append(Branch("attn2", attn2, xm["gate_msa2"].unsqueeze(1), False))
+            x_branches.append(Branch("attn2", attn2, xm.gate("gate_msa2"), False))
         x_branches.append(Branch("mlp", lambda h: xb.mlp(mmdit.modulate(xb.norm2(h), xm["shift_mlp"], xm["scale_mlp"])),
-                                 xm["gate_mlp"].unsqueeze(1), True))
+                                 xm.gate("gate_mlp"), True))
         if not cb.pre_only:
             context = run.run_block(2 * self.index + 1, context, (
-                Branch("attn", lambda h: cb.attn.post_attention(attn_out()["ctx"]), cm["gate_msa"].unsqueeze(1), False),
+                Branch("attn", lambda h: cb.attn.post_attention(attn_out()["ctx"]), cm.gate("gate_msa"), False),
                 Branch("mlp", lambda h: cb.mlp(mmdit.modulate(cb.norm2(h), cm["shift_mlp"], cm["scale_mlp"])),
-                       cm["gate_mlp"].unsqueeze(1), True),
+                       cm.gate("gate_mlp"), True),
             ))
         else:
             context = None

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-RUNTIME_MODULES = {"test_engine", "test_tokens", "test_reference_dit"}
+RUNTIME_MODULES = {"test_engine", "test_tokens", "test_reference_dit", "test_modulation"}
 
 
 @pytest.fixture(autouse=True, scope="module")

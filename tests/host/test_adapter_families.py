@@ -181,3 +181,55 @@ def test_unsupported_model_names_supported_families():
     assert "'model'" in msg and "Linear" in msg
     for fam in ("PixArt", "Flux", "SD3", "Wan"):
         assert fam in msg
+
+
+def _modulation_modules(family, dm):
+    if family == "flux":
+        return [m for b in dm.double_blocks for m in (b.img_mod, b.txt_mod)] + [b.modulation for b in dm.single_blocks]
+    return [m for jb in dm.joint_blocks for m in (jb.x_block.adaLN_modulation, jb.context_block.adaLN_modulation)]
+
+
+@pytest.mark.parametrize("family,build", [("flux", tiny_flux), ("sd3", tiny_sd3),
+                                          ("sd3", lambda: tiny_sd3(x_self_attn=True))])
+def test_reused_step_evaluates_only_gate_rows(family, build):
+    """A cached step needs the gates alone: the host's full adaLN modules are not called on it."""
+    dm = build()
+    calls = {"n": 0}
+    hooks = [m.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+             for m in _modulation_modules(family, dm)]
+    try:
+        patched_run(family, dm, "FF")
+        per_step = calls["n"] // 2
+        calls["n"] = 0
+        outs, _ = patched_run(family, dm, "FC")
+    finally:
+        for h in hooks:
+            h.remove()
+    assert per_step > 0
+    assert calls["n"] == per_step  # step 0 only
+    assert torch.allclose(outs[1], call(family, dm, {}), atol=1e-5, rtol=1e-4)
+
+
+def test_gate_rows_only_from_plain_host_linears():
+    import comfy.ops
+    from procache_pack.nodes.adapters.modulation import row_evaluator
+
+    g = torch.Generator().manual_seed(0)
+    lin = comfy.ops.disable_weight_init.Linear(8, 24)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(24, 8, generator=g))
+        lin.bias.copy_(torch.randn(24, generator=g))
+    x = torch.randn(2, 8, generator=g)
+    rows = row_evaluator(lin, lambda: x, x)
+    assert rows is not None
+    torch.testing.assert_close(rows(8, 16), lin(x)[:, 8:16])
+    # anything that makes the host cast or patch weights per call keeps the full linear
+    lin.weight_function.append(lambda w: w * 2)  # what low-VRAM LoRA patching installs
+    assert row_evaluator(lin, lambda: x, x) is None
+    lin.weight_function.clear()
+    lin.comfy_cast_weights = True
+    assert row_evaluator(lin, lambda: x, x) is None
+    lin.comfy_cast_weights = False
+    assert row_evaluator(lin, lambda: x.half(), x.half()) is None  # dtype differs from the weights
+    manual = comfy.ops.manual_cast.Linear(8, 24)
+    assert row_evaluator(manual, lambda: x, x) is None

@@ -1,0 +1,57 @@
+"""Lazy adaLN for host blocks: reused steps read only the gate rows of a plain host Linear.
+
+``procache_core.modulation.LazyModulation`` does the bookkeeping; this module decides when slicing
+a host layer's weight is safe. ComfyUI's Linear can cast weights per call, apply LoRA functions on
+the fly (low-VRAM mode), or hold quantized / GGUF tensor subclasses; slicing any of those would skip
+that logic, so such layers keep evaluating the full linear (correct, just not faster).
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ...procache_core.modulation import LazyModulation, linear_rows
+
+
+def _plain_forward(layer: torch.nn.Module) -> bool:
+    import comfy.ops
+
+    return type(layer).forward in (torch.nn.Linear.forward, comfy.ops.disable_weight_init.Linear.forward)
+
+
+def row_evaluator(layer: torch.nn.Module, act: Callable[[], Tensor], like: Tensor
+                  ) -> Callable[[int, int], Tensor] | None:
+    """``(start, stop) -> layer(act())[..., start:stop]`` from those weight rows alone, or None when unsafe.
+
+    ``act`` gives the layer's input (evaluated on first use); ``like`` is a tensor with the dtype and
+    device that input will have.
+    """
+    if not isinstance(layer, torch.nn.Linear) or not _plain_forward(layer):
+        return None
+    if getattr(layer, "comfy_cast_weights", False) or getattr(layer, "weight_function", None) \
+            or getattr(layer, "bias_function", None):
+        return None
+    w, b = layer.weight, layer.bias
+    for t in (w, b):
+        if t is not None and (type(t.data) is not torch.Tensor or t.dtype != like.dtype or t.device != like.device):
+            return None
+    memo: list[Tensor] = []
+
+    def rows(start: int, stop: int) -> Tensor:
+        if not memo:
+            memo.append(act())
+        return linear_rows(memo[0], w, b, start, stop)
+
+    return rows
+
+
+def lazy_chunks(full: Callable[[], Sequence[Tensor]], layer: torch.nn.Module, act: Callable[[], Tensor],
+                like: Tensor, n_chunks: int) -> LazyModulation:
+    """LazyModulation over ``n_chunks`` equal chunks of ``layer``'s output along its last dimension."""
+    rows = row_evaluator(layer, act, like)
+    if rows is None or n_chunks <= 0 or layer.out_features % n_chunks:
+        return LazyModulation(full)
+    width = layer.out_features // n_chunks
+    return LazyModulation(full, lambda i: rows(i * width, (i + 1) * width))
