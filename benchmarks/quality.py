@@ -85,8 +85,12 @@ class Method:
 
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Method,
-           selective_settings=None, cfg_scale: float = CFG_SCALE) -> tuple[torch.Tensor, dict]:
-    """DDIM (eta 0) with CFG, the same update as reference_dit.ddim_sample, with a per-method step."""
+           selective_settings=None, cfg_scale: float = CFG_SCALE,
+           step_log: list | None = None) -> tuple[torch.Tensor, dict]:
+    """DDIM (eta 0) with CFG, the same update as reference_dit.ddim_sample, with a per-method step.
+
+    ``step_log`` (optional) receives ``(action, seconds)`` per model evaluation of the full-compute and
+    schedule methods (action "F", "C" or "S"; wall clock of the batched CFG call)."""
     from procache_core.engine import CacheRun
     from procache_core.reference_dit import _alphas_cumprod, ddim_timesteps
     from procache_core.schedule import Schedule
@@ -127,10 +131,17 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Met
                 sigma = math.sqrt((1.0 - ab[t]) / ab[t])
                 eps = host.eps(x_in, sigma, model_fn, cfg_combine)
             else:
+                action = "F"
                 if run is not None:
-                    run.begin_step(i)
+                    action = run.begin_step(i).value
                     run.set_stream("cond_uncond", chunks=2, grid_hw=grid)
-                eps = cfg_combine(model_fn(x_in))
+                t0 = time.perf_counter()
+                out = model_fn(x_in)
+                if step_log is not None:
+                    if out.is_cuda:
+                        torch.cuda.synchronize()
+                    step_log.append((action, time.perf_counter() - t0))
+                eps = cfg_combine(out)
             a_t = ab[t]
             a_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
             x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)

@@ -73,6 +73,9 @@ def speed_tables(speed: list[dict]) -> str:
         sel_line = _selective_cost(case)
         if sel_line:
             out.append(sel_line)
+        step_line = _step_costs(case)
+        if step_line:
+            out.append(step_line)
         out.append("")
         for k, v in case.get("schedules", {}).items():
             if v:
@@ -100,6 +103,37 @@ def _selective_cost(case: dict) -> str | None:
            else "below the FLOPs estimate, i.e. within the timing noise of this run")
     return (f"Selective steps: one S step costs {100 * meas:.1f}% of a full step more than a cached step (wall, "
             f"medians), against {100 * est:.1f}% by block FLOPs; {why}.")
+
+
+def _step_costs(case: dict) -> str | None:
+    """Per-evaluation medians: what a reused and a selective step cost, and the speed-up they imply.
+
+    Medians over the many steps of one kind are far less sensitive to a moment of load from other
+    processes than one end-to-end time, so this line is the steadier view of a single-repeat run.
+    """
+    rows = {r["method"]: r for r in case["rows"]}
+    full = (rows.get("full") or {}).get("step_median_s") or {}
+    f = full.get("F")
+    if not f:
+        return None
+    parts = []
+    for name in ("uniform", "procache", "procache+sel"):
+        r = rows.get(name)
+        med = (r or {}).get("step_median_s") or {}
+        if not med:
+            continue
+        try:
+            n_f, n_s, n_c = (int(x.rstrip("FSC")) for x in str(r["steps"]).split("/"))
+        except ValueError:
+            continue
+        t = n_f * med.get("F", f) + n_s * med.get("S", 0.0) + n_c * med.get("C", 0.0)
+        sp = case["T"] * f / t
+        costs = ", ".join(f"{a} {100 * med[a] / f:.1f}%" for a in ("F", "S", "C") if a in med)
+        parts.append(f"{name}: {costs} -> {sp:.2f}x, {100 * (1 - sp / r['ideal_speedup']):.1f}% below ideal")
+    if not parts:
+        return None
+    return ("Per model evaluation (median over the steps of each kind, in % of a full-compute step of "
+            f"{f:.3f} s; speed-up = T x full step / sum of the method's step medians): " + "; ".join(parts) + ".")
 
 
 def medium_section(medium: list[dict], plot: str | None) -> list[str]:

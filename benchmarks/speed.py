@@ -111,10 +111,12 @@ def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: 
     labels = (torch.arange(batch) % 1000).to(device)
     acct: dict[str, dict] = {}
     mem: dict[str, int] = {}
+    steps_log: dict[str, list] = {}
 
     def run(name: str, steps: int = T):
         base = _cuda_mem_begin(device)
-        _, a = sample(model, noise, labels, steps, methods[name])
+        log_ = steps_log.setdefault(name, []) if steps == T else None
+        _, a = sample(model, noise, labels, steps, methods[name], step_log=log_)
         mem[name] = max(mem.get(name, 0), _cuda_mem_peak(device, base))
         acct[name] = a
 
@@ -125,7 +127,7 @@ def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: 
     return _summarise(arch, T, depth, f"{latent * 8}px ({(latent // 2) ** 2} tokens), batch {batch} (x2 with CFG)",
                       times, cpu, device, acct, mem, {"uniform": all_methods["uniform"].schedule,
                                         "procache (S run as C)": sched.with_selective(False).to_string(),
-                                        "procache+sel": s_str})
+                                        "procache+sel": s_str}, steps_log)
 
 
 # -- PixArt-α (host model, host sampling path) ----------------------------------------------------
@@ -223,18 +225,35 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
     latent = torch.zeros(1, 4, h, w)
     noise = torch.randn(1, 4, h, w, generator=g)
     dm = mp.model.diffusion_model
-    calls = {"n": 0}
-    hook = dm.final_layer.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1))
+    calls = {"n": 0, "t0": 0.0, "durations": []}
+
+    def _start(*_):
+        calls["t0"] = time.perf_counter()
+
+    def _end(*_):
+        calls["n"] += 1
+        if device == "cuda":
+            torch.cuda.synchronize()
+        calls["durations"].append(time.perf_counter() - calls["t0"])
+
+    hooks = [dm.x_embedder.register_forward_pre_hook(_start), dm.final_layer.register_forward_hook(_end)]
+    steps_log: dict[str, list] = {}
     acct: dict[str, dict] = {}
     mem: dict[str, int] = {}
 
     def run(name: str, steps: int = T):
         calls["n"] = 0
+        calls["durations"] = []
         base = _cuda_mem_begin(device)
         comfy.sample.sample(models[name], noise, steps, 4.5, "dpmpp_2m", "normal", pos, neg, latent, seed=seed,
                             disable_pbar=True)
         mem[name] = max(mem.get(name, 0), _cuda_mem_peak(device, base))
         a = {"model_calls": calls["n"]}
+        # one batched CFG call per step (dpmpp_2m): label each call with its scheduled action
+        plan = {"full": "F" * T, "uniform": uni.to_string(), "procache": sched.with_selective(False).to_string(),
+                "procache+sel": sched.to_string()}.get(name)
+        if steps == T and plan is not None and len(calls["durations"]) == T:
+            steps_log.setdefault(name, []).extend(zip(plan, calls["durations"]))
         st = procache_last_stats(models[name]) if name.startswith(("uniform", "procache")) else None
         if st is not None:
             a.update({k: st[k] for k in ("block_eval_fraction", "flops_fraction", "peak_cache_bytes",
@@ -259,11 +278,12 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
                                    "steps_full": c["full"], "steps_selective": c.get("selective", 0),
                                    "steps_cached": c.get("cached", 0), "peak_cache_bytes": 0, "stats": "schedule"})
     finally:
-        hook.remove()
+        for hk in hooks:
+            hk.remove()
     return _summarise("PixArt-α", T, depth, f"latent {h}x{w} ({(h // 2) * (w // 2)} tokens), batch 1 (x2 with CFG)",
                       times, cpu, device, acct, mem, {"uniform": uni.to_string(),
                                         "procache (S run as C)": sched.with_selective(False).to_string(),
-                                        "procache+sel": sched.to_string()})
+                                        "procache+sel": sched.to_string()}, steps_log)
 
 
 def _subset(d: dict, names: tuple[str, ...] | None) -> dict:
@@ -273,6 +293,14 @@ def _subset(d: dict, names: tuple[str, ...] | None) -> dict:
     if unknown:
         raise ValueError(f"unknown speed methods {sorted(unknown)}; known: {list(d)}")
     return {k: v for k, v in d.items() if k == "full" or k in names}
+
+
+def _step_medians(log: list) -> dict[str, float]:
+    """Median seconds of one model evaluation per scheduled action ("F", "C", "S") over the timed runs."""
+    by: dict[str, list[float]] = {}
+    for action, sec in log:
+        by.setdefault(action, []).append(sec)
+    return {a: median(v) for a, v in sorted(by.items())}
 
 
 def _easycache_bytes(name: str, noise: torch.Tensor) -> int:
@@ -286,7 +314,8 @@ def _easycache_bytes(name: str, noise: torch.Tensor) -> int:
 # -- summary --------------------------------------------------------------------------------------
 
 def _summarise(arch: str, T: int, depth: int, shape: str, times: dict[str, list[float]],
-               cpu: dict[str, list[float]], device: str, acct: dict, mem: dict, schedules: dict) -> dict[str, Any]:
+               cpu: dict[str, list[float]], device: str, acct: dict, mem: dict, schedules: dict,
+               steps_log: dict[str, list] | None = None) -> dict[str, Any]:
     t_full = median(times["full"])
     c_full = median(cpu["full"])
     rows = []
@@ -305,6 +334,7 @@ def _summarise(arch: str, T: int, depth: int, shape: str, times: dict[str, list[
             "steps": f"{a.get('steps_full', '?')}F/{a.get('steps_selective', 0)}S/{a.get('steps_cached', '?')}C",
             "cache_mib": a.get("peak_cache_bytes", 0) / 2 ** 20,
             "cuda_extra_mib": (mem.get(name, 0) - mem.get("full", 0)) / 2 ** 20 if mem.get("full") else None,
+            "step_median_s": _step_medians((steps_log or {}).get(name, [])),
         })
     return {"arch": arch, "T": T, "depth": depth, "shape": shape, "rows": rows, "schedules": schedules,
             "time": time.strftime("%H:%M:%S")}
