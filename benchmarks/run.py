@@ -8,7 +8,7 @@
           --medium-cases dit,pixart picks the cases (e.g. to run them in two processes).
 --deep    CPU speed cases of the real 28-block architectures at the paper's token counts (DiT-XL/2 T=20 and 50:
           full, uniform, ProCache, ProCache + selective; PixArt-α T=20: full, ProCache, ProCache + selective),
-          one timed run per method after a 2-step warm-up; about 25 minutes with the two cases run as two
+          one timed run per method (two for DiT T=20) after a 2-step warm-up; about 25 minutes with the two cases run as two
           single-thread processes (--deep-cases dit / pixart). Writes raw/speed_deep_<device>_<arch>.json.
 --quick   the CPU setting (about 30 minutes on 2 cores): speed cases use 8 of the 28 blocks at full width
           and few tokens, 2-3 repeats; the quality bench uses 200 samples.
@@ -88,8 +88,8 @@ def deep_plan(cases: tuple[str, ...] = ("dit", "pixart")) -> list[dict]:
     # ~6 s on one core, a PixArt-α step at 1024 tokens x 2 ~38 s, so one timed run per method.
     plan = []
     if "dit" in cases:
-        for T in (20, 50):
-            plan.append(dict(arch="dit", T=T, depth=28, latent=32, batch=1, repeats=1, warmup_T=2,
+        for T, repeats in ((20, 2), (50, 1)):
+            plan.append(dict(arch="dit", T=T, depth=28, latent=32, batch=1, repeats=repeats, warmup_T=2,
                              methods=("uniform", "procache", "procache+sel")))
     if "pixart" in cases:
         plan.append(dict(arch="pixart", T=20, depth=28, latent_hw=(64, 64), repeats=1, warmup_T=2,
