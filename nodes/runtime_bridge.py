@@ -108,8 +108,10 @@ class RunState:
             tol = _REL_TOL * max(abs(hi), abs(lo), 1e-8)
             return hi + tol >= s > lo + tol
 
-        # evaluations come in order: start from the last step found
-        for i in list(range(self._last_i, n)) + list(range(0, self._last_i)):
+        # evaluations come in order: start from the last step found, then wrap around
+        start = min(self._last_i, n - 1)
+        for k in range(n):
+            i = (start + k) % n
             if inside(i):
                 self._last_i = i
                 return i

@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...procache_core.errors import UnsupportedModelError
+from ..runtime_bridge import active_run
 
 SUPPORTED_FAMILIES = {
     "pixart": "PixArt-α / PixArt-Σ",
@@ -50,6 +51,23 @@ class FamilyAdapter:
 
     def describe(self) -> str:
         return f"{self.family}: {self.num_blocks} cached blocks, selective compute {self.selective_support}"
+
+
+class DitBlockReplace:
+    """A ``dit`` replace patch: the adapter's branch split while a ProCache run of ``owner`` is active,
+    the host's own block otherwise (a patch left on a shared model is then harmless)."""
+
+    def __init__(self, adapter: "FamilyAdapter", index: int, owner: Any) -> None:
+        self.adapter, self.index, self.owner = adapter, index, owner
+
+    def __call__(self, args: dict, extra: dict) -> dict:
+        run = active_run(self.owner)
+        if run is None:
+            return extra["original_block"](args)
+        return self.run_block(run, args)
+
+    def run_block(self, run: Any, args: dict) -> dict:
+        raise NotImplementedError
 
 
 def supported_text() -> str:

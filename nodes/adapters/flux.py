@@ -27,8 +27,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
-from ..runtime_bridge import active_run
-from . import FamilyAdapter
+from . import DitBlockReplace, FamilyAdapter
 from .modulation import lazy_chunks
 
 
@@ -56,14 +55,8 @@ def _qkv(attn_mod, x, shift, scale, norm, num_heads):
     return q, k, v
 
 
-class FluxDoubleBlock:
-    def __init__(self, adapter: "FluxAdapter", index: int, owner: Any) -> None:
-        self.adapter, self.index, self.owner = adapter, index, owner
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        run = active_run(self.owner)
-        if run is None:
-            return extra["original_block"](args)
+class FluxDoubleBlock(DitBlockReplace):
+    def run_block(self, run: Any, args: dict) -> dict:
         from comfy.ldm.flux.layers import apply_mod
         from comfy.ldm.flux.math import attention
 
@@ -107,14 +100,8 @@ class FluxDoubleBlock:
         return {"img": img, "txt": txt}
 
 
-class FluxSingleBlock:
-    def __init__(self, adapter: "FluxAdapter", index: int, owner: Any) -> None:
-        self.adapter, self.index, self.owner = adapter, index, owner
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        run = active_run(self.owner)
-        if run is None:
-            return extra["original_block"](args)
+class FluxSingleBlock(DitBlockReplace):
+    def run_block(self, run: Any, args: dict) -> dict:
         from comfy.ldm.flux.layers import apply_mod
         from comfy.ldm.flux.math import attention
 

@@ -20,8 +20,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
-from ..runtime_bridge import active_run
-from . import FamilyAdapter
+from . import DitBlockReplace, FamilyAdapter
 from .modulation import lazy_chunks
 
 
@@ -66,14 +65,8 @@ def _unsqueeze1(t):
     return t.unsqueeze(1)
 
 
-class SD3JointBlock:
-    def __init__(self, adapter: "SD3Adapter", index: int, owner: Any) -> None:
-        self.adapter, self.index, self.owner = adapter, index, owner
-
-    def __call__(self, args: dict, extra: dict) -> dict:
-        run = active_run(self.owner)
-        if run is None:
-            return extra["original_block"](args)
+class SD3JointBlock(DitBlockReplace):
+    def run_block(self, run: Any, args: dict) -> dict:
         import comfy.ldm.modules.diffusionmodules.mmdit as mmdit
 
         jb = self.adapter.dm.joint_blocks[self.index]
