@@ -84,16 +84,20 @@ def medium_plan(cases: tuple[str, ...] = ("dit", "pixart")) -> list[dict]:
 
 
 def deep_plan(cases: tuple[str, ...] = ("dit", "pixart")) -> list[dict]:
+    """Cases "dit", "pixart", or one step count of an architecture such as "dit:50"."""
+    plan = [c for c in _deep_cases() if c["arch"] in cases or f"{c['arch']}:{c['T']}" in cases]
+    if not plan:
+        raise SystemExit(f"--deep-cases {','.join(cases)}: no such case (use dit, pixart, dit:20, dit:50, pixart:20)")
+    return plan
+
+
+def _deep_cases() -> list[dict]:
     # The real depth (28 blocks) at the paper's token counts; one 28-block DiT step at 256 tokens x 2 takes
     # ~6 s on one core, a PixArt-α step at 1024 tokens x 2 ~38 s, so one timed run per method.
-    plan = []
-    if "dit" in cases:
-        for T, repeats in ((20, 2), (50, 1)):
-            plan.append(dict(arch="dit", T=T, depth=28, latent=32, batch=1, repeats=repeats, warmup_T=2,
-                             methods=("uniform", "procache", "procache+sel")))
-    if "pixart" in cases:
-        plan.append(dict(arch="pixart", T=20, depth=28, latent_hw=(64, 64), repeats=1, warmup_T=2,
-                         methods=("procache", "procache+sel")))
+    plan = [dict(arch="dit", T=T, depth=28, latent=32, batch=1, repeats=repeats, warmup_T=2,
+                 methods=("uniform", "procache", "procache+sel")) for T, repeats in ((20, 2), (50, 1))]
+    plan.append(dict(arch="pixart", T=20, depth=28, latent_hw=(64, 64), repeats=1, warmup_T=2,
+                     methods=("procache", "procache+sel")))
     return plan
 
 
@@ -137,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--medium-cases", default="dit,pixart", help="with --medium: comma list of dit, pixart")
     ap.add_argument("--deep", action="store_true",
                     help="CPU speed cases of the 28-block architectures (speed only; about 25 minutes)")
-    ap.add_argument("--deep-cases", default="dit,pixart", help="with --deep: comma list of dit, pixart")
+    ap.add_argument("--deep-cases", default="dit,pixart",
+                    help="with --deep: comma list of dit, pixart (or one case: dit:20, dit:50, pixart:20)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
     ap.add_argument("--only", choices=["speed", "quality"], default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results")
