@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick clean
+.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick bench-deep clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -39,6 +39,12 @@ bench: models
 
 bench-quick: models
 	$(PY) -m benchmarks.run --quick
+
+# the 28-block architectures on a CPU (about 25 minutes: DiT and PixArt-α as two single-thread processes)
+bench-deep: models
+	$(PY) -m benchmarks.run --deep --deep-cases dit --device cpu --threads 1 & \
+	$(PY) -m benchmarks.run --deep --deep-cases pixart --device cpu --threads 1; wait
+	$(PY) -m benchmarks.run --report-only --quick --device cpu
 
 clean:
 	rm -rf .host .venv demo_output tests/artifacts
