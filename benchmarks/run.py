@@ -245,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
                      "28 blocks, 16-32 image tokens and batch 1, and skip PixArt-α T=50, so that a shared 2-core CPU "
                      "finishes; the non-block share of the work (embedders, final layer, sampler, "
                      "Python dispatch) is therefore larger than in the 28-block model at full resolution, which "
-                     "lowers wall/ideal. Run without --quick on a GPU for the full-size figures.")
+                     "lowers wall/ideal. At these token counts a selective step's MLP on a handful of tokens still reads "
+                     "the whole MLP weight matrix, so it costs several times its FLOPs share (memory-bound); at "
+                     "256-1024 tokens it is close to it (see the 28-block section). Run without --quick on a GPU for "
+                     "the full-size figures.")
     if device == "cpu":
         notes.append("Speed on a shared CPU: the wall clock includes time the process waited for a core (in these runs "
                      "it sometimes got a third of one), so the process CPU time (one torch thread) is reported too and "
