@@ -40,7 +40,7 @@ bench: models
 bench-quick: models
 	$(PY) -m benchmarks.run --quick
 
-# the 28-block architectures on a CPU (about 25 minutes: DiT and PixArt-α as two single-thread processes)
+# the 28-block architectures on a CPU (about 40 minutes: DiT and PixArt-α as two single-thread processes)
 bench-deep: models
 	$(PY) -m benchmarks.run --deep --deep-cases dit --device cpu --threads 1 & \
 	$(PY) -m benchmarks.run --deep --deep-cases pixart --device cpu --threads 1; wait

@@ -8,9 +8,9 @@
           --medium-cases dit,pixart picks the cases (e.g. to run them in two processes).
 --deep    CPU speed cases of the real 28-block architectures at the paper's token counts (DiT-XL/2 T=20 and 50:
           full, uniform, ProCache, ProCache + selective; PixArt-α T=20: full, ProCache, ProCache + selective),
-          one timed run per method (two for DiT T=20) after a 2-step warm-up; about 25 minutes with the two cases run as two
+          two timed runs per method for DiT-XL/2, one for PixArt-α, after a 2-step warm-up; about 40 minutes with the two cases run as two
           single-thread processes (--deep-cases dit / pixart). Writes raw/speed_deep_<device>_<arch>.json.
---quick   the CPU setting (about 30 minutes on 2 cores): speed cases use 8 of the 28 blocks at full width
+--quick   the CPU setting (6 minutes on an idle 2-core machine, under 30 when shared): speed cases use 8 of the 28 blocks at full width
           and few tokens, 2-3 repeats; the quality bench uses 200 samples.
 (default) the GPU setting: 28 blocks, DiT-XL/2 at 256 px (32x32 latent) batch 4, PixArt-α at 512 px
           (64x64 latent), 5 repeats, 1000 quality samples. On a CPU this takes hours.
@@ -95,7 +95,7 @@ def _deep_cases() -> list[dict]:
     # The real depth (28 blocks) at the paper's token counts; one 28-block DiT step at 256 tokens x 2 takes
     # ~6 s on one core, a PixArt-α step at 1024 tokens x 2 ~38 s, so one timed run per method.
     plan = [dict(arch="dit", T=T, depth=28, latent=32, batch=1, repeats=repeats, warmup_T=2,
-                 methods=("uniform", "procache", "procache+sel")) for T, repeats in ((20, 2), (50, 1))]
+                 methods=("uniform", "procache", "procache+sel")) for T, repeats in ((20, 2), (50, 2))]
     plan.append(dict(arch="pixart", T=20, depth=28, latent_hw=(64, 64), repeats=1, warmup_T=2,
                      methods=("procache", "procache+sel")))
     return plan
@@ -140,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="CPU speed cases at the paper's token counts with 4 blocks (speed only; about 25 minutes)")
     ap.add_argument("--medium-cases", default="dit,pixart", help="with --medium: comma list of dit, pixart")
     ap.add_argument("--deep", action="store_true",
-                    help="CPU speed cases of the 28-block architectures (speed only; about 25 minutes)")
+                    help="CPU speed cases of the 28-block architectures (speed only; about 40 minutes)")
     ap.add_argument("--deep-cases", default="dit,pixart",
                     help="with --deep: comma list of dit, pixart (or one case: dit:20, dit:50, pixart:20)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
