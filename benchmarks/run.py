@@ -53,9 +53,10 @@ def speed_plan(quick: bool, device: str) -> list[dict]:
         # Sized for a shared 2-core CPU (one full-width block costs ~20 M MACs per token): full width 1152 /
         # 16 heads, fewer blocks and tokens. PixArt-α: 4 blocks (selective: the deepest 1 = 25%), latent 64x2
         # = 32 tokens (ComfyUI's PixArt position embedding needs (H+W)/2 >= 33 latent px). DiT-XL/2: 8 blocks
-        # (deepest 2 selective), latent 8x8 = 16 tokens, batch 1. PixArt-α T=50 only in the full mode.
+        # (deepest 2 selective), latent 8x8 = 16 tokens, batch 1.
         return [
             dict(arch="pixart", T=20, depth=4, latent_hw=(64, 2), repeats=3),
+            dict(arch="pixart", T=50, depth=4, latent_hw=(64, 2), repeats=3),
             dict(arch="dit", T=50, depth=8, latent=8, batch=1, repeats=3),
             dict(arch="dit", T=20, depth=8, latent=8, batch=1, repeats=3),
         ]
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     notes: list[str] = []
     if args.quick:
         notes.append("Quick mode: speed cases use full width (1152, 16 heads) but 4 (PixArt-α) or 8 (DiT-XL/2) of the "
-                     "28 blocks, 16-32 image tokens and batch 1, and skip PixArt-α T=50, so that a shared 2-core CPU "
+                     "28 blocks, 16-32 image tokens and batch 1, so that a shared 2-core CPU "
                      "finishes; the non-block share of the work (embedders, final layer, sampler, "
                      "Python dispatch) is therefore larger than in the 28-block model at full resolution, which "
                      "lowers wall/ideal. At these token counts a selective step's MLP on a handful of tokens still reads "
