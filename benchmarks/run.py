@@ -115,6 +115,25 @@ def load_medium(out: Path, device: str, tag: str = "medium") -> list[dict]:
     return cases
 
 
+def run_saved_cases(out: Path, device: str, tag: str, info: dict, plan: list[dict]) -> None:
+    """Runs `plan` and saves each case in raw/speed_<tag>_<device>_<arch>.json, replacing a saved case
+    of the same step count (so one file holds e.g. the DiT T=20 and T=50 cases)."""
+    from .common import write_json
+
+    tinfo = {**info, "mode": tag}
+    for case in plan:
+        log(f"[bench] {tag} speed case {case['arch']} T={case['T']}")
+        t1 = time.time()
+        res = run_speed(False, device, plan=[case])
+        tinfo["bench_seconds"] = round(time.time() - t1, 1)
+        p = out / "raw" / f"speed_{tag}_{device}_{case['arch']}.json"
+        prev = json.loads(p.read_text())["cases"] if p.exists() else []
+        prev = [c for c in prev if c["T"] != res[0]["T"]]
+        for c in res:
+            c["info"] = dict(tinfo)
+        write_json(p, {"info": tinfo, "cases": sorted(prev + res, key=lambda c: c["T"])})
+
+
 def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_patch=None) -> list[dict]:
     from . import speed
 
@@ -183,32 +202,11 @@ def main(argv: list[str] | None = None) -> int:
     speed_res = quality_res = None
     if args.report_only:
         args.only = "none"
-    if args.medium:
-        args.only = "none"  # only the medium speed cases; the other results are re-read from raw/
-        minfo = dict(info)
-        minfo["mode"] = "medium"
-        for case in medium_plan(tuple(x.strip() for x in args.medium_cases.split(",") if x.strip())):
-            log("[bench] medium speed case " + case["arch"])
-            t1 = time.time()
-            res = run_speed(False, device, plan=[case])
-            minfo["bench_seconds"] = round(time.time() - t1, 1)
-            write_json(out / "raw" / f"speed_medium_{device}_{case['arch']}.json", {"info": minfo, "cases": res})
-    if args.deep:
-        args.only = "none"
-        dinfo = dict(info)
-        dinfo["mode"] = "deep"
-        for case in deep_plan(tuple(x.strip() for x in args.deep_cases.split(",") if x.strip())):
-            log(f"[bench] deep speed case {case['arch']} T={case['T']}")
-            t1 = time.time()
-            res = run_speed(False, device, plan=[case])
-            dinfo["bench_seconds"] = round(time.time() - t1, 1)
-            # one JSON per architecture: the DiT file accumulates its T=20 and T=50 cases
-            p = out / "raw" / f"speed_deep_{device}_{case['arch']}.json"
-            prev = json.loads(p.read_text())["cases"] if p.exists() else []
-            prev = [c for c in prev if c["T"] != res[0]["T"]]
-            for c in res:
-                c["info"] = dict(dinfo)
-            write_json(p, {"info": dinfo, "cases": sorted(prev + res, key=lambda c: c["T"])})
+    for tag, on, plan_fn, cases in (("medium", args.medium, medium_plan, args.medium_cases),
+                                    ("deep", args.deep, deep_plan, args.deep_cases)):
+        if on:
+            args.only = "none"  # only these speed cases; the other results are re-read from raw/
+            run_saved_cases(out, device, tag, info, plan_fn(tuple(x.strip() for x in cases.split(",") if x.strip())))
     if args.only in (None, "quality"):
         from .quality import run_quality
 
