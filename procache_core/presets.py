@@ -327,12 +327,28 @@ def _preset_from_mapping(data: Mapping[Any, Any]) -> Preset:
                   selective=selective, provenance=provenance, version=version)
 
 
+class _PresetDumper(yaml.SafeDumper):
+    """SafeDumper that double-quotes strings holding a YAML line break other than a newline.
+
+    With ``allow_unicode`` PyYAML writes NEL (U+0085) raw inside a single-quoted scalar, and the
+    loader folds it to a space; double quotes make the emitter write it as an escape sequence.
+    """
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = '"' if any(ch in value for ch in "\x85\u2028\u2029") else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_PresetDumper.add_representer(str, _represent_str)
+
+
 def dump_preset(preset: Preset) -> str:
     """YAML text of the preset; ``parse_preset_text(dump_preset(p)) == p``."""
     if not isinstance(preset, Preset):
         raise ScheduleError("preset", f"must be a Preset, got {type(preset).__name__}.", "pass a Preset.")
-    return yaml.safe_dump(preset.to_dict(), sort_keys=False, allow_unicode=True, default_flow_style=False,
-                          width=100)
+    return yaml.dump(preset.to_dict(), Dumper=_PresetDumper, sort_keys=False, allow_unicode=True,
+                     default_flow_style=False, width=100)
 
 
 def load_preset(path: str | os.PathLike[str]) -> Preset:

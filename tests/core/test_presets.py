@@ -1,6 +1,7 @@
 """Presets: YAML round trips, fuzzed malformed input, listing, and every shipped preset."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,14 @@ def assert_good_error(exc: ProCacheError) -> None:
 
 
 # -- round trips ----------------------------------------------------------------------------------
+def test_round_trip_keeps_yaml_line_break_characters():
+    """NEL / LINE and PARAGRAPH SEPARATOR are line breaks to YAML: a raw one would fold to a space."""
+    base = parse_preset_text(yaml.safe_dump(valid_mapping()))
+    for text in ("\x85", "a\x85b", "x\u2028y", "\u2029", "PixArt-α"):
+        p = dataclasses.replace(base, model=text)
+        assert parse_preset_text(dump_preset(p)) == p
+
+
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(preset_strategy)
 def test_dump_parse_round_trip(p):
