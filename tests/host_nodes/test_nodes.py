@@ -87,6 +87,20 @@ class ProCacheTestTinyFlux(io.ComfyNode):
                                                               offload_device=mm.unet_offload_device()))
 
 
+def _topic_nodes() -> list[type[io.ComfyNode]]:
+    """Nodes of the topic modules beside this one (``nodes_<topic>.py``, each exporting ``NODES``)."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    found: list[type[io.ComfyNode]] = []
+    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
+        if info.name.startswith("nodes_"):
+            mod = importlib.import_module(f"{__package__}.{info.name}")
+            found.extend(getattr(mod, "NODES", []))
+    return found
+
+
 class ProCacheTestExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ProCacheTestConditioning, ProCacheTestTinyFlux]
+        return [ProCacheTestConditioning, ProCacheTestTinyFlux, *_topic_nodes()]
