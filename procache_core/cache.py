@@ -26,9 +26,12 @@ class BlockEntry:
     outputs: dict[str, Tensor]          # branch name -> output before gating, (B, N, C), activation dtype
     input_ref: Tensor | None = None     # block input as of each token's last refresh (B, N, C) (deep blocks)
     last_refresh: Tensor | None = None  # step of each token's last refresh, int32 (B, N) (deep blocks)
+    segment: int = -1                   # segment (opening FULL step) in which the outputs were computed
+    aux: dict[str, Tensor] = field(default_factory=dict)  # branch name -> its token-mixing half (deep
+                                        # blocks of branches with ``Branch.partial``, e.g. Flux single blocks)
 
     def nbytes(self) -> int:
-        total = sum(t.nbytes for t in self.outputs.values())
+        total = sum(t.nbytes for t in self.outputs.values()) + sum(t.nbytes for t in self.aux.values())
         for t in (self.input_ref, self.last_refresh):
             if t is not None:
                 total += t.nbytes
@@ -42,6 +45,10 @@ class StreamState:
     chunks: int = 1
     blocks: dict[int, BlockEntry] = field(default_factory=dict)
     forced_full_eval: int = -1          # model evaluation in which this stream must run FULL
+    refresh_segment: int = -1           # scheduled FULL step whose segment this stream's cache belongs to
+    refresh_step: int = -1              # step of the evaluation that last computed this stream in full
+    decided_eval: int = -1              # model evaluation the FULL/reuse decision below was made for
+    eval_full: bool = False             # that evaluation runs every block FULL
 
 
 def block_signature(x: Tensor, names: tuple[str, ...]) -> tuple:
@@ -84,6 +91,7 @@ class BlockCache:
         for state in self._streams.values():
             for entry in state.blocks.values():
                 entry.outputs.clear()
+                entry.aux.clear()
                 entry.input_ref = None
                 entry.last_refresh = None
             state.blocks.clear()

@@ -19,7 +19,7 @@ from torch import Tensor
 from .cache import BlockCache, BlockEntry, block_signature, own
 from .errors import ProCacheError
 from .schedule import Action, Schedule
-from .settings import SelectiveSettings
+from .settings import SelectiveSettings, branch_kind
 from .stats import RunStats, estimate_branch_flops
 from .tokens import TokenSelector, num_tokens
 
@@ -35,6 +35,12 @@ class Branch:
                                            # used: see procache_core.modulation), or None
     token_local: bool                      # True when output row n depends only on token n (MLP, cross-attn)
     flops: float | None = None             # optional cost hint for ONE batch row over all N tokens
+    # A branch that mixes tokens only through part of its input (Flux single blocks: linear2 over
+    # [attention, MLP]) can still recompute chosen tokens: ``aux()`` (called after ``compute`` on
+    # computed steps) returns that token-mixing half (B, N, D), which deep blocks keep; on selective
+    # steps ``partial(x_rows, aux_rows)`` gives the output rows (B, k, C) of the chosen tokens.
+    aux: Callable[[], Tensor | None] | None = None
+    partial: Callable[[Tensor, Tensor], Tensor] | None = None
 
 
 def _apply(x: Tensor, gate: Tensor | Callable[[], Tensor] | None, out: Tensor) -> Tensor:
@@ -81,6 +87,13 @@ class CacheRun:
         self._chunks = 1
         self._stream_grid: tuple[int, int] | None = None
         self._closed = False
+        # segment of a step = the scheduled FULL step that opens its run of reused steps; a stream's
+        # cache is only reused inside the segment it was computed in
+        seg, self._segment_of = 0, []
+        for i, a in enumerate(schedule.actions):
+            seg = i if a == Action.FULL else seg
+            self._segment_of.append(seg)
+        self._segment = 0
         self.stats.start()
 
     # -- step / stream -----------------------------------------------------------------------
@@ -104,8 +117,10 @@ class CacheRun:
         """
         self.stats.observe_cache_bytes(self.cache.nbytes())
         step = int(step)
-        action = self.schedule[step] if 0 <= step < len(self.schedule) else Action.FULL
+        inside = 0 <= step < len(self.schedule)
+        action = self.schedule[step] if inside else Action.FULL
         self._step, self._action = step, action
+        self._segment = self._segment_of[step] if inside else step
         self._eval += 1
         self.stats.record_step(action)
         return action
@@ -142,22 +157,47 @@ class CacheRun:
         names = tuple(br.name for br in branches)
         signature = block_signature(x, names)
         stream = self.cache.stream(self._stream_key)
-        action = self.block_action(block)
+        if stream.decided_eval != self._eval:  # first block of this evaluation in this stream
+            self._decide_eval(stream, block, signature)
+        action = Action.FULL if stream.eval_full else self.block_action(block)
         entry: BlockEntry | None = None
         if action != Action.FULL:
-            if stream.forced_full_eval != self._eval:
-                entry = self.cache.get(self._stream_key, block, signature)
-                if entry is None:  # first call, new resolution/batch/dtype: recompute this evaluation
+            entry = self.cache.get(self._stream_key, block, signature)
+            if entry is None:  # a block whose layout changed mid-evaluation: the rest runs FULL
+                stream.eval_full = True
+                if stream.forced_full_eval != self._eval:
                     stream.forced_full_eval = self._eval
                     self.stats.forced_full_evals += 1
-            if entry is None:
                 action = Action.FULL
         if action == Action.FULL:
             return self._full(block, x, branches, signature)
         assert entry is not None
         if action == Action.SELECTIVE:
-            return self._selective(x, branches, entry)
+            return self._selective(block, x, branches, entry)
         return self._cached(x, branches, entry)
+
+    def _decide_eval(self, stream, block: int, signature: tuple) -> None:
+        """Decide once per evaluation and stream whether every block runs FULL.
+
+        A reused step may only read a cache computed in the current segment (since the last
+        scheduled FULL step): a stream last computed in an older segment (the host ran cond and
+        uncond as separate calls on the FULL step and batches them again now), one never computed,
+        or one whose batch layout changed, recomputes the whole evaluation.
+        """
+        stream.decided_eval = self._eval
+        if self._action == Action.FULL:
+            full = True
+        else:
+            seg = self._segment
+            full = (stream.refresh_segment != seg
+                    or self.cache.get(self._stream_key, block, signature) is None
+                    or any(e.segment != seg for e in stream.blocks.values()))
+            if full:
+                stream.forced_full_eval = self._eval
+                self.stats.forced_full_evals += 1
+        stream.eval_full = full
+        if full:
+            stream.refresh_segment, stream.refresh_step = self._segment, self._step
 
     def _costs(self, x: Tensor, branches: Sequence[Branch]) -> list[float]:
         b, n, c = x.shape[0], x.shape[1], x.shape[-1]
@@ -171,13 +211,19 @@ class CacheRun:
                                 "give every branch of a block its own name.")
         x_in = x
         outs: dict[str, Tensor] = {}
+        deep = self._track_tokens and block >= self.first_selective_block
+        aux: dict[str, Tensor] = {}
         for br in branches:
             out = br.compute(x)
+            if deep and br.partial is not None and br.aux is not None:
+                half = br.aux()
+                if half is not None:
+                    aux[br.name] = own(half)
             x = _apply(x, br.gate, out)
             outs[br.name] = own(out)
         old = self.cache.get(self._stream_key, block, signature)
-        entry = BlockEntry(signature=signature, outputs=outs)
-        if self._track_tokens and block >= self.first_selective_block:
+        entry = BlockEntry(signature=signature, outputs=outs, aux=aux, segment=self._segment)
+        if deep:
             b, n = x_in.shape[0], x_in.shape[1]
             if self._keep_input:  # reuse the old buffers: no allocation churn on refresh
                 if old is not None and old.input_ref is not None:
@@ -199,43 +245,59 @@ class CacheRun:
         self.stats.record_block(costs, [0.0] * len(branches))
         return x
 
-    def _selective(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
+    def token_share(self, br: Branch, block: int) -> float:
+        """Share of tokens branch ``br`` of ``block`` recomputes on the current (selective) step."""
+        progress = self._step / (len(self.schedule) - 1) if len(self.schedule) > 1 else 0.0
+        depth = block / (self.num_blocks - 1) if self.num_blocks > 1 else 1.0
+        return self.selective.token_ratio(branch_kind(br.name), progress, depth)
+
+    def _selective(self, block: int, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
         b, n, c = x.shape[0], x.shape[1], x.shape[-1]
-        k = num_tokens(self.selective.ratio, n)
-        local = [br for br in branches if br.token_local]
-        if k == 0 or not local:
+        local = [br for br in branches
+                 if br.token_local or (br.partial is not None and br.name in entry.aux)]
+        ks = {br.name: num_tokens(self.token_share(br, block), n) for br in local}
+        k_max = max(ks.values(), default=0)
+        if k_max == 0:
             return self._cached(x, branches, entry)
         chunks = self._chunks if b % self._chunks == 0 else 1
         costs = self._costs(x, branches)
         x_in = x
-        idx = idx_c = None
-        if k < n:
-            idx = self.selector(step=self._step, k=k, chunks=chunks, last_refresh=entry.last_refresh,
-                                x_in=x_in if entry.input_ref is not None else None,
-                                input_ref=entry.input_ref, cached=[entry.outputs[br.name] for br in local],
-                                grid_hw=self._stream_grid or self.grid_hw)
-            idx_c = idx.unsqueeze(-1).expand(b, k, c)
+        order = None  # (B, k_max) token indices, most important first
+        if k_max < n or any(br.partial is not None for br in local):
+            order = self.selector.rank(step=self._step, k=k_max, chunks=chunks, last_refresh=entry.last_refresh,
+                                       x_in=x_in if entry.input_ref is not None else None,
+                                       input_ref=entry.input_ref, cached=[entry.outputs[br.name] for br in local],
+                                       grid_hw=self._stream_grid or self.grid_hw)
         for br in branches:
             out = entry.outputs[br.name]
-            if br.token_local:
-                if idx is None:  # every token: plain recompute, bitwise what FULL would give
-                    out = entry.outputs[br.name] = own(br.compute(x))
+            k = ks.get(br.name, 0)
+            if k == n and br.partial is None:  # every token: plain recompute, bitwise what FULL gives
+                out = entry.outputs[br.name] = own(br.compute(x))
+            elif k > 0:
+                assert order is not None
+                idx = torch.sort(order[:, :k], dim=-1).values if k < order.shape[1] else torch.sort(order, dim=-1).values
+                rows = x.gather(1, idx.unsqueeze(-1).expand(b, k, c))
+                if br.partial is not None:
+                    half = entry.aux[br.name]
+                    part = br.partial(rows, half.gather(1, idx.unsqueeze(-1).expand(b, k, half.shape[-1])))
                 else:
-                    part = br.compute(x.gather(1, idx_c))
-                    out.scatter_(1, idx.unsqueeze(-1).expand(b, k, out.shape[-1]), part.to(out.dtype))
+                    part = br.compute(rows)
+                out.scatter_(1, idx.unsqueeze(-1).expand(b, k, out.shape[-1]), part.to(out.dtype))
             x = _apply(x, br.gate, out)
+        # scoring state follows the union of the picks (the k_max best tokens)
+        idx = None if order is None or k_max == n else order
         if entry.input_ref is not None:
             if idx is None:
                 entry.input_ref.copy_(x_in)
             else:
-                entry.input_ref.scatter_(1, idx_c, x_in.gather(1, idx_c))
+                idx_c = idx.unsqueeze(-1).expand(b, k_max, c)
+                entry.input_ref.scatter_(1, idx_c, x_in.gather(1, idx_c).to(entry.input_ref.dtype))
         if entry.last_refresh is not None:
             if idx is None:
                 entry.last_refresh.fill_(self._step)
             else:
                 entry.last_refresh.scatter_(1, idx, self._step)
-        share = k / n
-        self.stats.record_block(costs, [share if br.token_local else 0.0 for br in branches], tokens=b * k)
+        self.stats.record_block(costs, [ks.get(br.name, 0) / n for br in branches], tokens=b * k_max)
         return x
 
     # -- end ----------------------------------------------------------------------------------

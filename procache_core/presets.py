@@ -165,8 +165,11 @@ def _check_version(version: Any) -> int:
 
 def _selective_dict(sel: SelectiveSettings) -> dict[str, Any]:
     d = sel.to_dict()
-    return {"enabled": d["enabled"], "depth_fraction": d["depth_fraction"], "start_block": d["start_block"],
-            "ratio": d["ratio"], "weights": dict(d["weights"])}
+    out = {"enabled": d["enabled"], "depth_fraction": d["depth_fraction"], "start_block": d["start_block"],
+           "ratio": d["ratio"], "weights": dict(d["weights"])}
+    if d["ratio_schedule"] != "constant":  # written only when used, so older presets read back unchanged
+        out["ratio_schedule"] = d["ratio_schedule"]
+    return out
 
 
 # -- parsing -------------------------------------------------------------------------------------

@@ -4,6 +4,28 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+# Token-share schedules (``SelectiveSettings.ratio_schedule``). ``constant``: every deep block of every
+# selective step recomputes ``ratio`` of its tokens. The others follow the reference code's form
+#   share = ratio * layer_factor(depth) * step_factor(progress) * branch_factor(kind)
+# with ``progress`` the denoising progress of the step in [0, 1] and ``depth`` = block / (blocks - 1):
+#   step_factor  = 1 - w_s + 2 * w_s * progress      (w_s > 0: rises with progress)
+#   layer_factor = 1 - w_l + 2 * w_l * depth
+# ``reference-dit`` is the reference's DiT scheduler (w_s = 2, w_l = 0.2, MLP x2.5): nothing on the
+# early selective steps, then a share that rises to the end. ``reference-pixart`` reproduces the
+# ranges the reference PixArt runs use (cross-attention ~3-21 %, MLP ~7-55 %, both falling with step
+# and depth, each branch its own selection); its scheduler source is not in the released code, so the
+# weights are fitted to those ranges.
+RATIO_SCHEDULES: dict[str, dict[str, Any]] = {
+    "constant": {},
+    "reference-dit": {"step": 2.0, "layer": 0.2, "branch": {"mlp": 2.5, "cross": 2.5}},
+    "reference-pixart": {"step": -0.6, "layer": -0.3, "branch": {"mlp": 1.17, "cross": 0.43}},
+}
+
+
+def branch_kind(name: str) -> str:
+    """``cross`` for cross-attention branches, ``mlp`` for every other token-local branch."""
+    return "cross" if "cross" in name.lower() else "mlp"
+
 from .errors import ProCacheError
 
 
@@ -29,7 +51,9 @@ class SelectiveSettings:
 
     `depth_fraction` is the share of blocks, counted from the deepest, that recompute tokens on a
     selective step (the paper: the deepest 25%). `start_block`, when given, overrides it with an
-    absolute block index (negative counts from the end). `ratio` is the share of tokens recomputed.
+    absolute block index (negative counts from the end). `ratio` is the share of tokens recomputed
+    (`ratio_schedule` "constant") or the base share a named schedule scales by step, depth and
+    branch (see RATIO_SCHEDULES).
     """
 
     enabled: bool = True
@@ -37,6 +61,18 @@ class SelectiveSettings:
     start_block: int | None = None
     ratio: float = 0.3
     weights: ScoreWeights = field(default_factory=ScoreWeights)
+    ratio_schedule: str = "constant"
+
+    def token_ratio(self, kind: str, progress: float, depth: float) -> float:
+        """Share of tokens a ``kind`` ("mlp"/"cross") branch recomputes at ``progress``/``depth`` in [0, 1]."""
+        spec = RATIO_SCHEDULES.get(self.ratio_schedule) or {}
+        if not spec:
+            return self.ratio
+        ws, wl = spec["step"], spec["layer"]
+        step_f = 1.0 - ws + 2.0 * ws * min(max(progress, 0.0), 1.0)
+        layer_f = 1.0 - wl + 2.0 * wl * min(max(depth, 0.0), 1.0)
+        share = self.ratio * step_f * layer_f * spec["branch"].get(kind, spec["branch"]["mlp"])
+        return min(max(share, 0.0), 1.0)
 
     def validate(self) -> "SelectiveSettings":
         if not (0.0 <= self.depth_fraction <= 1.0):
@@ -45,6 +81,9 @@ class SelectiveSettings:
         if not (0.0 <= self.ratio <= 1.0):
             raise ProCacheError("ratio", f"is {self.ratio}, outside [0, 1].",
                                 "use a token share such as 0.3 (0 = reuse only, 1 = every token).")
+        if self.ratio_schedule not in RATIO_SCHEDULES:
+            raise ProCacheError("ratio_schedule", f"is '{self.ratio_schedule}', which is not a known schedule.",
+                                f"use one of {sorted(RATIO_SCHEDULES)}.")
         self.weights.validate()
         return self
 
@@ -69,7 +108,7 @@ class SelectiveSettings:
         if not isinstance(data, Mapping):
             raise ProCacheError("selective", f"must be a mapping, got {type(data).__name__}.",
                                 "write e.g. 'selective: {enabled: true, ratio: 0.3}'.")
-        known = {"enabled", "depth_fraction", "start_block", "ratio", "weights"}
+        known = {"enabled", "depth_fraction", "start_block", "ratio", "weights", "ratio_schedule"}
         unknown = set(data) - known
         if unknown:
             raise ProCacheError(f"selective.{sorted(unknown)[0]}", "is not a known setting.",
@@ -88,7 +127,8 @@ class SelectiveSettings:
             out = cls(enabled=bool(data.get("enabled", True)),
                       depth_fraction=float(data.get("depth_fraction", 0.25)),
                       start_block=None if sb is None else int(sb),
-                      ratio=float(data.get("ratio", 0.3)), weights=weights)
+                      ratio=float(data.get("ratio", 0.3)), weights=weights,
+                      ratio_schedule=str(data.get("ratio_schedule", "constant")))
         except (TypeError, ValueError) as exc:
             raise ProCacheError("selective", f"has a value of the wrong type ({exc}).",
                                 "use numbers for ratio/depth_fraction/weights and an integer start_block.") from None

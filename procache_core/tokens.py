@@ -113,7 +113,8 @@ class TokenSelector:
             age = (step - last_refresh).to(torch.float32)
             total = total + w.staleness * _per_sample_max_norm(_chunk_mean(age, chunks))
         if w.input_change and x_in is not None and input_ref is not None:
-            diff = torch.linalg.vector_norm(x_in - input_ref, dim=-1, dtype=torch.float32)
+            # subtract in float32: in bf16/fp16 the difference itself would be rounded
+            diff = torch.linalg.vector_norm(x_in.float() - input_ref.float(), dim=-1)
             base = torch.linalg.vector_norm(input_ref, dim=-1, dtype=torch.float32)
             rel = diff / (base + 1e-6)
             total = total + w.input_change * _per_sample_max_norm(_chunk_mean(rel, chunks))
@@ -136,6 +137,19 @@ class TokenSelector:
             return torch.arange(n, device=scores.device).expand(s, n).contiguous()
         order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
         return torch.sort(order, dim=-1).values  # ascending: contiguous-ish gathers, reproducible
+
+    @staticmethod
+    def order(scores: Tensor, k: int) -> Tensor:
+        """Indices (S, k) of the ``k`` highest scores, best first; ties -> lower index."""
+        s, n = scores.shape
+        k = max(0, min(int(k), n))
+        return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+
+    def rank(self, *, step: int, k: int, chunks: int = 1, **inputs) -> Tensor:
+        """Like ``__call__`` but best first, so ``rank(...)[:, :j]`` is the best ``j`` for any j <= k
+        (branches with different token shares select from one ranking)."""
+        idx = self.order(self.scores(step=step, k=k, chunks=chunks, **inputs), k)
+        return idx.repeat(chunks, 1) if chunks > 1 else idx
 
     def __call__(self, *, step: int, k: int, chunks: int = 1, **inputs) -> Tensor:
         """Indices (B, k) for the whole batch: the per-sample pick repeated in every chunk."""

@@ -215,14 +215,14 @@ def test_partial_selective_scatters_only_chosen_tokens():
 
 
 def _spy_selector(run: CacheRun, seen: list) -> None:
-    original = run.selector
+    rank = run.selector.rank
 
     def spy(**kw):
-        idx = original(**kw)
-        seen.append((kw["chunks"], idx))
-        return idx
+        order = rank(**kw)  # best first; record the chosen set in ascending order
+        seen.append((kw["chunks"], torch.sort(order, dim=-1).values))
+        return order
 
-    run.selector = spy  # type: ignore[assignment]
+    run.selector.rank = spy  # type: ignore[method-assign]
 
 
 def test_selection_is_shared_across_cfg_chunks():
