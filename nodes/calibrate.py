@@ -87,6 +87,14 @@ class ProCacheScheduleSearch(io.ComfyNode):
                 save_as: str = "") -> io.NodeOutput:
         import comfy.utils
 
+        from ..procache_core.errors import ProCacheError
+        from .runtime_bridge import config_of
+
+        if config_of(model) is not None:  # its "full compute" reference would itself be cached
+            raise ProCacheError("model", "is the output of ProCache Apply, so the full-compute reference of the "
+                                         "search would itself be cached.",
+                                "connect the plain MODEL (the loader's output, before ProCache Apply) to Schedule "
+                                "Search.")
         save_as = (save_as or "").strip()
         if save_as:
             validate_preset_name(save_as)

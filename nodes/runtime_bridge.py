@@ -163,8 +163,10 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any) 
         log.info("ProCache: schedule '%s' has %d steps but the sampler runs %d; remapped to %s",
                  config.name, remapped_from, len(sig) - 1, sched.to_string())
     run = CacheRun(sched, config.selective, num_blocks=config.adapter.num_blocks)
+    # the model's device, not the sigmas' (ComfyUI keeps sigmas on the CPU): finish_run synchronises it
+    device = getattr(model_patcher, "load_device", None)
     state = RunState(config=config, run=run, sample_sigmas=sig, schedule=sched, remapped_from=remapped_from,
-                     device=sigmas.device)
+                     device=device if isinstance(device, torch.device) else sigmas.device)
     log.debug("ProCache: run started, %d steps, schedule %s", len(sig) - 1, sched.to_string())
     return state
 

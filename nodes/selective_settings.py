@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..procache_core.settings import ScoreWeights, SelectiveSettings
+from ..procache_core.settings import RATIO_SCHEDULES, ScoreWeights, SelectiveSettings
 
 SelectiveSocket = io.Custom("PROCACHE_SELECTIVE")
 
@@ -15,8 +15,12 @@ class ProCacheSelectiveSettings(io.ComfyNode):
             node_id="ProCacheSelectiveSettings",
             display_name="Selective Compute Settings",
             category="ProCache",
-            description="On selective (S) steps the deepest blocks recompute token-local parts (MLP, "
-                        "cross-attention) for the most important tokens and reuse the rest.",
+            description="On selective (S) steps the deepest blocks recompute token-local parts for the most "
+                        "important tokens and reuse the rest (self-attention is always reused). What is "
+                        "recomputed per family: PixArt cross-attention + MLP; Flux MLPs of double blocks and "
+                        "the MLP half of single blocks (linear1 MLP rows + linear2 over the kept attention); "
+                        "SD3 joint-block MLPs; Wan cross-attention and FFN (FFN only with per-sample "
+                        "modulation).",
             inputs=[
                 io.Boolean.Input("enabled", default=True,
                                  tooltip="Off: selective steps become cached steps. On, connected to Apply: a "
@@ -25,7 +29,8 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                                tooltip="Share of blocks, counted from the deepest, that recompute tokens (0..1). "
                                        "Checked when the node runs."),
                 io.Float.Input("ratio", default=0.3, step=0.01,
-                               tooltip="Share of tokens recomputed in those blocks (0..1). Checked when the node runs."),
+                               tooltip="Share of tokens recomputed in those blocks (0..1), or the base share a "
+                                       "ratio schedule scales. Checked when the node runs."),
                 io.Float.Input("w_staleness", default=1.0, min=0.0, max=100.0, step=0.05,
                                tooltip="Weight of steps since a token was last recomputed."),
                 io.Float.Input("w_input_change", default=1.0, min=0.0, max=100.0, step=0.05,
@@ -34,16 +39,22 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                                tooltip="Weight of the size of the token's cached output."),
                 io.Float.Input("w_spatial", default=0.5, min=0.0, max=100.0, step=0.05,
                                tooltip="Weight of the bonus that spreads picks over the image."),
+                io.Combo.Input("ratio_schedule", options=list(RATIO_SCHEDULES), default="constant", optional=True,
+                               tooltip="constant: every selective block recomputes `ratio` of its tokens. "
+                                       "reference-dit / reference-pixart: the reference code's token share, "
+                                       "scaled by step and depth, each branch (MLP, cross-attention) its own."),
             ],
             outputs=[SelectiveSocket.Output(display_name="selective")],
         )
 
     @classmethod
     def execute(cls, enabled: bool, depth_fraction: float, ratio: float, w_staleness: float = 1.0,
-                w_input_change: float = 1.0, w_output_norm: float = 0.25, w_spatial: float = 0.5) -> io.NodeOutput:
+                w_input_change: float = 1.0, w_output_norm: float = 0.25, w_spatial: float = 0.5,
+                ratio_schedule: str = "constant") -> io.NodeOutput:
         settings = SelectiveSettings(
             enabled=bool(enabled), depth_fraction=float(depth_fraction), ratio=float(ratio),
             weights=ScoreWeights(staleness=float(w_staleness), input_change=float(w_input_change),
                                  output_norm=float(w_output_norm), spatial=float(w_spatial)),
+            ratio_schedule=str(ratio_schedule),
         ).validate()
         return io.NodeOutput(settings)

@@ -14,12 +14,24 @@ wan        ``comfy.ldm.wan.model.WanModel`` and subclasses          object patch
 =========  ======================================================  ===================================
 
 A patched block that finds no ProCache run of its own in progress (see
-``runtime_bridge.active_run``) calls the host's unpatched ``forward``, so a stale object patch left on
-the shared model by the host's clone handling is harmless.
+``runtime_bridge.active_run``) calls what was installed before it (another pack's patch, or the host's
+unpatched ``forward``), so a stale object patch left on the shared model by the host's clone handling is
+harmless.
+
+Composition (both helpers below chain; nothing is overwritten):
+
+* ``dit`` replace patches (:class:`DitBlockReplace`, :func:`install_dit_replace`): a patch another pack
+  installed earlier on the same block is kept and called with ProCache's block as its
+  ``original_block``, so it wraps the cached block and takes effect on every step.
+* object patches of a block's ``forward`` (:class:`ChainedForward`, :func:`install_forward_patch`): the
+  earlier patch is called instead of the host's ``forward``. It cannot be split into branches, so while
+  a run is active the block is cached as one residual (``earlier(x) - x``, not token-local; one log line).
+  A pack that patches after ProCache and calls ``model.get_model_object(key)`` wraps ProCache in turn.
 """
 from __future__ import annotations
 
-from typing import Any
+import logging
+from typing import Any, Callable
 
 from ...procache_core.errors import UnsupportedModelError
 from ..runtime_bridge import active_run
@@ -53,21 +65,79 @@ class FamilyAdapter:
         return f"{self.family}: {self.num_blocks} cached blocks, selective compute {self.selective_support}"
 
 
+log = logging.getLogger("ProCache")
+
+
 class DitBlockReplace:
     """A ``dit`` replace patch: the adapter's branch split while a ProCache run of ``owner`` is active,
-    the host's own block otherwise (a patch left on a shared model is then harmless)."""
+    the host's own block otherwise (a patch left on a shared model is then harmless).
 
-    def __init__(self, adapter: "FamilyAdapter", index: int, owner: Any) -> None:
+    ``prev`` is the replace patch that was on the block before (another pack's); it is called with this
+    block as its ``original_block``, so it keeps working and wraps the cached block.
+    """
+
+    def __init__(self, adapter: "FamilyAdapter", index: int, owner: Any, prev: Callable | None = None) -> None:
         self.adapter, self.index, self.owner = adapter, index, owner
+        self.prev = prev
 
     def __call__(self, args: dict, extra: dict) -> dict:
         run = active_run(self.owner)
+        if self.prev is not None:
+            inner = extra["original_block"] if run is None else (lambda a: self.run_block(run, a))
+            return self.prev(args, {**extra, "original_block": inner})
         if run is None:
             return extra["original_block"](args)
         return self.run_block(run, args)
 
     def run_block(self, run: Any, args: dict) -> dict:
         raise NotImplementedError
+
+
+def install_dit_replace(model_patcher: Any, patch: DitBlockReplace, block_name: str, index: int) -> None:
+    """``set_model_patch_replace(patch, "dit", block_name, index)``, keeping an earlier patch as ``prev``.
+
+    An earlier ProCache patch (Apply run twice on one clone) is replaced, not chained: its own ``prev``
+    is taken over.
+    """
+    to = model_patcher.model_options.get("transformer_options", {})
+    prev = to.get("patches_replace", {}).get("dit", {}).get((block_name, index))
+    if isinstance(prev, DitBlockReplace):
+        prev = prev.prev
+    patch.prev = prev
+    model_patcher.set_model_patch_replace(patch, "dit", block_name, index)
+
+
+class ChainedForward:
+    """Base of object patches replacing a block's ``forward``: ``self.prev`` is the object patch that was
+    there before (None: the host's own ``forward``); :meth:`call_prev` calls whichever it is."""
+
+    def __init__(self, block: Any, index: int, owner: Any, prev: Callable | None = None) -> None:
+        self.block, self.index, self.owner = block, index, owner
+        self.prev = prev
+        self._logged = False
+
+    def call_prev(self, *args, **kwargs):
+        if self.prev is not None:
+            return self.prev(*args, **kwargs)
+        return type(self.block).forward(self.block, *args, **kwargs)
+
+    def prev_as_branch(self, run: Any, x, call: Callable[[Any], Any]):
+        """Run an earlier pack's forward patch as one cached residual (it cannot be split into branches)."""
+        from ...procache_core.engine import Branch
+
+        if not self._logged:
+            self._logged = True
+            log.info("ProCache: block %d's forward was patched by another node before ProCache Apply; it is "
+                     "cached as one residual (no selective compute in that block).", self.index)
+        return run.run_block(self.index, x, (Branch("patched_block", lambda h: call(h) - h, None, False),))
+
+
+def install_forward_patch(model_patcher: Any, key: str, make: Callable[[Callable | None], ChainedForward]) -> None:
+    """``add_object_patch(key, make(prev))`` where ``prev`` is the object patch already on ``key``."""
+    prev = model_patcher.object_patches.get(key)
+    if isinstance(prev, ChainedForward):  # Apply run twice on one clone: replace ours, keep what it wrapped
+        prev = prev.prev
+    model_patcher.add_object_patch(key, make(prev))
 
 
 def supported_text() -> str:

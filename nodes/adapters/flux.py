@@ -7,8 +7,12 @@ Patched with ``dit`` replace patches ``("double_block", i)`` and ``("single_bloc
   output projection of the joint attention, gated by ``mod1.gate``; the joint attention is computed
   lazily, once, only when some stream needs it) and ``mlp`` (gated by ``mod2.gate``; token-local, so
   selective steps recompute it for the top-k tokens of that stream).
-* A single block fuses attention and MLP in ``linear2(cat(attn, mlp))``: one branch, gated by
-  ``mod.gate``, not token-local (selective steps reuse it).
+* A single block fuses attention and MLP in ``linear2(cat(attn, mlp))``: one branch ``attn_mlp``, gated
+  by ``mod.gate``. Only its attention input mixes tokens, so in the deep blocks the attention output is
+  kept as the branch's token-mixing half (``Branch.aux``) and selective steps recompute the MLP half for
+  the chosen tokens (``linear1``'s MLP rows, ``mlp_act``, ``linear2``) with the kept attention rows
+  (``Branch.partial``). ``linear1`` is sliced to its MLP rows when it is a plain host Linear; a cast,
+  patched or quantized ``linear1`` is evaluated whole for those tokens (one log line).
 
 Engine blocks: ``2 * n_double + n_single``, so the stats' block evaluations count a double block
 twice per model evaluation (2 double + 2 single blocks, 4 steps: 24 block evaluations, not 16).
@@ -27,8 +31,8 @@ import torch
 
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
-from . import DitBlockReplace, FamilyAdapter
-from .modulation import lazy_chunks
+from . import DitBlockReplace, FamilyAdapter, install_dit_replace, log
+from .modulation import lazy_chunks, row_evaluator
 
 
 def _flat(mods) -> list:
@@ -110,16 +114,30 @@ class FluxSingleBlock(DitBlockReplace):
         attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
         mod = _lazy_mod(block.modulation, vec) if block.modulation else LazyModulation(lambda: _flat((vec, None)))
 
+        kept: dict = {}
+
         def compute(h):
             qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + mod[1]), mod[0], None)),
                                    [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
             q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
             del qkv
             q, k = block.norm(q, k, v)
-            attn = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
+            attn = kept["attn"] = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
             return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
 
-        x = run.run_block(self.adapter.single_offset + self.index, x, (Branch("attn_mlp", compute, mod.lazy_gate(2), False),))
+        def partial(rows, attn_rows):
+            h = apply_mod(block.pre_norm(rows), (1 + mod[1]), mod[0], None)
+            width = 3 * block.hidden_size
+            sliced = row_evaluator(block.linear1, lambda: h, h)
+            if sliced is not None:
+                mlp = sliced(width, width + block.mlp_hidden_dim_first)
+            else:
+                self.adapter.note_unsliced()
+                mlp = block.linear1(h)[..., width:]
+            return block.linear2(torch.cat((attn_rows.to(mlp.dtype), block.mlp_act(mlp)), 2))
+
+        x = run.run_block(self.adapter.single_offset + self.index, x, (
+            Branch("attn_mlp", compute, mod.lazy_gate(2), False, aux=lambda: kept.pop("attn", None), partial=partial),))
         if x.dtype == torch.float16:
             x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
         return {"img": x}
@@ -127,7 +145,8 @@ class FluxSingleBlock(DitBlockReplace):
 
 class FluxAdapter(FamilyAdapter):
     family = "flux"
-    selective_support = "partial (double-block MLPs recompute top-k tokens; single blocks reuse on selective steps)"
+    selective_support = ("full (double-block MLPs and the MLP half of single blocks recompute top-k tokens; "
+                         "attention reused)")
 
     def __init__(self, diffusion_model: Any) -> None:
         super().__init__(diffusion_model)
@@ -136,12 +155,19 @@ class FluxAdapter(FamilyAdapter):
         self.single_offset = 2 * self.n_double
         self.num_blocks = 2 * self.n_double + self.n_single
         self.patch_size = int(getattr(diffusion_model, "patch_size", 2))
+        self._noted = False
+
+    def note_unsliced(self) -> None:
+        if not self._noted:
+            self._noted = True
+            log.info("ProCache: Flux single-block linear1 is cast, patched or quantized; selective steps evaluate "
+                     "its full width (attention rows included) for the chosen tokens.")
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_double):
-            model_patcher.set_model_patch_replace(FluxDoubleBlock(self, i, owner), "dit", "double_block", i)
+            install_dit_replace(model_patcher, FluxDoubleBlock(self, i, owner), "double_block", i)
         for i in range(self.n_single):
-            model_patcher.set_model_patch_replace(FluxSingleBlock(self, i, owner), "dit", "single_block", i)
+            install_dit_replace(model_patcher, FluxSingleBlock(self, i, owner), "single_block", i)
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 4:

@@ -18,22 +18,19 @@ from typing import Any
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import FamilyAdapter
+from . import ChainedForward, FamilyAdapter, install_forward_patch
 
 
-class PixArtBlockForward:
-    """Replacement of one block's ``forward`` (unpatched behaviour when no run of ours is active)."""
-
-    def __init__(self, block: Any, index: int, owner: Any) -> None:
-        self.block = block
-        self.index = index
-        self.owner = owner
+class PixArtBlockForward(ChainedForward):
+    """Replacement of one block's ``forward`` (what was there before when no run of ours is active)."""
 
     def __call__(self, x, y, t, mask=None, HW=None, **kwargs):
         block = self.block
         run = active_run(self.owner)
         if run is None:
-            return type(block).forward(block, x, y, t, mask, HW, **kwargs)
+            return self.call_prev(x, y, t, mask, HW, **kwargs)
+        if self.prev is not None:
+            return self.prev_as_branch(run, x, lambda h: self.prev(h, y, t, mask, HW, **kwargs))
         from comfy.ldm.pixart.blocks import t2i_modulate
 
         B, N, C = x.shape
@@ -59,7 +56,8 @@ class PixArtAdapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i, block in enumerate(self.dm.blocks):
-            model_patcher.add_object_patch(f"diffusion_model.blocks.{i}.forward", PixArtBlockForward(block, i, owner))
+            install_forward_patch(model_patcher, f"diffusion_model.blocks.{i}.forward",
+                                  lambda prev, b=block, i=i: PixArtBlockForward(b, i, owner, prev))
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 4:

@@ -2,7 +2,9 @@
 ``dit`` replace patches ``("double_block", i)``.
 
 A joint block has an image stream (``x_block``) and a text stream (``context_block``) sharing one
-joint attention; like Flux they run as two engine blocks (image ``2i``, text ``2i+1``) with branches
+joint attention; like Flux they run as two engine blocks (text ``2i``, image ``2i+1``: the image stream
+is the deeper one, so the deepest engine block is the last image stream, which has an MLP to recompute,
+and not the last text stream, which the host never runs) with branches
 ``attn`` (``attn.post_attention`` of the joint attention, gated by ``gate_msa``; computed lazily once)
 and ``mlp`` (gated by ``gate_mlp``; token-local). The last joint block's text stream is ``pre_only``
 (no output) and is not run. SD3.5 Medium's image blocks with an extra self-attention
@@ -20,7 +22,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
-from . import DitBlockReplace, FamilyAdapter
+from . import DitBlockReplace, FamilyAdapter, install_dit_replace
 from .modulation import lazy_chunks
 
 
@@ -103,14 +105,14 @@ class SD3JointBlock(DitBlockReplace):
         x_branches.append(Branch("mlp", lambda h: xb.mlp(mmdit.modulate(xb.norm2(h), xm["shift_mlp"], xm["scale_mlp"])),
                                  xm.gate("gate_mlp"), True))
         if not cb.pre_only:
-            context = run.run_block(2 * self.index + 1, context, (
+            context = run.run_block(2 * self.index, context, (
                 Branch("attn", lambda h: cb.attn.post_attention(attn_out()["ctx"]), cm.gate("gate_msa"), False),
                 Branch("mlp", lambda h: cb.mlp(mmdit.modulate(cb.norm2(h), cm["shift_mlp"], cm["scale_mlp"])),
                        cm.gate("gate_mlp"), True),
             ))
         else:
             context = None
-        x = run.run_block(2 * self.index, x, x_branches)
+        x = run.run_block(2 * self.index + 1, x, x_branches)
         joint.clear()
         return {"txt": context, "img": x}
 
@@ -128,7 +130,7 @@ class SD3Adapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_joint):
-            model_patcher.set_model_patch_replace(SD3JointBlock(self, i, owner), "dit", "double_block", i)
+            install_dit_replace(model_patcher, SD3JointBlock(self, i, owner), "double_block", i)
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 4:

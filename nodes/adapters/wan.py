@@ -6,6 +6,8 @@ cross-attention needs it), so each block's ``forward`` is replaced with an objec
 
 * ``self_attn``, gated by ``e[2]`` (reused on selective steps);
 * ``cross`` = ``cross_attn(norm3(x), context)``, no gate, token-local;
+* ``attn2_patch`` (only when the host's ``transformer_options["patches"]["attn2_patch"]`` hooks are
+  present; newer hosts run them after cross-attention): ``hooks(x) - x``, not token-local;
 * ``ffn``, gated by ``e[5]``; token-local when the modulation is per sample (Wan 2.1/2.2 14B). With
   per-frame modulation (Wan 2.2 5B) it is treated as not token-local (reused on selective steps).
 
@@ -21,19 +23,20 @@ import torch
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import FamilyAdapter
+from . import ChainedForward, FamilyAdapter, install_forward_patch
 
 
-class WanBlockForward:
-    def __init__(self, block: Any, index: int, owner: Any) -> None:
-        self.block, self.index, self.owner = block, index, owner
-
+class WanBlockForward(ChainedForward):
     def __call__(self, x, e, freqs, context, context_img_len=257, transformer_options={}, **kwargs):
         block = self.block
         run = active_run(self.owner)
         if run is None:
-            return type(block).forward(block, x, e, freqs, context, context_img_len=context_img_len,
-                                       transformer_options=transformer_options, **kwargs)
+            return self.call_prev(x, e, freqs, context, context_img_len=context_img_len,
+                                  transformer_options=transformer_options, **kwargs)
+        if self.prev is not None:
+            return self.prev_as_branch(run, x, lambda h: self.prev(
+                h, e, freqs, context, context_img_len=context_img_len, transformer_options=transformer_options,
+                **kwargs))
         import comfy.model_management
         from comfy.ldm.wan.model import repeat_e
 
@@ -42,20 +45,32 @@ class WanBlockForward:
         x = x.contiguous()
         per_sample = all(t.size(1) == 1 for t in e)
         to = transformer_options
-        branches = (
+        attn2 = list((to.get("patches") or {}).get("attn2_patch") or [])
+        branches = [
             Branch("self_attn", lambda h: block.self_attn(torch_addcmul(repeat_e(e[0], h), block.norm1(h), 1 + repeat_e(e[1], h)),
                                                           freqs, transformer_options=to),
                    repeat_e(e[2], x), False),
             Branch("cross", lambda h: block.cross_attn(block.norm3(h), context, context_img_len=context_img_len,
                                                        transformer_options=to), None, True),
+        ]
+        if attn2:  # newer hosts run these hooks after cross-attention; unknown reach: one reused residual
+            branches.append(Branch("attn2_patch", lambda h: _run_attn2(attn2, h, to) - h, None, False))
+        branches += [
             Branch("ffn", lambda h: block.ffn(torch_addcmul(repeat_e(e[3], h), block.norm2(h), 1 + repeat_e(e[4], h))),
                    repeat_e(e[5], x), per_sample),
-        )
+        ]
         return run.run_block(self.index, x, branches)
 
 
 def torch_addcmul(a, b, c):
     return torch.addcmul(a, b, c)
+
+
+def _run_attn2(patches: list, x, to: dict):
+    """The host's ``attn2_patch`` hooks of a Wan block (``x = p({"x": x, "transformer_options": to})``)."""
+    for p in patches:
+        x = p({"x": x, "transformer_options": to})
+    return x
 
 
 class WanAdapter(FamilyAdapter):
@@ -69,7 +84,8 @@ class WanAdapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i, block in enumerate(self.dm.blocks):
-            model_patcher.add_object_patch(f"diffusion_model.blocks.{i}.forward", WanBlockForward(block, i, owner))
+            install_forward_patch(model_patcher, f"diffusion_model.blocks.{i}.forward",
+                                  lambda prev, b=block, i=i: WanBlockForward(b, i, owner, prev))
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 5:
