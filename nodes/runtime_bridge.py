@@ -218,7 +218,7 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             f"est. FLOPs speed-up {stats.flops_speedup:.2f}x, {stats.tokens_recomputed} tokens recomputed, "
             f"cache peak {stats.peak_cache_bytes / 2**20:.1f} MiB, sampling {wall:.2f} s")
     if stats.forced_full_evals:
-        line += f", {stats.forced_full_evals} forced full (new shape)"
+        line += f", {stats.forced_full_evals} forced full (no usable cache)"
     if state.remapped_from is not None:
         line += f", schedule remapped {state.remapped_from}->{state.n_steps} steps"
     summary["line"] = line

@@ -150,7 +150,7 @@ class RunStats:
             f"cache peak {self.peak_cache_bytes / 2**20:.1f} MiB",
         ]
         if self.forced_full_evals:
-            parts.append(f"{self.forced_full_evals} forced full (new shape)")
+            parts.append(f"{self.forced_full_evals} forced full (no usable cache)")
         if self.wall_s is not None:
             parts.append(f"{self.wall_s:.2f} s")
         return ", ".join(parts)
