@@ -38,6 +38,14 @@ EXPLORE: dict[str, SelectiveSettings] = {
                                                         depth_fraction=1.0),
     "every token, deepest 25%": SelectiveSettings(ratio=1.0),
     "every token, all blocks": SelectiveSettings(ratio=1.0, depth_fraction=1.0),
+    # where along the depth does recomputing the MLPs matter?
+    "every token, deepest 50%": SelectiveSettings(ratio=1.0, depth_fraction=0.5),
+    "every token, deepest 75%": SelectiveSettings(ratio=1.0, depth_fraction=0.75),
+    "constant 0.3, deepest 50%": SelectiveSettings(ratio=0.3, depth_fraction=0.5),
+    # is the attention-free token score better than an arbitrary pick? (staleness only ~ round robin)
+    "constant 0.3, all blocks, staleness only": SelectiveSettings(
+        ratio=0.3, depth_fraction=1.0, weights=ScoreWeights(staleness=1.0, input_change=0.0, output_norm=0.0,
+                                                            spatial=0.0)),
 }
 
 

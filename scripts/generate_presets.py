@@ -68,18 +68,23 @@ def paper_presets() -> list[Preset]:
     flux = Schedule.from_full_steps(50, [0, 1, 2, 6, 12, 18, 24, 30, 35, 40, 45])
     return [
         Preset(name="dit-xl2-ddim50-paper", schedule=dit, family="dit", model="DiT-XL/2 256x256 (ImageNet, class-conditional)",
-               selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.07),
+               selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.07,
+                                           ratio_schedule="reference-dit"),
                provenance={"source": PAPER_SOURCE, "sampler": "DDIM 50 steps, cfg 1.5", "budget": 17,
                            "objective": "FID on a proxy set (paper)", "date": DATE,
                            "notes": f"{PAPER_CITE}. F C S C x6, F C S x4, F C x7: 17 full, 10 selective, 23 cached; "
-                                    "selective ratio 0.07 is the reference code's DiT base token share."}),
+                                    "token share: the reference code's DiT scheduler, base 0.07 scaled by step (none "
+                                    "early, rising to the end), depth and branch (MLP x2.5)."}),
         Preset(name="pixart-alpha-dpm20-paper", schedule=pixart, family="pixart", model="PixArt-alpha 256px",
-               selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.3),
+               selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.3,
+                                           ratio_schedule="reference-pixart"),
                provenance={"source": PAPER_SOURCE, "sampler": "DPM-Solver++ 20 steps, cfg 4.5, 256 px", "budget": 8,
                            "objective": "CLIP score on a proxy set (paper)", "date": DATE,
                            "notes": f"{PAPER_CITE}. 8 full (incl. the forced first), 6 selective, 6 cached. S "
                                     "placement kept as published (first of each reuse run); remapping to another "
-                                    "step count re-derives S by Eq. 7."}),
+                                    "step count re-derives S by Eq. 7. Token shares as the reference runs: cross-"
+                                    "attention ~3-21 %, MLP ~7-55 %, each its own selection, falling with step and "
+                                    "depth."}),
         Preset(name="flux-dev-50-paper", schedule=flux, family="flux", model="FLUX.1-dev",
                selective=SelectiveSettings(enabled=False, depth_fraction=0.25, ratio=0.3),
                provenance={"source": PAPER_SOURCE, "sampler": "50 steps", "budget": 11,

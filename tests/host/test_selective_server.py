@@ -107,8 +107,11 @@ def test_selective_step_recomputes_chosen_tokens_in_deep_blocks(comfy_server, fa
         (_, b_f, n_full), (_, b_s, n_sel) = seen
         assert b_f == b_s == 2
         assert n_sel == -(-n_full // 4) and 0 < n_sel < n_full, (path, seen)
-    cached_lat, stats_c, rows_c = run(comfy_server, prompt(family, f"cac_{family}", actions="FCC", selective=SEL,
+    # the same schedule with selective compute off: the S step runs as C
+    off = {**SEL, "enabled": False}
+    cached_lat, stats_c, rows_c = run(comfy_server, prompt(family, f"cac_{family}", actions="FSC", selective=off,
                                                            before=[counter], count=f"rows_{family}"))
+    assert "(1 full / 0 selective / 2 cached)" in stats_c, stats_c
     assert len([r for r in rows_c if r[0] == paths.split(",")[0]]) == 1, rows_c
     assert torch.isfinite(sel_lat).all()
     assert not torch.equal(sel_lat, cached_lat)
