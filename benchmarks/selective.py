@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--budgets", default="10,13,17")
     ap.add_argument("--out", default=str(RESULTS / "selective_quick.json"))
+    ap.add_argument("--only", default="", help="';'-separated setting names to run at every budget instead")
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
@@ -72,6 +73,9 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     for B in budgets:
         todo = dict(SETTINGS) | (EXPLORE if B == budgets[0] else {})
+        if args.only:
+            every = dict(SETTINGS) | EXPLORE
+            todo = {name: every[name] for name in args.only.split(";")}
         for name, sel in todo.items():
             m = Method("procache+sel" if sel else "procache", name, schedule=scheds[B], selective=sel is not None,
                        budget=B)
