@@ -214,7 +214,7 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             f"{state.evals} model evals; blocks computed {100.0 * stats.block_eval_fraction:.1f}% of full "
             f"({summary['block_evals_saved']:.1f} of {stats.block_evals_full} block evals saved), "
             f"est. FLOPs speed-up {stats.flops_speedup:.2f}x, {stats.tokens_recomputed} tokens recomputed, "
-            f"cache peak {stats.peak_cache_bytes / 2**20:.1f} MiB, sampling {wall:.2f} s")
+            f"{stats.cache_text()}, sampling {wall:.2f} s")
     if stats.forced_full_evals:
         line += f", {stats.forced_full_evals} forced full (new shape)"
     if state.remapped_from is not None:
