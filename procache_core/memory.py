@@ -82,7 +82,8 @@ def estimate_bytes(layout: Sequence[BlockShape], rows: int, elem_bytes: int, fir
     for i, b in enumerate(layout):
         deep = i >= first_selective_block
         if light and not deep:
-            lanes[b.lane] = b
+            if b.branches:  # a block that caches nothing (never runs) ends no lane
+                lanes[b.lane] = b
             continue
         total += rows * b.tokens * b.width * elem_bytes * b.branches
         if deep and track_tokens:
