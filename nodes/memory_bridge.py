@@ -114,7 +114,7 @@ def estimate(state: Any, guider: Any, noise_shape: tuple) -> Estimate | None:
 
 
 def _mib(n: int | None) -> str:
-    return "unknown" if n is None else f"{n / 2**20:.0f} MiB"
+    return "unknown" if n is None else f"{n / 2**20:.1f} MiB"
 
 
 def device_bytes_to_request(state: Any) -> tuple[int, int]:
