@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--depth", type=int, default=28)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--latent", type=int, default=16, help="latent side (16: 64 tokens, 32: 256 tokens)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     t0 = time.time()
     rows = sizes()
-    speed = cpu_cache_speed(depth=a.depth, steps=a.steps, repeats=a.repeats, device=a.device) if a.speed else None
+    speed = cpu_cache_speed(depth=a.depth, latent=a.latent, steps=a.steps, repeats=a.repeats, device=a.device) if a.speed else None
     info = machine_info(a.device)
     info["bench_seconds"] = round(time.time() - t0, 1)
     write_json(a.out / "raw" / "memory.json", {"machine": info, "sizes": rows, "cpu_cache_speed": speed})

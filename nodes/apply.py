@@ -23,7 +23,9 @@ class ProCacheApply(io.ComfyNode):
             display_name="ProCache Apply",
             category="ProCache",
             description="Returns a copy of the MODEL that caches transformer block outputs across denoising "
-                        "steps according to the schedule (PixArt-α/Σ, Flux.1, SD3/3.5, Wan 2.x).",
+                        "steps according to the schedule (PixArt-α/Σ, Flux.1, SD3/3.5, Wan 2.x). The cache_* "
+                        "inputs choose where the cache lives (device / CPU memory), its dtype and the memory-light "
+                        "mode; the log gives the estimated size before the first step.",
             inputs=[
                 io.Model.Input("model"),
                 ScheduleSocket.Input("schedule", tooltip="from ProCache Schedule Loader"),

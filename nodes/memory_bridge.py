@@ -110,6 +110,7 @@ def estimate(state: Any, guider: Any, noise_shape: tuple) -> Estimate | None:
     est = Estimate(estimate_bytes(layout, light=False, **args), estimate_bytes(layout, light=True, **args),
                    block, rows, dtype)
     state.memory_estimate = est
+    state.model_patcher = guider.model_patcher
     return est
 
 
@@ -124,11 +125,28 @@ def device_bytes_to_request(state: Any) -> tuple[int, int]:
         return 0, 0
     req = request_of(state.config)
     need = est.light_bytes if req.mode == "light" else est.full_bytes
+    in_flight = 2 * est.block_bytes
     if req.placement == "cpu":
-        return 2 * est.block_bytes, 2 * est.block_bytes
+        return in_flight, in_flight
     if req.placement == "device":
         return need, need
+    room = _room(state)
+    if room is not None and need > 0.9 * room:  # cannot fit beside the weights: it will go to CPU memory
+        return in_flight, in_flight
     return need, 0
+
+
+def _room(state: Any) -> int | None:
+    """Device memory left beside the model's weights (None when unknown)."""
+    try:
+        import comfy.model_management as mm
+
+        mp = state.model_patcher
+        if mp is None or mm.is_device_cpu(mp.load_device):
+            return None
+        return int(mm.get_total_memory(mp.load_device)) - int(mp.model_size())
+    except Exception:
+        return None
 
 
 def prepare_sampling_wrapper(executor, model, noise_shape, conds, model_options=None, **kwargs):

@@ -92,6 +92,7 @@ class RunState:
     device: torch.device | None = None
     closed: bool = False
     memory_estimate: Any = None         # memory_bridge.Estimate of this run's cache
+    model_patcher: Any = None           # the sampled ModelPatcher (memory_bridge: room beside the weights)
     _last_i: int = 0
 
     @property
