@@ -57,6 +57,3 @@ def test_cpu_cache_light_cache_and_estimate(comfy_server):
     assert not torch.equal(light, dev)                              # shallow blocks keep step-0 gates
     err = float((light.double() - dev.double()).norm() / dev.double().norm())
     assert 0.0 < err < 0.5, err
-    bad = flux_prompt("mem_bad", {"actions": "FCSF", "apply": {"cache_device": "gpu9"}})
-    entry = comfy_server.run(bad, timeout=120, raise_on_error=False)
-    assert "cache_device" in str(entry.get("status", entry))
