@@ -7,6 +7,7 @@ from comfy_api.latest import io
 
 from ..procache_core.schedule import Action
 from .adapters import adapter_for
+from .memory_bridge import memory_inputs, request_from_inputs
 from .runtime_bridge import ProCacheConfig, config_of, install_wrappers, validate_range
 from .schedule_loader import ScheduleSocket
 from .selective_settings import SelectiveSocket
@@ -22,7 +23,9 @@ class ProCacheApply(io.ComfyNode):
             display_name="ProCache Apply",
             category="ProCache",
             description="Returns a copy of the MODEL that caches transformer block outputs across denoising "
-                        "steps according to the schedule (PixArt-α/Σ, Flux.1, SD3/3.5, Wan 2.x).",
+                        "steps according to the schedule (PixArt-α/Σ, Flux.1, SD3/3.5, Wan 2.x). The cache_* "
+                        "inputs choose where the cache lives (device / CPU memory), its dtype and the memory-light "
+                        "mode; the log gives the estimated size before the first step.",
             inputs=[
                 io.Model.Input("model"),
                 ScheduleSocket.Input("schedule", tooltip="from ProCache Schedule Loader"),
@@ -33,14 +36,17 @@ class ProCacheApply(io.ComfyNode):
                                tooltip="Steps before this share of denoising progress always run FULL."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Steps from this share of denoising progress on always run FULL."),
+                *memory_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="the patched model (the input MODEL is left untouched)")],
         )
 
     @classmethod
     def execute(cls, model, schedule, selective=None, start_percent: float = 0.0,
-                end_percent: float = 1.0) -> io.NodeOutput:
+                end_percent: float = 1.0, cache_device: str = "auto", cache_mode: str = "auto",
+                cache_dtype: str = "auto") -> io.NodeOutput:
         validate_range(start_percent, end_percent)
+        memory = request_from_inputs(cache_device, cache_mode, cache_dtype)
         adapter = adapter_for(model)  # UnsupportedModelError names the supported families
         preset = schedule
         if selective is not None:
@@ -53,6 +59,7 @@ class ProCacheApply(io.ComfyNode):
         patched = model.clone()
         config = ProCacheConfig(preset=preset, schedule=preset.schedule, selective=sel, inject_selective=inject,
                                 start_percent=start_percent, end_percent=end_percent, adapter=adapter)
+        config.memory_request = memory
         install_wrappers(patched, config)
         adapter.install(patched, config)
         fam = getattr(preset, "family", "any") or "any"

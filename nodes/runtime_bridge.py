@@ -37,6 +37,7 @@ from ..procache_core.engine import CacheRun
 from ..procache_core.errors import ProCacheError
 from ..procache_core.schedule import Action, Schedule
 from ..procache_core.settings import SelectiveSettings
+from . import memory_bridge
 
 log = logging.getLogger("ProCache")
 
@@ -90,6 +91,8 @@ class RunState:
     t_first: float | None = None
     device: torch.device | None = None
     closed: bool = False
+    memory_estimate: Any = None         # memory_bridge.Estimate of this run's cache
+    model_patcher: Any = None           # the sampled ModelPatcher (memory_bridge: room beside the weights)
     _last_i: int = 0
 
     @property
@@ -162,7 +165,8 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any) 
     if remapped_from is not None:
         log.info("ProCache: schedule '%s' has %d steps but the sampler runs %d; remapped to %s",
                  config.name, remapped_from, len(sig) - 1, sched.to_string())
-    run = CacheRun(sched, config.selective, num_blocks=config.adapter.num_blocks)
+    lanes = getattr(config.adapter, "lanes", None)
+    run = CacheRun(sched, config.selective, num_blocks=config.adapter.num_blocks, lanes=lanes() if lanes else None)
     # the model's device, not the sigmas' (ComfyUI keeps sigmas on the CPU): finish_run synchronises it
     device = getattr(model_patcher, "load_device", None)
     state = RunState(config=config, run=run, sample_sigmas=sig, schedule=sched, remapped_from=remapped_from,
@@ -216,7 +220,7 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             f"{state.evals} model evals; blocks computed {100.0 * stats.block_eval_fraction:.1f}% of full "
             f"({summary['block_evals_saved']:.1f} of {stats.block_evals_full} block evals saved), "
             f"est. FLOPs speed-up {stats.flops_speedup:.2f}x, {stats.tokens_recomputed} tokens recomputed, "
-            f"cache peak {stats.peak_cache_bytes / 2**20:.1f} MiB, sampling {wall:.2f} s")
+            f"{stats.cache_text()}, sampling {wall:.2f} s")
     if stats.forced_full_evals:
         line += f", {stats.forced_full_evals} forced full (no usable cache)"
     if state.remapped_from is not None:
@@ -268,6 +272,10 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
         state = start_run(config, sigmas, guider.model_patcher)
         guider.model_options["transformer_options"][RUN_KEY] = state
+        try:
+            memory_bridge.estimate(state, guider, tuple(args[0].shape))
+        except Exception as e:  # an estimate must never stop sampling
+            log.warning("ProCache: no cache size estimate (%s: %s)", type(e).__name__, e)
         out = executor(*args, **kwargs)
         ok = True
         return out
@@ -314,6 +322,8 @@ def apply_model_wrapper(executor, *args, **kwargs):
     if state.t_first is None:
         state.t_first = time.perf_counter()
         state.run.stats.start()  # time sampling, not model loading
+    if state.evals == 0:
+        memory_bridge.decide(state, x)  # place the cache before anything is stored
     state.steps_seen.add(step)
     state.evals += 1
     run = state.run
@@ -340,6 +350,7 @@ def install_wrappers(model_patcher: Any, config: ProCacheConfig) -> None:
     import comfy.patcher_extension as pe
 
     for wtype, fn in ((pe.WrappersMP.OUTER_SAMPLE, outer_sample_wrapper),
+                      (pe.WrappersMP.PREPARE_SAMPLING, memory_bridge.prepare_sampling_wrapper),
                       (pe.WrappersMP.APPLY_MODEL, apply_model_wrapper)):
         model_patcher.remove_wrappers_with_key(wtype, WRAPPER_KEY)
         model_patcher.add_wrapper_with_key(wtype, WRAPPER_KEY, fn)

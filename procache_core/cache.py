@@ -17,6 +17,11 @@ from typing import Hashable, Iterator
 import torch
 from torch import Tensor
 
+from .storage import CacheStorage, Loaded
+
+_INPUT = "\x00input_ref"  # key of the input reference among an entry's loaded tensors
+_AUX = "\x00aux:"         # prefix of the kept token-mixing halves (``BlockEntry.aux``) among them
+
 
 @dataclass
 class BlockEntry:
@@ -44,6 +49,7 @@ class StreamState:
 
     chunks: int = 1
     blocks: dict[int, BlockEntry] = field(default_factory=dict)
+    lanes: dict[Hashable, BlockEntry] = field(default_factory=dict)  # light mode: one residual per lane
     forced_full_eval: int = -1          # model evaluation in which this stream must run FULL
     refresh_segment: int = -1           # scheduled FULL step whose segment this stream's cache belongs to
     refresh_step: int = -1              # step of the evaluation that last computed this stream in full
@@ -57,10 +63,17 @@ def block_signature(x: Tensor, names: tuple[str, ...]) -> tuple:
 
 
 class BlockCache:
-    """Per stream, per block, per branch tensors (see module docstring)."""
+    """Per stream, per block, per branch tensors (see module docstring).
 
-    def __init__(self) -> None:
+    Where the tensors live is :class:`~procache_core.storage.CacheStorage`'s business: ``put`` stores
+    working tensors, ``checkout`` gives working tensors for a reused step (and starts loading the
+    next block's), ``checkin`` writes back what a selective step updated in place.
+    """
+
+    def __init__(self, storage: CacheStorage | None = None) -> None:
         self._streams: dict[Hashable, StreamState] = {}
+        self.storage = storage if storage is not None else CacheStorage()
+        self._pending: dict[tuple, Loaded] = {}   # (stream key, block) -> load in flight
 
     def stream(self, key: Hashable) -> StreamState:
         """The state of stream ``key`` (created empty on first use)."""
@@ -79,31 +92,123 @@ class BlockCache:
             return None
         return entry
 
-    def put(self, key: Hashable, block: int, entry: BlockEntry) -> None:
-        """Store (replacing) the entry of ``block`` in stream ``key``."""
+    def put(self, key: Hashable, block: int, entry: BlockEntry, old: BlockEntry | None = None) -> None:
+        """Store (replacing) the entry of ``block`` in stream ``key`` (working tensors; ``old``: buffers to reuse)."""
+        self._settle(key, block)
+        self._place(entry, old)
         self.stream(key).blocks[block] = entry
+
+    def put_lane(self, key: Hashable, lane: Hashable, entry: BlockEntry) -> None:
+        """Store the light-mode residual of ``lane`` (``outputs["residual"]``)."""
+        self._settle(key, ("lane", lane))
+        self._place(entry, self.stream(key).lanes.get(lane))
+        self.stream(key).lanes[lane] = entry
+
+    def get_lane(self, key: Hashable, lane: Hashable, signature: tuple) -> BlockEntry | None:
+        state = self._streams.get(key)
+        entry = state.lanes.get(lane) if state is not None else None
+        return entry if entry is not None and entry.signature == signature else None
+
+    def _place(self, entry: BlockEntry, old: BlockEntry | None) -> None:
+        st = self.storage
+        old_out = old.outputs if old is not None else {}
+        entry.outputs = {k: st.store(t, old_out.get(k)) for k, t in entry.outputs.items()}
+        old_aux = old.aux if old is not None else {}
+        entry.aux = {k: st.store(t, old_aux.get(k)) for k, t in entry.aux.items()}
+        if entry.input_ref is not None:
+            entry.input_ref = st.store(entry.input_ref, old.input_ref if old is not None else None)
+
+    def _settle(self, key: Hashable, block: Hashable) -> None:
+        """Finish (and forget) a load in flight from the buffers of ``block`` before they are rewritten."""
+        pending = self._pending.pop((key, block), None)
+        if pending is not None:
+            pending.ready()
+
+    def checkout(self, key: Hashable, block: Hashable, entry: BlockEntry, ahead: Hashable | None = None) -> BlockEntry:
+        """Working copy of ``entry`` (the entry itself when storage is a pass-through); starts loading ``ahead``."""
+        device, dtype = entry.signature[2], entry.signature[1]
+        pending = self._pending.pop((key, block), None)
+        if pending is None or pending.source is not entry:
+            if pending is not None:
+                pending.ready()
+            pending = self._load(entry, device, dtype)
+        if ahead is not None:
+            self.prefetch(key, ahead)
+        if pending is None:
+            return entry
+        t = pending.ready()
+        return BlockEntry(signature=entry.signature, outputs={k: v for k, v in t.items() if not k.startswith("\x00")},
+                          input_ref=t.get(_INPUT), last_refresh=entry.last_refresh, segment=entry.segment,
+                          aux={k[len(_AUX):]: v for k, v in t.items() if k.startswith(_AUX)})
+
+    def prefetch(self, key: Hashable, block: Hashable) -> None:
+        """Start loading the stored entry of ``block`` (if any) so a later ``checkout`` finds it ready."""
+        if (key, block) in self._pending:
+            return
+        state = self._streams.get(key)
+        if state is None:
+            return
+        entry = state.lanes.get(block[1]) if isinstance(block, tuple) else state.blocks.get(block)
+        if entry is None:
+            return
+        pending = self._load(entry, entry.signature[2], entry.signature[1])
+        if pending is not None:
+            self._pending[(key, block)] = pending
+
+    def _load(self, entry: BlockEntry, device: torch.device, dtype: torch.dtype) -> Loaded | None:
+        stored = dict(entry.outputs)
+        if entry.input_ref is not None:
+            stored[_INPUT] = entry.input_ref
+        stored.update({_AUX + k: t for k, t in entry.aux.items()})
+        if self.storage.passthrough(dtype):
+            return None
+        return self.storage.load(entry, stored, device, dtype)
+
+    def checkin(self, stored: BlockEntry, working: BlockEntry, names: tuple[str, ...]) -> None:
+        """Write back the outputs ``names`` and the input reference a selective step updated in place."""
+        if working is stored:
+            return
+        wb = self.storage.write_back
+        for name in names:
+            stored.outputs[name] = wb(stored.outputs[name], working.outputs[name])
+        if stored.input_ref is not None and working.input_ref is not None:
+            stored.input_ref = wb(stored.input_ref, working.input_ref)
 
     def drop_stream(self, key: Hashable) -> None:
         self._streams.pop(key, None)
 
     def clear(self) -> None:
         """Free every cached tensor (the dicts are emptied, so nothing keeps them alive)."""
+        for pending in self._pending.values():
+            pending.ready()
+        self._pending.clear()
         for state in self._streams.values():
-            for entry in state.blocks.values():
+            for entry in list(state.blocks.values()) + list(state.lanes.values()):
                 entry.outputs.clear()
                 entry.aux.clear()
                 entry.input_ref = None
                 entry.last_refresh = None
             state.blocks.clear()
+            state.lanes.clear()
         self._streams.clear()
 
     def entries(self) -> Iterator[BlockEntry]:
         for state in self._streams.values():
             yield from state.blocks.values()
+            yield from state.lanes.values()
 
     def nbytes(self) -> int:
         """Bytes held by cached tensors (metadata only: no device sync)."""
         return sum(entry.nbytes() for entry in self.entries())
+
+    def nbytes_by_device(self) -> dict[str, int]:
+        """Bytes held per device (``"cuda:0"``, ``"cpu"``, ...), loads in flight not included."""
+        out: dict[str, int] = {}
+        for entry in self.entries():
+            for t in (*entry.outputs.values(), entry.input_ref, entry.last_refresh):
+                if t is not None:
+                    out[str(t.device)] = out.get(str(t.device), 0) + t.nbytes
+        return out
 
     def __len__(self) -> int:
         return sum(len(state.blocks) for state in self._streams.values())

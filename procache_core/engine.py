@@ -18,9 +18,11 @@ from torch import Tensor
 
 from .cache import BlockCache, BlockEntry, block_signature, own
 from .errors import ProCacheError
+from .memory import CacheMemory
 from .schedule import Action, Schedule
 from .settings import SelectiveSettings, branch_kind
 from .stats import RunStats, estimate_branch_flops
+from .storage import CacheStorage
 from .tokens import TokenSelector, num_tokens
 
 
@@ -61,10 +63,13 @@ class CacheRun:
     pass the same step index), :meth:`set_stream` before the blocks when the batch layout can vary,
     then :meth:`run_block` for every block in order. ``selective=None`` means default settings.
     Each stream key keeps its own full cache, so hosts should use a small fixed set of keys.
+    ``memory`` says where the cache lives and whether it is light (``procache_core.memory``);
+    ``lanes`` names the residual stream of each block for light mode (default: one stream).
     """
 
     def __init__(self, schedule: Schedule, selective: SelectiveSettings | None, num_blocks: int,
-                 grid_hw: tuple[int, int] | None = None) -> None:
+                 grid_hw: tuple[int, int] | None = None, memory: CacheMemory | None = None,
+                 lanes: Sequence[Hashable] | None = None) -> None:
         if num_blocks <= 0:
             raise ProCacheError("num_blocks", f"is {num_blocks}; the model must have at least one block.",
                                 "pass the number of transformer blocks of the patched model.")
@@ -74,8 +79,20 @@ class CacheRun:
         self.first_selective_block = self.selective.first_selective_block(self.num_blocks)
         self.grid_hw = grid_hw
         self.cache = BlockCache()
+        self.memory = CacheMemory()
+        self._lanes = list(lanes) if lanes is not None else [0] * self.num_blocks
+        if len(self._lanes) != self.num_blocks:
+            raise ProCacheError("lanes", f"names {len(self._lanes)} blocks, the model has {self.num_blocks}.",
+                                "give one lane per engine block.")
+        self._lane_span: dict[Hashable, tuple[int, int]] = {}
+        for i in range(self.first_selective_block):
+            first = self._lane_span.get(self._lanes[i], (i, i))[0]
+            self._lane_span[self._lanes[i]] = (first, i)
+        self._lane_start: dict[Hashable, Tensor] = {}
+        self._lane_used: dict[Hashable, tuple] = {}
         self.selector = TokenSelector(self.selective.weights, grid_hw)
         self.stats = RunStats()
+        self.set_memory(memory or CacheMemory())
         has_selective = any(a == Action.SELECTIVE for a in schedule.actions)
         # token scoring state is only kept when some step can use it
         self._track_tokens = self.selective.enabled and self.selective.ratio > 0.0 and has_selective
@@ -96,6 +113,15 @@ class CacheRun:
         self._segment = 0
         self.stats.start()
 
+    def set_memory(self, memory: CacheMemory) -> None:
+        """Where the cache lives; only before anything is cached (e.g. after a size check)."""
+        if len(self.cache):
+            raise ProCacheError("memory", "cannot change once the cache holds tensors.",
+                                "choose the cache placement before the first step.")
+        self.memory = memory
+        self.cache.storage = CacheStorage(memory.placement, memory.dtype)
+        self.stats.cache_placement = memory.describe()
+
     # -- step / stream -----------------------------------------------------------------------
     @property
     def step(self) -> int:
@@ -115,7 +141,7 @@ class CacheRun:
 
         Steps outside the schedule run FULL (safe default if a sampler takes more steps).
         """
-        self.stats.observe_cache_bytes(self.cache.nbytes())
+        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device())
         step = int(step)
         inside = 0 <= step < len(self.schedule)
         action = self.schedule[step] if inside else Action.FULL
@@ -154,6 +180,8 @@ class CacheRun:
             for br in branches:
                 x = _apply(x, br.gate, br.compute(x))
             return x
+        if self.memory.light and block < self.first_selective_block:
+            return self._light_block(block, x, branches)
         names = tuple(br.name for br in branches)
         signature = block_signature(x, names)
         stream = self.cache.stream(self._stream_key)
@@ -172,9 +200,11 @@ class CacheRun:
         if action == Action.FULL:
             return self._full(block, x, branches, signature)
         assert entry is not None
+        work = self.cache.checkout(self._stream_key, block, entry,
+                                   ahead=block + 1 if block + 1 < self.num_blocks else None)
         if action == Action.SELECTIVE:
-            return self._selective(block, x, branches, entry)
-        return self._cached(x, branches, entry)
+            return self._selective(block, x, branches, work, stored=entry)
+        return self._cached(x, branches, work)
 
     def _decide_eval(self, stream, block: int, signature: tuple) -> None:
         """Decide once per evaluation and stream whether every block runs FULL.
@@ -226,7 +256,9 @@ class CacheRun:
         if deep:
             b, n = x_in.shape[0], x_in.shape[1]
             if self._keep_input:  # reuse the old buffers: no allocation churn on refresh
-                if old is not None and old.input_ref is not None:
+                if not self.cache.storage.passthrough(x_in.dtype):
+                    entry.input_ref = x_in  # the storage copies it (into the old buffer when it can)
+                elif old is not None and old.input_ref is not None:
                     entry.input_ref = old.input_ref.copy_(x_in)
                 else:
                     entry.input_ref = x_in.clone(memory_format=torch.contiguous_format)
@@ -234,8 +266,41 @@ class CacheRun:
                 entry.last_refresh = old.last_refresh.fill_(self._step)
             else:
                 entry.last_refresh = torch.full((b, n), self._step, dtype=torch.int32, device=x_in.device)
-        self.cache.put(self._stream_key, block, entry)
+        self.cache.put(self._stream_key, block, entry, old)
         self.stats.record_block(self._costs(x_in, branches), [1.0] * len(branches))
+        return x
+
+    def _light_block(self, block: int, x: Tensor, branches: Sequence[Branch]) -> Tensor:
+        """A shallow block in light mode: computed, or skipped with one residual per lane (memory.py)."""
+        lane = self._lanes[block]
+        first, last = self._lane_span[lane]
+        key, stream = self._stream_key, self.cache.stream(self._stream_key)
+        if self._lane_used.get(lane) == (self._eval, key):  # the lane's residual is already added
+            self.stats.record_block(self._costs(x, branches), [0.0] * len(branches))
+            return x
+        if self._action != Action.FULL and stream.forced_full_eval != self._eval and block == first:
+            sig = (tuple(x.shape), x.dtype, x.device, ("residual",))
+            entry = self.cache.get_lane(key, lane, sig)
+            if entry is not None and entry.segment == self._segment:  # never a residual of an older segment
+                ahead = self.first_selective_block if self.first_selective_block < self.num_blocks else None
+                work = self.cache.checkout(key, ("lane", lane), entry, ahead=ahead)
+                self._lane_used[lane] = (self._eval, key)
+                self.stats.record_block(self._costs(x, branches), [0.0] * len(branches))
+                return x + work.outputs["residual"]
+            stream.forced_full_eval = self._eval  # no usable residual: this evaluation runs FULL
+            self.stats.forced_full_evals += 1
+        x_in = x
+        for br in branches:
+            x = _apply(x, br.gate, br.compute(x))
+        self.stats.record_block(self._costs(x_in, branches), [1.0] * len(branches))
+        if block == first:
+            self._lane_start[lane] = x_in
+        if block == last:
+            start = self._lane_start.pop(lane, None)
+            if start is not None and start.shape == x.shape:
+                sig = (tuple(start.shape), start.dtype, start.device, ("residual",))
+                self.cache.put_lane(key, lane, BlockEntry(signature=sig, outputs={"residual": x - start},
+                                                                 segment=self._segment))
         return x
 
     def _cached(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
@@ -251,7 +316,8 @@ class CacheRun:
         depth = block / (self.num_blocks - 1) if self.num_blocks > 1 else 1.0
         return self.selective.token_ratio(branch_kind(br.name), progress, depth)
 
-    def _selective(self, block: int, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
+    def _selective(self, block: int, x: Tensor, branches: Sequence[Branch], entry: BlockEntry,
+                   stored: BlockEntry | None = None) -> Tensor:
         b, n, c = x.shape[0], x.shape[1], x.shape[-1]
         local = [br for br in branches
                  if br.token_local or (br.partial is not None and br.name in entry.aux)]
@@ -297,6 +363,8 @@ class CacheRun:
                 entry.last_refresh.fill_(self._step)
             else:
                 entry.last_refresh.scatter_(1, idx, self._step)
+        if stored is not None:  # the working copy was updated in place: keep the stored copy in step
+            self.cache.checkin(stored, entry, tuple(br.name for br in local if ks.get(br.name, 0) > 0))
         self.stats.record_block(costs, [ks.get(br.name, 0) / n for br in branches], tokens=b * k_max)
         return x
 
@@ -305,8 +373,9 @@ class CacheRun:
         """Free every cached tensor and stop the clock. Safe to call twice."""
         if self._closed:
             return
-        self.stats.observe_cache_bytes(self.cache.nbytes())
+        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device())
         self.cache.clear()
+        self._lane_start.clear()
         self.stats.stop()
         self._closed = True
 

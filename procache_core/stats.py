@@ -62,6 +62,8 @@ class RunStats:
     flops_full: float = 0.0
     flops_done: float = 0.0
     peak_cache_bytes: int = 0
+    peak_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)  # per device, each its own peak
+    cache_placement: str = ""         # what the cache was kept as, e.g. "full cache in CPU memory (bfloat16)"
     wall_s: float | None = None
     _t0: float | None = field(default=None, repr=False)
 
@@ -96,8 +98,19 @@ class RunStats:
         self.flops_done += float(sum(c * d for c, d in zip(costs, done)))
         self.tokens_recomputed += int(tokens)
 
-    def observe_cache_bytes(self, nbytes: int) -> None:
+    def observe_cache_bytes(self, nbytes: int, by_device: dict[str, int] | None = None) -> None:
         self.peak_cache_bytes = max(self.peak_cache_bytes, int(nbytes))
+        for dev, n in (by_device or {}).items():
+            self.peak_cache_bytes_by_device[dev] = max(self.peak_cache_bytes_by_device.get(dev, 0), int(n))
+
+    def cache_text(self) -> str:
+        """``cache peak 12.0 MiB`` plus the per-device split when the cache is not on one device only."""
+        text = f"cache peak {self.peak_cache_bytes / 2**20:.1f} MiB"
+        devs = {d: n for d, n in self.peak_cache_bytes_by_device.items() if n}
+        if devs and (len(devs) > 1 or "cpu" in devs or self.cache_placement):
+            text += " (" + ", ".join(f"{d} {n / 2**20:.1f} MiB" for d, n in sorted(devs.items()))
+            text += f"; {self.cache_placement})" if self.cache_placement else ")"
+        return text
 
     # -- reports -------------------------------------------------------------------------------
     @property
@@ -136,6 +149,8 @@ class RunStats:
             "flops_fraction": self.flops_fraction,
             "flops_speedup": self.flops_speedup,
             "peak_cache_bytes": self.peak_cache_bytes,
+            "peak_cache_bytes_by_device": dict(self.peak_cache_bytes_by_device),
+            "cache_placement": self.cache_placement,
             "wall_s": self.wall_s,
         }
 
@@ -147,7 +162,7 @@ class RunStats:
             f"blocks computed {100.0 * self.block_eval_fraction:.1f}% of full",
             f"est. FLOPs speed-up {self.flops_speedup:.2f}x",
             f"{self.tokens_recomputed} tokens recomputed",
-            f"cache peak {self.peak_cache_bytes / 2**20:.1f} MiB",
+            self.cache_text(),
         ]
         if self.forced_full_evals:
             parts.append(f"{self.forced_full_evals} forced full (no usable cache)")

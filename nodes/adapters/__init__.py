@@ -64,6 +64,15 @@ class FamilyAdapter:
     def describe(self) -> str:
         return f"{self.family}: {self.num_blocks} cached blocks, selective compute {self.selective_support}"
 
+    def lanes(self) -> list | None:
+        """Residual stream of each engine block, for the memory-light cache; None: one stream."""
+        return None
+
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+        """Engine blocks as ``procache_core.memory.BlockShape`` for model input ``x_shape`` (cache size
+        estimate before the first step); None when the family cannot tell."""
+        return None
+
 
 log = logging.getLogger("ProCache")
 

@@ -169,6 +169,18 @@ class FluxAdapter(FamilyAdapter):
         for i in range(self.n_single):
             install_dit_replace(model_patcher, FluxSingleBlock(self, i, owner), "single_block", i)
 
+    def lanes(self) -> list | None:
+        return ["img", "txt"] * self.n_double + ["joint"] * self.n_single
+
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+        from ...procache_core.memory import double_single_layout
+
+        hw = self.grid_hw(x_shape)
+        if hw is None:
+            return None
+        return double_single_layout(self.n_double, self.n_single, hw[0] * hw[1], context_tokens or 512,
+                                    int(self.dm.hidden_size))
+
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 4:
             return None

@@ -59,6 +59,12 @@ class PixArtAdapter(FamilyAdapter):
             install_forward_patch(model_patcher, f"diffusion_model.blocks.{i}.forward",
                                   lambda prev, b=block, i=i: PixArtBlockForward(b, i, owner, prev))
 
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+        from ...procache_core.memory import single_stream_layout
+
+        hw = self.grid_hw(x_shape)
+        return single_stream_layout(self.num_blocks, hw[0] * hw[1], int(self.dm.hidden_size), 3) if hw else None
+
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 4:
             return None

@@ -132,6 +132,26 @@ class SD3Adapter(FamilyAdapter):
         for i in range(self.n_joint):
             install_dit_replace(model_patcher, SD3JointBlock(self, i, owner), "double_block", i)
 
+    def lanes(self) -> list | None:
+        # the last joint block's context half is never run (pre_only): its own lane, so the text lane
+        # ends at a block that runs
+        return ["img", "txt"] * (self.n_joint - 1) + ["img", "txt_unused"]
+
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+        from ...procache_core.memory import BlockShape
+
+        hw = self.grid_hw(x_shape)
+        if hw is None:
+            return None
+        width = int(self.dm.x_embedder.proj.out_channels)
+        x_br = 3 if getattr(self.dm.joint_blocks[0].x_block, "x_block_self_attn", False) else 2
+        out = []
+        for i in range(self.n_joint):
+            out.append(BlockShape(hw[0] * hw[1], width, x_br, "img"))
+            last = i == self.n_joint - 1
+            out.append(BlockShape(context_tokens or 333, width, 0 if last else 2, "txt_unused" if last else "txt"))
+        return out
+
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 4:
             return None

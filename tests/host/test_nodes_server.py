@@ -81,7 +81,8 @@ def test_object_info_io(comfy_server):
     app = info["ProCacheApply"]
     assert app["output"] == ["MODEL"]
     assert set(app["input"]["required"]) == {"model", "schedule"}
-    assert set(app["input"]["optional"]) == {"selective", "start_percent", "end_percent"}
+    assert set(app["input"]["optional"]) == {"selective", "start_percent", "end_percent", "cache_device", "cache_mode",
+                                             "cache_dtype"}
     assert info["ProCacheStats"]["output_node"] is True
 
 

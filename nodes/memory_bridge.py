@@ -1,0 +1,232 @@
+"""Cache memory on the host: the user's request, the size estimate, where the cache goes, and what
+the host's model loader is told.
+
+* ProCache Apply's ``cache_device`` / ``cache_mode`` / ``cache_dtype`` inputs become a
+  :class:`MemoryRequest` on the config (``config.memory_request``).
+* When sampling starts (OUTER_SAMPLE) :func:`estimate` works the cache size out from the latent shape,
+  the family's block layout (``adapter.cache_layout``) and the number of CFG streams, for both the full
+  and the light cache.
+* The host loads weights in ``prepare_sampling`` from ``BaseModel.memory_required``; our
+  PREPARE_SAMPLING wrapper (:func:`prepare_sampling_wrapper`) adds the cache's device bytes to that
+  estimate for the duration of the call, so the loader frees (or, for ``model device``, offloads)
+  memory for it instead of the run running out halfway. ``auto`` adds it to ``memory_required`` only
+  (other models are unloaded to make room; the model's own weights are not offloaded for the cache,
+  which moves to CPU memory when it does not fit), ``model device`` to the minimum too (the host
+  offloads weights rather than fail), ``cpu`` only the two blocks in flight.
+* At the first model evaluation, with the weights loaded, :func:`decide` compares the estimate with
+  free device memory, picks the placement (``procache_core.memory.choose``) and logs one line, before
+  anything is cached.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ..procache_core.errors import ProCacheError
+from ..procache_core.memory import choose, estimate_bytes
+
+log = logging.getLogger("ProCache")
+
+DEVICE_CHOICES = {"auto": "auto", "model device": "device", "cpu": "cpu"}
+MODE_CHOICES = ("auto", "full", "light")
+DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class MemoryRequest:
+    placement: str = "auto"                 # "auto", "device" or "cpu"
+    mode: str = "auto"                      # "auto", "full" or "light"
+    dtype: torch.dtype | None = None        # storage dtype, None = activation dtype
+
+
+def request_from_inputs(cache_device: str = "auto", cache_mode: str = "auto", cache_dtype: str = "auto") -> MemoryRequest:
+    if cache_device not in DEVICE_CHOICES:
+        raise ProCacheError("cache_device", f"is {cache_device!r}.", f"use one of {list(DEVICE_CHOICES)}.")
+    if cache_mode not in MODE_CHOICES:
+        raise ProCacheError("cache_mode", f"is {cache_mode!r}.", f"use one of {list(MODE_CHOICES)}.")
+    if cache_dtype not in DTYPE_CHOICES:
+        raise ProCacheError("cache_dtype", f"is {cache_dtype!r}.", f"use one of {list(DTYPE_CHOICES)}.")
+    return MemoryRequest(DEVICE_CHOICES[cache_device], cache_mode, DTYPE_CHOICES[cache_dtype])
+
+
+def request_of(config: Any) -> MemoryRequest:
+    req = getattr(config, "memory_request", None)
+    return req if isinstance(req, MemoryRequest) else MemoryRequest()
+
+
+@dataclass
+class Estimate:
+    full_bytes: int
+    light_bytes: int
+    block_bytes: int      # the largest single block entry (what is in flight with the CPU cache)
+    rows: int
+    dtype: torch.dtype
+    decided: bool = False
+
+
+def _streams(guider: Any) -> int:
+    conds = getattr(guider, "conds", None) or getattr(guider, "original_conds", None) or {}
+    n = sum(1 for v in conds.values() if v)
+    cfg = getattr(guider, "cfg", None)
+    if "negative" in conds and conds.get("negative") and isinstance(cfg, (int, float)) and float(cfg) == 1.0:
+        n -= 1  # the host skips the uncond at cfg 1
+    return max(n, 1)
+
+
+def _context_tokens(guider: Any) -> int | None:
+    conds = getattr(guider, "conds", None) or {}
+    for c in conds.get("positive") or []:
+        t = c.get("cross_attn") if isinstance(c, dict) else None
+        if torch.is_tensor(t) and t.ndim == 3:
+            return int(t.shape[1])
+    return None
+
+
+def _activation_dtype(model_patcher: Any) -> torch.dtype:
+    base = getattr(model_patcher, "model", None)
+    dt = getattr(base, "manual_cast_dtype", None)
+    if dt is None and hasattr(base, "get_dtype"):
+        dt = base.get_dtype()
+    return dt if isinstance(dt, torch.dtype) and dt.is_floating_point and dt.itemsize >= 2 else torch.float32
+
+
+def estimate(state: Any, guider: Any, noise_shape: tuple) -> Estimate | None:
+    """Cache size for this run from shapes (None when the family gives no layout)."""
+    config, run = state.config, state.run
+    layout_fn = getattr(config.adapter, "cache_layout", None)
+    layout = layout_fn(tuple(noise_shape), _context_tokens(guider)) if layout_fn is not None else None
+    if not layout:
+        return None
+    req = request_of(config)
+    dtype = req.dtype or _activation_dtype(guider.model_patcher)
+    rows = int(noise_shape[0]) * _streams(guider)
+    args = dict(rows=rows, elem_bytes=torch.empty((), dtype=dtype).element_size(),
+                first_selective_block=run.first_selective_block, track_tokens=run._track_tokens,
+                keep_input=run._keep_input)
+    block = max(rows * b.tokens * b.width * b.branches for b in layout) * args["elem_bytes"]
+    est = Estimate(estimate_bytes(layout, light=False, **args), estimate_bytes(layout, light=True, **args),
+                   block, rows, dtype)
+    state.memory_estimate = est
+    state.model_patcher = guider.model_patcher
+    return est
+
+
+def _mib(n: int | None) -> str:
+    return "unknown" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def device_bytes_to_request(state: Any) -> tuple[int, int]:
+    """(added to memory_required, added to minimum_memory_required) for the host's loader."""
+    est = getattr(state, "memory_estimate", None)
+    if est is None:
+        return 0, 0
+    req = request_of(state.config)
+    need = est.light_bytes if req.mode == "light" else est.full_bytes
+    in_flight = 2 * est.block_bytes
+    if req.placement == "cpu":
+        return in_flight, in_flight
+    if req.placement == "device":
+        return need, need
+    room = _room(state)
+    if room is not None and need > 0.9 * room:  # cannot fit beside the weights: it will go to CPU memory
+        return in_flight, in_flight
+    return need, 0
+
+
+def _room(state: Any) -> int | None:
+    """Device memory left beside the model's weights (None when unknown)."""
+    try:
+        import comfy.model_management as mm
+
+        mp = state.model_patcher
+        if mp is None or mm.is_device_cpu(mp.load_device):
+            return None
+        return int(mm.get_total_memory(mp.load_device)) - int(mp.model_size())
+    except Exception:
+        return None
+
+
+def prepare_sampling_wrapper(executor, model, noise_shape, conds, model_options=None, **kwargs):
+    """PREPARE_SAMPLING: the host's memory estimate plus the cache (see module docstring)."""
+    from .runtime_bridge import RUN_KEY
+
+    state = ((model_options or {}).get("transformer_options") or {}).get(RUN_KEY)
+    extra_req, extra_min = device_bytes_to_request(state) if state is not None else (0, 0)
+    base = getattr(model, "model", None)
+    if not (extra_req or extra_min) or base is None or not hasattr(base, "memory_required"):
+        return executor(model, noise_shape, conds, model_options=model_options, **kwargs)
+    own = base.__dict__.get("memory_required")
+    orig = base.memory_required
+    batch = int(noise_shape[0])
+
+    def memory_required(input_shape, *args, **kw):
+        n = orig(input_shape, *args, **kw)
+        return n + (extra_req if int(input_shape[0]) > batch else extra_min)
+
+    base.memory_required = memory_required
+    try:
+        log.info("ProCache: told the model loader about %s of cache memory (%s minimum)",
+                 _mib(extra_req), _mib(extra_min))
+        return executor(model, noise_shape, conds, model_options=model_options, **kwargs)
+    finally:
+        if own is not None:
+            base.memory_required = own
+        else:
+            base.__dict__.pop("memory_required", None)
+
+
+def _free(device: torch.device) -> int | None:
+    try:
+        import comfy.model_management as mm
+
+        return int(mm.get_free_memory(device))
+    except Exception:
+        return None
+
+
+def decide(state: Any, x: torch.Tensor) -> None:
+    """Place the cache before the first evaluation caches anything; one log line."""
+    est = getattr(state, "memory_estimate", None)
+    if est is not None and est.decided:
+        return
+    req = request_of(state.config)
+    dev_free = _free(x.device)
+    host_free = _free(torch.device("cpu"))
+    full = est.full_bytes if est else 0
+    light = est.light_bytes if est else 0
+    plan = choose(req.placement, req.mode, req.dtype, full, light, dev_free, host_free)
+    if x.device.type == "cpu" and plan.memory.placement == "cpu" and req.placement == "auto":
+        plan = choose("device", req.mode if req.mode != "auto" else ("light" if plan.memory.light else "full"),
+                      req.dtype, full, light, dev_free, host_free)  # on a CPU model the device IS CPU memory
+    state.run.set_memory(plan.memory)
+    if est is not None:
+        est.decided = True
+        log.info("ProCache: cache estimate %s full / %s light (%d rows, %s) on %s; %s -> %s",
+                 _mib(est.full_bytes), _mib(est.light_bytes), est.rows, str(est.dtype).replace("torch.", ""),
+                 x.device, plan.reason, plan.memory.describe())
+    else:
+        state.memory_estimate = Estimate(0, 0, 0, 0, x.dtype, decided=True)
+        log.info("ProCache: no cache size estimate for this model family; %s", plan.memory.describe())
+
+
+def memory_inputs() -> list:
+    """The optional inputs ProCache Apply appends for the cache's memory (V3 schema)."""
+    from comfy_api.latest import io
+
+    return [
+        io.Combo.Input("cache_device", options=list(DEVICE_CHOICES), default="auto", optional=True,
+                       tooltip="Where cached features live. auto: the model's device when the estimated cache fits "
+                               "in free memory, else CPU memory (same output, slower). cpu: pinned CPU memory, "
+                               "streamed back one block ahead of use."),
+        io.Combo.Input("cache_mode", options=list(MODE_CHOICES), default="auto", optional=True,
+                       tooltip="full: every block's branch outputs (reused with fresh gates). light: only the deep "
+                               "blocks selective steps use plus one residual for the blocks above them (much "
+                               "less memory; reused steps keep those blocks' gates from the last full step). "
+                               "auto: full, light only when the full cache fits nowhere."),
+        io.Combo.Input("cache_dtype", options=list(DTYPE_CHOICES), default="auto", optional=True,
+                       tooltip="Storage dtype of cached features; auto = the model's activation dtype (exact). "
+                               "bfloat16/float16 halve a float32 cache at a small rounding cost."),
+    ]
