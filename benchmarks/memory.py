@@ -89,6 +89,7 @@ def cpu_cache_speed(depth: int = 28, latent: int = 32, steps: int = 20, repeats:
     return {"depth": depth, "tokens": (latent // 2) ** 2, "steps": steps, "schedule": sched.to_string(),
             "device": device, "repeats": repeats,
             "wall_s": {m: median(t) for m, t in times.items()}, "cpu_s": {m: median(t) for m, t in cpu.items()},
+            "cpu_runs": cpu, "wall_runs": times,
             "ratio_vs_device_cache": {m: median(t) / base for m, t in times.items()},
             "cpu_ratio_vs_device_cache": {m: median(cpu[m]) / median(cpu["device cache"]) for m in cpu},
             "bitwise_equal_cpu_vs_device": bool(torch.equal(outs["cpu cache"], outs["device cache"])),
@@ -112,7 +113,12 @@ def report(rows: list[dict], speed: dict | None, info: dict) -> str:
                                  speed["cpu_ratio_vs_device_cache"][m],
                                  ", ".join(f"{d} {v:.0f}" for d, v in speed["peak_cache_mib_by_device"][m].items())]
                                 for m in speed["wall_s"]]), "",
-                  f"CPU cache output bitwise equal to the device cache: {speed['bitwise_equal_cpu_vs_device']}.",
+                  f"CPU cache output bitwise equal to the device cache: {speed['bitwise_equal_cpu_vs_device']}. "
+                  "Per-run process CPU times (one torch thread): "
+                  + "; ".join(f"{m} {', '.join(f'{v:.1f}' for v in vs)}" for m, vs in speed.get("cpu_runs", {}).items())
+                  + ". On this shared 2-core machine the wall clock mostly measures waiting for a core; the "
+                  "process CPU time is the steadier figure, and its run-to-run spread is about as large as the "
+                  "differences between the rows.",
                   "On a machine without a GPU the model's device is CPU memory too, so the CPU cache measures "
                   "the cost of the extra copies (store, load, write-back) that the transfer path adds; on CUDA "
                   "the loads run on a side stream one block ahead. Light cache: shallow blocks skipped on "

@@ -88,7 +88,7 @@ class CacheRun:
         for i in range(self.first_selective_block):
             first = self._lane_span.get(self._lanes[i], (i, i))[0]
             self._lane_span[self._lanes[i]] = (first, i)
-        self._lane_start: dict[Hashable, Tensor] = {}
+        self._lane_start: dict[Hashable, tuple] = {}   # lane -> ((eval, stream), input of its first block)
         self._lane_used: dict[Hashable, tuple] = {}
         self.selector = TokenSelector(self.selective.weights, grid_hw)
         self.stats = RunStats()
@@ -289,14 +289,21 @@ class CacheRun:
                 return x + work.outputs["residual"]
             stream.forced_full_eval = self._eval  # no usable residual: this evaluation runs FULL
             self.stats.forced_full_evals += 1
+        ev, start = self._lane_start.get(lane, (None, None))
+        start = start if ev == (self._eval, key) else None  # only this evaluation's start counts
+        if block != first and start is not None and start.shape != x.shape:
+            raise ProCacheError("lanes", f"put block {block} ({tuple(x.shape)}) in the residual stream of block "
+                                f"{first} ({tuple(start.shape)}); a lane must keep one shape.",
+                                "use cache_mode full for this model (its adapter does not name its streams).")
         x_in = x
         for br in branches:
             x = _apply(x, br.gate, br.compute(x))
         self.stats.record_block(self._costs(x_in, branches), [1.0] * len(branches))
         if block == first:
-            self._lane_start[lane] = x_in
+            start = x_in
+            self._lane_start[lane] = ((self._eval, key), x_in)
         if block == last:
-            start = self._lane_start.pop(lane, None)
+            self._lane_start.pop(lane, None)
             if start is not None and start.shape == x.shape:
                 sig = (tuple(start.shape), start.dtype, start.device, ("residual",))
                 self.cache.put_lane(key, lane, BlockEntry(signature=sig, outputs={"residual": x - start},

@@ -197,3 +197,15 @@ def test_choose_policy():
     p = choose("device", "full", None, full_bytes=30 * gib, light_bytes=1, device_free=20 * gib, host_free=None)
     assert p.memory.placement == "device" and "exceeds" in p.reason
     assert choose("cpu", "full", None, 1, 1, None, None).memory == CacheMemory("cpu")
+
+
+def test_light_lane_with_two_shapes_is_a_clear_error():
+    blocks = _Lin(3)
+    run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(start_block=2), num_blocks=3,
+                   memory=CacheMemory("device", light=True))  # no lanes given: one stream assumed
+    run.begin_step(0)
+    run.set_stream("s")
+    run.run_block(0, torch.randn(1, 5, 8), blocks.branches(0, torch.tensor(1.0)))
+    with pytest.raises(Exception, match="lanes"):
+        run.run_block(1, torch.randn(1, 3, 8), blocks.branches(1, torch.tensor(1.0)))
+    run.close()
