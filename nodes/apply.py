@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import logging
+import math
+
 import torch
 from comfy_api.latest import io
 
 from ..procache_core.schedule import Action
 from .adapters import adapter_for
-from .runtime_bridge import ProCacheConfig, config_of, install_wrappers, validate_range
+from .runtime_bridge import SHORT_RUN_FLOOR, ProCacheConfig, config_of, install_wrappers, validate_range
 from .schedule_loader import ScheduleSocket
 from .selective_settings import SelectiveSocket
 
@@ -33,13 +35,17 @@ class ProCacheApply(io.ComfyNode):
                                tooltip="Steps before this share of denoising progress always run FULL."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Steps from this share of denoising progress on always run FULL."),
+                io.Int.Input("short_run_floor", default=SHORT_RUN_FLOOR, min=0, max=1000, optional=True,
+                             tooltip="Runs with fewer steps than this compute every step (reuse across a few "
+                                     "large steps costs the most detail; the log says so). 0 = always follow "
+                                     "the schedule."),
             ],
             outputs=[io.Model.Output(tooltip="the patched model (the input MODEL is left untouched)")],
         )
 
     @classmethod
     def execute(cls, model, schedule, selective=None, start_percent: float = 0.0,
-                end_percent: float = 1.0) -> io.NodeOutput:
+                end_percent: float = 1.0, short_run_floor: int = SHORT_RUN_FLOOR) -> io.NodeOutput:
         validate_range(start_percent, end_percent)
         adapter = adapter_for(model)  # UnsupportedModelError names the supported families
         preset = schedule
@@ -52,7 +58,8 @@ class ProCacheApply(io.ComfyNode):
             inject = False
         patched = model.clone()
         config = ProCacheConfig(preset=preset, schedule=preset.schedule, selective=sel, inject_selective=inject,
-                                start_percent=start_percent, end_percent=end_percent, adapter=adapter)
+                                start_percent=start_percent, end_percent=end_percent, adapter=adapter,
+                                short_run_floor=int(short_run_floor))
         install_wrappers(patched, config)
         adapter.install(patched, config)
         fam = getattr(preset, "family", "any") or "any"
@@ -111,4 +118,20 @@ class ProCacheStats(io.ComfyNode):
                 text = st["line"]
             else:
                 text = st["line"] + " (latest run of this MODEL; this LATENT was not matched to a run)"
-        return io.NodeOutput(text, samples, ui={"text": [text]})
+        ui = {"text": [text]}
+        if cfg is not None and cfg.last_stats is not None:
+            ui["procache_stats"] = [_json_safe(st)]  # machine-readable: per-step actions, evals, noise levels
+        return io.NodeOutput(text, samples, ui=ui)
+
+
+def _json_safe(summary: dict) -> dict:
+    """The run summary with non-finite floats as None (the browser's JSON parser rejects NaN)."""
+    def conv(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        return str(v)
+    return {k: conv(v) for k, v in summary.items()}
