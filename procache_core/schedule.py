@@ -392,14 +392,16 @@ def map_by_noise(sched: "Schedule", src_noise: Sequence[float], dst_noise: Seque
     sit at ``dst_noise`` (N + 1 values: the N steps' positions and the run's end position).
 
     1. Each run step takes the source's action at its own noise position (``noise_lookup``).
-    2. The run's first step is FULL.
+    2. The run's first step is FULL, and so is every step whose noise span since the previous step
+       holds a source refresh (the start of a FULL source step): a run never reuses across a noise level
+       at which the source refreshes (``required_full``).
     3. The FULL count is kept within rounding of the source's share of FULL steps over the noise range
        the run covers (``full_budget``): surplus FULL steps are turned into reuses where a FULL step
        directly follows another (the later one of the longest such group first), else where the merged
        reuse gap is shortest; missing ones split the longest reuse run in its middle (earliest first).
     4. Non-full steps are SELECTIVE where the source is SELECTIVE at that noise position, else CACHED.
-    When the budget does not bind, the run therefore refreshes at exactly the noise levels at which the
-    source refreshes, and never reuses across a noise level at which the source refreshes.
+    When the budget does not bind, every refresh of the source is a refresh of the run within one step
+    of its noise level. When it binds (a run much sparser than the source), the share wins.
     """
     src = check_noise(src_noise, "src_noise", len(sched))
     try:
@@ -412,8 +414,7 @@ def map_by_noise(sched: "Schedule", src_noise: Sequence[float], dst_noise: Seque
     n = len(dst) - 1
     _check_steps(n, "dst_noise")
     raw = [sched.actions[noise_lookup(src, q)] for q in dst[:-1]]
-    full = [a is Action.FULL for a in raw]
-    full[0] = True
+    full = required_full(sched, src, dst)
     lo_b, hi_b = full_budget(_full_share(sched, src, min(dst), max(dst)), n)
     while sum(full) > hi_b:
         full[_surplus_full(full)] = False
@@ -422,6 +423,21 @@ def map_by_noise(sched: "Schedule", src_noise: Sequence[float], dst_noise: Seque
     acts = [Action.FULL if f else (Action.SELECTIVE if raw[j] is Action.SELECTIVE else Action.CACHED)
             for j, f in enumerate(full)]
     return Schedule(tuple(acts))
+
+
+def required_full(sched: "Schedule", src_noise: Sequence[float], dst_noise: Sequence[float]) -> list[bool]:
+    """Per run step: FULL by rule 1-2 of ``map_by_noise`` (before the budget)."""
+    refresh = [src_noise[i] for i in sched.full_steps()]
+    out = []
+    for j in range(len(dst_noise) - 1):
+        q = dst_noise[j]
+        f = j == 0 or sched.actions[noise_lookup(src_noise, q)] is Action.FULL
+        if not f:
+            prev = dst_noise[j - 1]
+            k = bisect.bisect_right(refresh, prev + NOISE_TOL)   # first refresh strictly after prev
+            f = k < len(refresh) and refresh[k] <= q + NOISE_TOL
+        out.append(f)
+    return out
 
 
 def _surplus_full(full: list[bool]) -> int:

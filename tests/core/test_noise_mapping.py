@@ -8,7 +8,8 @@ from hypothesis import given, settings, strategies as st
 
 from procache_core.errors import ScheduleError
 from procache_core.presets import Preset, dump_preset, parse_preset_text
-from procache_core.schedule import Action, Schedule, even_noise, full_budget, map_by_noise, noise_lookup
+from procache_core.schedule import (Action, Schedule, even_noise, full_budget, map_by_noise, noise_lookup,
+                                   required_full)
 
 FAST = settings(max_examples=120, deadline=None)
 PIXART = Schedule.from_string("F F S C F S C F S C F S C F S C F S C F")
@@ -48,12 +49,17 @@ def test_any_preset_on_any_decreasing_sigmas_gives_a_valid_schedule(case):
     look = [sched[noise_lookup(src, q)] for q in dst[:-1]]
     # selective steps only where the preset is selective at that noise level
     assert all(look[j] is Action.SELECTIVE for j, a in enumerate(out) if a is Action.SELECTIVE)
-    # a preset refresh is kept unless the budget forbids it; every change from the lookup is a budget move
-    look_full = [j == 0 or a is Action.FULL for j, a in enumerate(look)]
-    moved = sum((a is Action.FULL) != f for a, f in zip(out, look_full))
-    assert moved == abs(full - sum(look_full))
-    if sum(look_full) <= full:
-        assert all(out[j] is Action.FULL for j, f in enumerate(look_full) if f)
+    # every change from the rule (lookup + "no reuse across a preset refresh") is a budget move
+    req = required_full(sched, src, dst)
+    assert req[0] and all(req[j] for j, a in enumerate(look) if a is Action.FULL)
+    refresh = [src[i] for i in sched.full_steps()]
+    for j in range(1, n):  # brute force: a refresh in (q_{j-1}, q_j] forces step j
+        if any(dst[j - 1] + 1e-6 < r <= dst[j] + 1e-6 for r in refresh):
+            assert req[j]
+    moved = sum((a is Action.FULL) != f for a, f in zip(out, req))
+    assert moved == abs(full - sum(req))
+    if sum(req) <= full:
+        assert all(out[j] is Action.FULL for j, f in enumerate(req) if f)
 
 
 @FAST
