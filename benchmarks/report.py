@@ -389,6 +389,9 @@ def write_readme(out_dir: Path, info: dict, mode: str, speed: list[dict] | None,
             lines += [f"![quality vs speed-up]({quality_plot})", ""]
         if samples_plot:
             lines += [f"![samples]({samples_plot})", ""]
+    from .noise_axis import readme_section
+
+    lines += readme_section()  # from results/raw/noise_axis.json (python -m benchmarks.noise_axis)
     path = out_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -106,3 +106,15 @@ def test_old_and_new_preset_files_load():
         parse_preset_text(old + "noise: [0.0, 0.5]\n")
     with pytest.raises(ScheduleError, match="noise"):
         parse_preset_text(old + "noise: [0.0, 0.5, 0.4, 0.9]\n")
+
+
+def test_search_on_the_noise_axis_keeps_budget_and_carries_the_step_patterns():
+    from procache_core.search import sample_patterns, sample_patterns_on_noise
+
+    n = 20
+    even = [i / n for i in range(n + 1)]
+    assert sample_patterns_on_noise(even, 7, 1, 4, 5, 0) == sample_patterns(n, 7, 1, 4, 5, 0)
+    late = [1 - (1 - i / n) ** 2 for i in range(n + 1)]   # big noise drops first
+    got = sample_patterns_on_noise(late, 7, 1, 4, 5, 0)
+    assert all(g.counts()["full"] == 7 and len(g) == n for g in got)
+    assert got != sample_patterns(n, 7, 1, 4, 5, 0)
