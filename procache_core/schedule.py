@@ -396,9 +396,9 @@ def map_by_noise(sched: "Schedule", src_noise: Sequence[float], dst_noise: Seque
        holds a source refresh (the start of a FULL source step): a run never reuses across a noise level
        at which the source refreshes (``required_full``).
     3. The FULL count is kept within rounding of the source's share of FULL steps over the noise range
-       the run covers (``full_budget``): surplus FULL steps are turned into reuses where a FULL step
-       directly follows another (the later one of the longest such group first), else where the merged
-       reuse gap is shortest; missing ones split the longest reuse run in its middle (earliest first).
+       the run covers (``full_budget``): surplus FULL steps are turned into reuses where that leaves the
+       shortest merged reuse gap (later first); missing ones split the longest reuse run in its middle
+       (earliest first).
     4. Non-full steps are SELECTIVE where the source is SELECTIVE at that noise position, else CACHED.
     When the budget does not bind, every refresh of the source is a refresh of the run within one step
     of its noise level. When it binds (a run much sparser than the source), the share wins.
@@ -441,24 +441,14 @@ def required_full(sched: "Schedule", src_noise: Sequence[float], dst_noise: Sequ
 
 
 def _surplus_full(full: list[bool]) -> int:
-    """The FULL step (never step 0) whose removal costs least (see ``map_by_noise``)."""
+    """The FULL step (never step 0) whose removal leaves the shortest merged reuse gap (the distance
+    from the previous FULL step to the next one, or to the end); ties go to the later step. Surplus
+    FULL steps in a dense group are thereby thinned out evenly rather than cut off at one end."""
     n = len(full)
-    best, best_key = -1, None
-    run_len = 0
-    for j in range(n):
-        run_len = run_len + 1 if full[j] else 0
-        if j and full[j] and full[j - 1]:
-            end = j
-            while end + 1 < n and full[end + 1]:
-                end += 1
-            key = (0, -(end - j + run_len), -j)  # longest group first, later step first
-            if best_key is None or key < best_key:
-                best, best_key = j, key
-    if best >= 0:
-        return best
     idx = [j for j in range(n) if full[j]] + [n]
+    best, best_key = -1, None
     for k in range(1, len(idx) - 1):
-        key = (1, idx[k + 1] - idx[k - 1], -idx[k])
+        key = (idx[k + 1] - idx[k - 1], -idx[k])
         if best_key is None or key < best_key:
             best, best_key = idx[k], key
     return best
