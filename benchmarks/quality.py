@@ -86,7 +86,7 @@ class Method:
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Method,
            selective_settings=None, cfg_scale: float = CFG_SCALE,
-           step_log: list | None = None) -> tuple[torch.Tensor, dict]:
+           step_log: list | None = None, timesteps: list[int] | None = None) -> tuple[torch.Tensor, dict]:
     """DDIM (eta 0) with CFG, the same update as reference_dit.ddim_sample, with a per-method step.
 
     ``step_log`` (optional) receives ``(action, seconds)`` per model evaluation of the full-compute and
@@ -97,7 +97,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Met
     from procache_core.settings import SelectiveSettings
 
     ab = _alphas_cumprod()
-    ts = ddim_timesteps(T)
+    ts = list(timesteps) if timesteps is not None else ddim_timesteps(T)
     c = model.in_channels
     y_in = torch.cat([labels, torch.full_like(labels, model.null_class)])
     grid = model.grid_hw(noise.shape[-2], noise.shape[-1])
@@ -173,11 +173,13 @@ def _MS():
     return _MS_CACHE[0]
 
 
-def sample_set(model, noise, labels, T, method, chunk: int, selective_settings=None) -> tuple[torch.Tensor, dict]:
+def sample_set(model, noise, labels, T, method, chunk: int, selective_settings=None,
+               timesteps: list[int] | None = None) -> tuple[torch.Tensor, dict]:
     """Samples in chunks (one cache run per chunk, as a user's batch); accounting averaged over chunks."""
     outs, accts = [], []
     for i in range(0, len(noise), chunk):
-        x, a = sample(model, noise[i:i + chunk], labels[i:i + chunk], T, method, selective_settings)
+        x, a = sample(model, noise[i:i + chunk], labels[i:i + chunk], T, method, selective_settings,
+                      timesteps=timesteps)
         outs.append(x)
         accts.append(a)
     keys = accts[0].keys()

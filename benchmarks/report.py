@@ -390,6 +390,9 @@ def write_readme(out_dir: Path, info: dict, mode: str, speed: list[dict] | None,
         if samples_plot:
             lines += [f"![samples]({samples_plot})", ""]
     lines += selective_section(out_dir / "raw")
+    from .noise_axis import readme_section
+
+    lines += readme_section()  # from results/raw/noise_axis.json (python -m benchmarks.noise_axis)
     path = out_dir / "README.md"
     path.write_text("\n".join(lines))
     return path

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import math
+
 import torch
 from comfy_api.latest import io
 
 from ..procache_core.schedule import Action
 from .adapters import adapter_for
 from .memory_bridge import memory_inputs, request_from_inputs
-from .runtime_bridge import ProCacheConfig, config_of, install_wrappers, validate_range
+from .runtime_bridge import SHORT_RUN_FLOOR, ProCacheConfig, config_of, install_wrappers, validate_range
 from .schedule_loader import ScheduleSocket
 from .selective_settings import SelectiveSocket
 
@@ -36,6 +38,10 @@ class ProCacheApply(io.ComfyNode):
                                tooltip="Steps before this share of denoising progress always run FULL."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Steps from this share of denoising progress on always run FULL."),
+                io.Int.Input("short_run_floor", default=SHORT_RUN_FLOOR, min=0, max=1000, optional=True,
+                             tooltip="Runs with fewer steps than this compute every step (reuse across a few "
+                                     "large steps costs the most detail; the log says so). 0 = always follow "
+                                     "the schedule."),
                 *memory_inputs(),
             ],
             outputs=[io.Model.Output(tooltip="the patched model (the input MODEL is left untouched)")],
@@ -43,8 +49,8 @@ class ProCacheApply(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, schedule, selective=None, start_percent: float = 0.0,
-                end_percent: float = 1.0, cache_device: str = "auto", cache_mode: str = "auto",
-                cache_dtype: str = "auto") -> io.NodeOutput:
+                end_percent: float = 1.0, short_run_floor: int = SHORT_RUN_FLOOR, cache_device: str = "auto",
+                cache_mode: str = "auto", cache_dtype: str = "auto") -> io.NodeOutput:
         validate_range(start_percent, end_percent)
         memory = request_from_inputs(cache_device, cache_mode, cache_dtype)
         adapter = adapter_for(model)  # UnsupportedModelError names the supported families
@@ -58,7 +64,8 @@ class ProCacheApply(io.ComfyNode):
             inject = False
         patched = model.clone()
         config = ProCacheConfig(preset=preset, schedule=preset.schedule, selective=sel, inject_selective=inject,
-                                start_percent=start_percent, end_percent=end_percent, adapter=adapter)
+                                start_percent=start_percent, end_percent=end_percent, adapter=adapter,
+                                short_run_floor=int(short_run_floor))
         config.memory_request = memory
         install_wrappers(patched, config)
         adapter.install(patched, config)
@@ -118,4 +125,20 @@ class ProCacheStats(io.ComfyNode):
                 text = st["line"]
             else:
                 text = st["line"] + " (latest run of this MODEL; this LATENT was not matched to a run)"
-        return io.NodeOutput(text, samples, ui={"text": [text]})
+        ui = {"text": [text]}
+        if cfg is not None and cfg.last_stats is not None:
+            ui["procache_stats"] = [_json_safe(st)]  # machine-readable: per-step actions, evals, noise levels
+        return io.NodeOutput(text, samples, ui=ui)
+
+
+def _json_safe(summary: dict) -> dict:
+    """The run summary with non-finite floats as None (the browser's JSON parser rejects NaN)."""
+    def conv(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        return str(v)
+    return {k: conv(v) for k, v in summary.items()}

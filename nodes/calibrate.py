@@ -34,6 +34,23 @@ def _sample(model, latent: dict, seed: int, steps: int, cfg: float, sampler_name
                                callback=lambda step, x0, x, total: on_step())
 
 
+def _noise_of_run(model, steps: int, sampler_name: str, scheduler: str) -> tuple[float, ...] | None:
+    """Noise position (timestep percent) of each of the calibrated sampler's steps, or None."""
+    try:
+        import comfy.samplers
+
+        from .noise_axis import noise_positions
+
+        ks = comfy.samplers.KSampler(model, steps=steps, device="cpu", sampler=sampler_name, scheduler=scheduler,
+                                     denoise=1.0)
+        sig = [float(v) for v in ks.sigmas.float().cpu().tolist()]
+        pos, _ = noise_positions(model.get_model_object("model_sampling"), sig)
+        return tuple(pos[:steps]) if len(sig) == steps + 1 else None
+    except Exception:  # noqa: BLE001 - the preset is still valid without a record (runs as written)
+        log.debug("ProCache search: no noise record for %s/%s", sampler_name, scheduler, exc_info=True)
+        return None
+
+
 def _patched(model, preset: Preset, selective: SelectiveSettings | None):
     from .apply import ProCacheApply
 
@@ -117,14 +134,22 @@ class ProCacheScheduleSearch(io.ComfyNode):
         uni_score = proxy.METRICS[metric](run(_patched(model, Preset(name="uniform", schedule=uniform), sel)).float(),
                                           reference)
         best = proxy.best_index(scores, metric)
-        winner = candidates[best]
+        # uniform reuse is scored too; when it is closer to full compute on this model, it is the answer
+        uniform_wins = (uni_score != scores[best] and proxy.best_index([scores[best], uni_score], metric) == 1)
+        winner = uniform if uniform_wins else candidates[best]
+        noise = _noise_of_run(model, steps, sampler_name, scheduler)
         best_preset = Preset(
             name=save_as or "searched", schedule=winner, family="any", model="",
-            selective=sel or SelectiveSettings(),
-            provenance={"source": "ProCache Schedule Search node", "sampler": f"{sampler_name}/{scheduler}",
+            selective=sel or SelectiveSettings(), noise=noise,
+            provenance={"kind": "searched", "source": "ProCache Schedule Search node",
+                        "sampler": f"{sampler_name}/{scheduler}, {steps} steps",
                         "budget": budget, "objective": f"{metric} vs full compute, seed {seed}, cfg {cfg}",
+                        "noise_axis": ("timestep percent of each step of this sampler and scheduler" if noise
+                                       else "not recorded: runs as written at this step count"),
                         "date": _dt.date.today().isoformat(),
-                        "notes": f"best of {len(candidates)} (vmin={vmin}, vmax={vmax}, search_seed={search_seed})"})
+                        "notes": (f"uniform reuse: it beat all {len(candidates)} constrained candidates"
+                                  if uniform_wins else f"best of {len(candidates)} constrained candidates")
+                                 + f" (vmin={vmin}, vmax={vmax}, search_seed={search_seed})"})
         lines = [f"ProCache search: {steps} steps, budget {budget} full, {len(candidates)} candidates, {metric}"]
         for i, (sched, sc) in enumerate(zip(candidates, scores)):
             lines.append(f"{'*' if i == best else ' '} {sched.to_string()}  {metric}={sc:.5f}")
@@ -132,6 +157,8 @@ class ProCacheScheduleSearch(io.ComfyNode):
         beats = scores[best] != uni_score and proxy.best_index([uni_score, scores[best]], metric) == 1
         lines.append(f"best {metric}={scores[best]:.5f} vs uniform {metric}={uni_score:.5f}: "
                      f"{'better than uniform' if beats else 'NOT better than uniform'}")
+        if uniform_wins:
+            lines.append(f"chosen: uniform {uniform.to_string()} (it scored better on this model and sampler)")
         if save_as:
             path = user_presets_dir() / f"{save_as}.yaml"
             save_preset(best_preset, path)  # written only after every run finished

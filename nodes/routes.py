@@ -135,6 +135,18 @@ def _actions_of(preset) -> str:
         return "".join(getattr(a, "value", str(a)) for a in sched)
 
 
+def kind_of(preset) -> str:
+    """What a preset is, for the dropdown and the schedule strip: "searched" (a pattern scored on a proxy),
+    "rule" (follows a documented rule on the noise axis), "typed", or "unrecorded" (no provenance kind)."""
+    prov = getattr(preset, "provenance", None) or {}
+    kind = prov.get("kind") if isinstance(prov, dict) else None
+    if kind in ("searched", "rule"):
+        return kind
+    if isinstance(prov, dict) and prov.get("source") in ("typed schedule", "schedule_text"):
+        return "typed"
+    return "unrecorded"
+
+
 def summarize(preset, name: str | None = None, source: str | None = None) -> dict[str, Any]:
     actions = _actions_of(preset)
     sel = getattr(preset, "selective", None)
@@ -148,6 +160,8 @@ def summarize(preset, name: str | None = None, source: str | None = None) -> dic
         "counts": _counts(actions),
         "selective": sel.to_dict() if hasattr(sel, "to_dict") else None,
         "version": getattr(preset, "version", None),
+        "kind": kind_of(preset),
+        "noise": list(preset.noise) if getattr(preset, "noise", None) is not None else None,
     }
     out.update(estimate_compute(actions, sel, out["family"]))
     prov = getattr(preset, "provenance", None)
@@ -397,7 +411,8 @@ def preview_payload(data: dict[str, Any]) -> dict[str, Any]:
     out = {"actions": actions, "steps": len(actions), "source_steps": source_steps,
            "remapped": len(actions) != source_steps, "counts": _counts(actions), "family": family,
            "model": getattr(preset, "model", None) if preset is not None else None,
-           "selective": selective.to_dict() if hasattr(selective, "to_dict") else None}
+           "selective": selective.to_dict() if hasattr(selective, "to_dict") else None,
+           "kind": kind_of(preset) if preset is not None else "typed"}
     out.update(estimate_compute(actions, selective, family))
     return out
 

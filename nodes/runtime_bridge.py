@@ -15,12 +15,18 @@ on the same clone replaces an earlier one):
   evaluation from its sigma, calls ``CacheRun.begin_step`` and ``set_stream`` and makes the run
   visible to the family's patched blocks (see :func:`active_run`) for the duration of the call.
 
-Step index rule: the sampler's sigmas ``sample_sigmas[0] > ... > sample_sigmas[n]`` define ``n``
-steps. An evaluation at sigma ``s`` belongs to step ``i`` where ``sample_sigmas[i] >= s >
-sample_sigmas[i+1]`` (with a small relative tolerance); failing that (an unusual sampler) the step
-whose sigma is nearest. Extra evaluations inside one step (Heun, DPM-2, restart samplers' inner
-evaluations, ...) therefore reuse step ``i``'s action. Reading ``s`` costs one device-to-host copy
-per model call; nothing else in the bridge synchronises the device.
+Which step an evaluation belongs to comes from the sampler itself. Every host sampler calls its
+per-step callback with the step index ``i`` right after the FIRST evaluation of step ``i``; the OUTER_SAMPLE
+wrapper wraps that callback. After callback ``i`` an evaluation is an extra evaluation of step ``i``
+(Heun's and heunpp2's correctors, the midpoints of dpm_2 / dpmpp_sde / dpmpp_2s_ancestral, ...) unless
+it is the first evaluation of step ``i + 1``, which always sits at ``sigmas[i + 1]``. An evaluation at
+``sigmas[i + 1]`` is ambiguous only for samplers whose corrector lands there too (Heun, heunpp2, the
+ancestral second-order samplers at eta 1): the second one is the next step; whether the first is a
+corrector is known for the host's samplers by name and learned from the first step for others. A
+sampler that never calls the callback is mapped by sigma alone (see :meth:`RunState.step_for_sigma`).
+
+Which action a step takes comes from the noise axis: see :func:`plan_run`. Reading the sigma costs one
+device-to-host copy per model call; nothing else in the bridge synchronises the device.
 """
 from __future__ import annotations
 
@@ -35,9 +41,10 @@ import torch
 
 from ..procache_core.engine import CacheRun
 from ..procache_core.errors import ProCacheError
-from ..procache_core.schedule import Action, Schedule
+from ..procache_core.schedule import Action, Schedule, even_noise, map_by_noise
 from ..procache_core.settings import SelectiveSettings
 from . import memory_bridge
+from .noise_axis import noise_positions
 
 log = logging.getLogger("ProCache")
 
@@ -46,13 +53,19 @@ RUN_KEY = "procache_run"         # transformer_options key of the current RunSta
 WRAPPER_KEY = "procache"         # key of every wrapper we add
 
 _REL_TOL = 1e-5
+SHORT_RUN_FLOOR = 10   # runs with fewer steps compute every step unless ProCache Apply says otherwise
+# host samplers (k-diffusion function names) that evaluate a corrector at the next step's sigma
+CORRECTOR_AT_NEXT_SIGMA = frozenset({
+    "sample_heun", "sample_heunpp2", "sample_dpm_2_ancestral", "sample_dpm_2_ancestral_RF",
+    "sample_dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral_RF", "sample_dpmpp_2s_ancestral_cfg_pp"})
 
 
 class ProCacheConfig:
     """What ProCache Apply decided; shared (not copied) by every clone of the patched MODEL."""
 
     def __init__(self, *, preset: Any, schedule: Schedule, selective: SelectiveSettings,
-                 inject_selective: bool, start_percent: float, end_percent: float, adapter: Any) -> None:
+                 inject_selective: bool, start_percent: float, end_percent: float, adapter: Any,
+                 short_run_floor: int = SHORT_RUN_FLOOR) -> None:
         self.preset = preset
         self.schedule = schedule
         self.selective = selective
@@ -60,6 +73,8 @@ class ProCacheConfig:
         self.start_percent = float(start_percent)
         self.end_percent = float(end_percent)
         self.adapter = adapter
+        self.short_run_floor = int(short_run_floor)
+        self.noted: set[str] = set()        # one-time log lines already written (e.g. "no noise record")
         self.runs = 0                       # finished (or interrupted) runs
         self.last_stats: dict | None = None
         self.last_line: str | None = None
@@ -94,6 +109,18 @@ class RunState:
     memory_estimate: Any = None         # memory_bridge.Estimate of this run's cache
     model_patcher: Any = None           # the sampled ModelPatcher (memory_bridge: room beside the weights)
     _last_i: int = 0
+    noise: list[float] = field(default_factory=list)      # noise position of every sigma of the run
+    mapping: str = "as written"                            # "as written" / "noise" / "short run"
+    evals_per_step: list[int] = field(default_factory=list)
+    corrector_at_next: bool = False                         # prior, then learned (see module docstring)
+    _cb_step: int | None = None                             # step of the last sampler callback
+    _by_sigma: bool = False                                 # the sampler does not call the callback
+    _at_next: int = 0                                       # evaluations at sigmas[cb + 1] since the callback
+    _next_as_corrector: bool = False                        # the first of them was taken as a corrector
+    _extras: int = 0                                        # other extra evaluations since the callback
+    _last_step: int = 0
+    _n_evals: int = 0                                       # sampler evaluations (CFG parts grouped)
+    _group: tuple[float, set] | None = None                 # sigma and streams of the evaluation in progress
 
     @property
     def n_steps(self) -> int:
@@ -122,6 +149,83 @@ class RunState:
         self._last_i = i
         return i
 
+    def _close(self, a: float, b: float) -> bool:
+        return abs(a - b) <= _REL_TOL * max(abs(a), abs(b), 1e-8)
+
+    def step_for_eval(self, s: float, stream: Any = None) -> int:
+        """Step of the next model call, at sigma ``s`` (sampler callback + order of evaluations).
+
+        A call at the same sigma as the previous one for a stream that evaluation has not run yet (the
+        host ran cond and uncond as separate calls) is part of the same sampler evaluation."""
+        n = self.n_steps
+        g = self._group
+        if g is not None and g[0] == s and stream not in g[1]:
+            g[1].add(stream)
+            return self._last_step
+        self._group = (s, {stream})
+        step = self._step_for_eval(s) if n > 0 else 0
+        self._n_evals += 1
+        step = min(max(step, 0), max(n - 1, 0))
+        if len(self.evals_per_step) < max(n, 1):
+            self.evals_per_step.extend([0] * (max(n, 1) - len(self.evals_per_step)))
+        self.evals_per_step[step] += 1
+        self._last_step = step
+        return step
+
+    def _step_for_eval(self, s: float) -> int:
+        n, sig = self.n_steps, self.sample_sigmas
+        if self._by_sigma:
+            return self.step_for_sigma(s)
+        if self._cb_step is None:
+            if self._n_evals == 0:
+                return 0                      # the first evaluation of a run is its first step
+            self._by_sigma = True             # two evaluations and no callback: map by sigma from now on
+            log.debug("ProCache: the sampler does not report its steps; mapping evaluations by sigma")
+            return self.step_for_sigma(s)
+        i = self._cb_step
+        if i >= n - 1:
+            return n - 1
+        nxt = sig[i + 1]
+        if self._close(s, nxt):
+            self._at_next += 1
+            if self._at_next == 1 and self.corrector_at_next and not self._extras:
+                self._next_as_corrector = True
+                return i                      # Heun-like corrector of step i
+            return i + 1                      # the first evaluation of step i + 1
+        if s > nxt:
+            if s > sig[i] * (1 + _REL_TOL) + 1e-12:
+                return self.step_for_sigma(s)  # above the current step: not an extra evaluation of it
+            self._extras += 1
+            return i                          # a midpoint of step i (dpm_2, dpmpp_sde, ...)
+        if i + 2 <= n and s < sig[i + 2] * (1 - _REL_TOL) - 1e-12:
+            return self.step_for_sigma(s)      # further than any solver looks ahead
+        if not self._at_next:
+            self._extras += 1                  # (heunpp2's look-ahead comes after its corrector)
+        return i                              # below sigmas[i + 1]: ancestral / heunpp2 look-ahead of step i
+
+    def on_callback(self, i: Any) -> None:
+        """The sampler finished the first evaluation of step ``i`` (its per-step callback)."""
+        self._group = None
+        try:
+            i = int(i)
+        except (TypeError, ValueError):
+            return
+        i = min(max(i, 0), max(self.n_steps - 1, 0))
+        if self._cb_step is not None and i == self._cb_step + 1:
+            if self._at_next >= 2:
+                self.corrector_at_next = True    # two evaluations at the next sigma: corrector + next step
+            elif self._at_next == 1 and self._next_as_corrector:
+                self.corrector_at_next = False   # that one was the next step after all (learned once)
+        self._cb_step = i
+        self._at_next = 0
+        self._extras = 0
+        self._next_as_corrector = False
+
+    def step_actions(self) -> str:
+        """Per step, the action the run used ('-' for a step without evaluations)."""
+        return "".join(Action(self.schedule[i]).value if i < len(self.evals_per_step) and self.evals_per_step[i]
+                       else "-" for i in range(self.n_steps))
+
 
 def _percent_active(model_sampling: Any, sigmas: list[float], start: float, end: float) -> list[bool]:
     """Per step: inside [start_percent, end_percent) of denoising progress (sigma based, like the host)."""
@@ -136,14 +240,55 @@ def _percent_active(model_sampling: Any, sigmas: list[float], start: float, end:
     return [s_hi >= sigmas[i] > s_lo for i in range(n)]
 
 
-def build_run_schedule(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -> tuple[Schedule, int | None]:
-    """The schedule this run uses: remapped to the step count, range and selective rules applied."""
+@dataclass
+class RunPlan:
+    """What :func:`plan_run` decided for one run."""
+
+    schedule: Schedule
+    remapped_from: int | None
+    noise: list[float]
+    mapping: str                      # "as written", "noise" or "short run"
+    notes: list[str]                  # log lines (the "no noise record" one is logged once per config)
+
+
+def plan_run(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -> RunPlan:
+    """The schedule this run uses.
+
+    * A schedule with a noise record (``preset.noise``) is carried onto the run by noise level
+      (``procache_core.schedule.map_by_noise``): each step takes the preset's action at its own noise
+      position, the first step is FULL, the FULL share stays within rounding of the preset's.
+    * Without a record (presets written before the noise axis, typed schedules) the preset's steps are
+      taken as evenly spaced in noise level, except that a schedule with exactly the run's step count on
+      a run that starts at the top of the noise range runs as written (it was written for this run).
+    * Runs shorter than ``config.short_run_floor`` steps compute every step (reuse across a few large
+      steps costs the most detail), unless the schedule runs as written or the floor is 0.
+    Then selective injection and the start/end percent range apply as before.
+    """
     n = len(sigmas) - 1
     sched = config.schedule
+    preset = config.preset
+    noise, _exact = noise_positions(model_sampling, sigmas)
+    notes: list[str] = []
     remapped_from = None
-    if n >= 1 and len(sched) != n:
-        remapped_from = len(sched)
-        sched = sched.remap(n)
+    mapping = "as written"
+    rec = getattr(preset, "noise", None)
+    has_record = rec is not None and len(rec) == len(sched)
+    if n >= 1 and (has_record or len(sched) != n or noise[0] > 1e-3):
+        if not has_record and "no-noise" not in config.noted:
+            config.noted.add("no-noise")
+            notes.append(f"ProCache: schedule '{config.name}' has no noise record; its {len(sched)} steps are "
+                         "taken as evenly spaced in noise level (timestep percent i/steps).")
+        src = tuple(rec) if has_record else even_noise(len(sched))
+        mapped = map_by_noise(sched, src, noise)
+        if mapped != sched or len(sched) != n:
+            remapped_from = len(sched)
+        sched = mapped
+        mapping = "noise"
+    if n >= 1 and mapping != "as written" and 0 < config.short_run_floor and n < config.short_run_floor:
+        sched = Schedule(tuple([Action.FULL] * n))
+        mapping = "short run"
+        notes.append(f"ProCache: {n} steps is below the short-run floor of {config.short_run_floor}: every step is "
+                     "computed (set short_run_floor on ProCache Apply to 0 to cache short runs anyway).")
     if config.inject_selective:
         sched = sched.with_selective(True)
     elif not config.selective.enabled:
@@ -152,25 +297,39 @@ def build_run_schedule(config: ProCacheConfig, sigmas: list[float], model_sampli
     if not all(active):
         acts = [a if active[i] else Action.FULL for i, a in enumerate(sched.actions)]
         sched = Schedule.from_string("".join(Action(a).value for a in acts))
-    return sched, remapped_from
+    return RunPlan(schedule=sched, remapped_from=remapped_from, noise=noise, mapping=mapping, notes=notes)
 
 
-def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any) -> RunState:
+def build_run_schedule(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -> tuple[Schedule, int | None]:
+    """The schedule this run uses and the preset length it was mapped from (None: as written)."""
+    plan = plan_run(config, sigmas, model_sampling)
+    return plan.schedule, plan.remapped_from
+
+
+def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, sampler: Any = None) -> RunState:
     sig = [float(v) for v in sigmas.detach().float().cpu().tolist()]  # once per run
     try:
         model_sampling = model_patcher.get_model_object("model_sampling")
     except Exception:
         model_sampling = None
-    sched, remapped_from = build_run_schedule(config, sig, model_sampling)
-    if remapped_from is not None:
-        log.info("ProCache: schedule '%s' has %d steps but the sampler runs %d; remapped to %s",
-                 config.name, remapped_from, len(sig) - 1, sched.to_string())
+    plan = plan_run(config, sig, model_sampling)
+    sched, remapped_from = plan.schedule, plan.remapped_from
+    for note in plan.notes:
+        log.info(note)
+    if remapped_from is not None and plan.mapping == "noise":
+        n = len(sig) - 1
+        head = (f"has {remapped_from} steps but the sampler runs {n}" if remapped_from != n
+                else f"({remapped_from} steps) differs from the sampler's noise levels")
+        log.info("ProCache: schedule '%s' %s; remapped to %s by noise level (%.3f to %.3f)",
+                 config.name, head, sched.to_string(), plan.noise[0], plan.noise[-1])
     lanes = getattr(config.adapter, "lanes", None)
     run = CacheRun(sched, config.selective, num_blocks=config.adapter.num_blocks, lanes=lanes() if lanes else None)
+    fn_name = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
     # the model's device, not the sigmas' (ComfyUI keeps sigmas on the CPU): finish_run synchronises it
     device = getattr(model_patcher, "load_device", None)
     state = RunState(config=config, run=run, sample_sigmas=sig, schedule=sched, remapped_from=remapped_from,
-                     device=device if isinstance(device, torch.device) else sigmas.device)
+                     device=device if isinstance(device, torch.device) else sigmas.device,
+                     noise=plan.noise, mapping=plan.mapping, corrector_at_next=fn_name in CORRECTOR_AT_NEXT_SIGMA)
     log.debug("ProCache: run started, %d steps, schedule %s", len(sig) - 1, sched.to_string())
     return state
 
@@ -211,6 +370,10 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
         "steps_run": len(state.steps_seen),
         "sched_full": counts["F"], "sched_selective": counts["S"], "sched_cached": counts["C"],
         "model_evals": state.evals,
+        "step_actions": state.step_actions(),
+        "evals_per_step": list(state.evals_per_step[:state.n_steps]),
+        "noise": [round(v, 6) for v in state.noise],
+        "mapping": state.mapping,
         "block_evals_saved": stats.block_evals_full - stats.block_evals_done,
         "sampling_s": wall,
         "interrupted": interrupted,
@@ -223,8 +386,10 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             f"{stats.cache_text()}, sampling {wall:.2f} s")
     if stats.forced_full_evals:
         line += f", {stats.forced_full_evals} forced full (no usable cache)"
-    if state.remapped_from is not None:
-        line += f", schedule remapped {state.remapped_from}->{state.n_steps} steps"
+    if state.remapped_from is not None and state.mapping == "noise":
+        line += f", schedule remapped {state.remapped_from}->{state.n_steps} steps by noise level"
+    if state.mapping == "short run":
+        line += f", short run (< {state.config.short_run_floor} steps): every step computed"
     summary["line"] = line
     cfg = state.config
     with cfg._lock:
@@ -265,17 +430,19 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     import comfy.model_patcher
 
     sigmas = args[3] if len(args) > 3 else kwargs["sigmas"]
+    sampler = args[2] if len(args) > 2 else kwargs.get("sampler")
     state = None
     ok = False
     out = None
     try:
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
-        state = start_run(config, sigmas, guider.model_patcher)
+        state = start_run(config, sigmas, guider.model_patcher, sampler)
         guider.model_options["transformer_options"][RUN_KEY] = state
         try:
             memory_bridge.estimate(state, guider, tuple(args[0].shape))
         except Exception as e:  # an estimate must never stop sampling
             log.warning("ProCache: no cache size estimate (%s: %s)", type(e).__name__, e)
+        args, kwargs = _with_step_callback(state, args, kwargs)
         out = executor(*args, **kwargs)
         ok = True
         return out
@@ -283,6 +450,23 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = orig_options
         if state is not None:
             finish_run(state, interrupted=not ok, output=out)
+
+
+def _with_step_callback(state: RunState, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """outer_sample's arguments with the sampler callback wrapped so the run sees every step begin."""
+    user_cb = args[5] if len(args) > 5 else kwargs.get("callback")
+
+    def procache_step_callback(step, *rest, **kw):
+        state.on_callback(step)
+        if user_cb is not None:
+            return user_cb(step, *rest, **kw)
+        return None
+
+    if len(args) > 5:
+        args = args[:5] + (procache_step_callback,) + args[6:]
+    else:
+        kwargs = dict(kwargs, callback=procache_step_callback)
+    return args, kwargs
 
 
 _ACTIVE = threading.local()
@@ -318,7 +502,10 @@ def apply_model_wrapper(executor, *args, **kwargs):
     if sig is None:
         sig = args[1]
     s = float(sig.reshape(-1)[0]) if torch.is_tensor(sig) else float(sig)  # one host read per model call
-    step = state.step_for_sigma(s)
+    cond_or_uncond = to.get("cond_or_uncond") or [0]
+    uuids = to.get("uuids")
+    key = tuple(uuids) if uuids else tuple(cond_or_uncond)
+    step = state.step_for_eval(s, key)
     if state.t_first is None:
         state.t_first = time.perf_counter()
         state.run.stats.start()  # time sampling, not model loading
@@ -328,9 +515,6 @@ def apply_model_wrapper(executor, *args, **kwargs):
     state.evals += 1
     run = state.run
     run.begin_step(step)
-    cond_or_uncond = to.get("cond_or_uncond") or [0]
-    uuids = to.get("uuids")
-    key = tuple(uuids) if uuids else tuple(cond_or_uncond)
     chunks = len(cond_or_uncond)
     if x.shape[0] % chunks:
         chunks = 1

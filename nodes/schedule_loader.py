@@ -95,10 +95,13 @@ def preset_from_text(text: str):
 def summarize(preset) -> str:
     sched = preset.schedule
     c = sched.counts()
-    src = (preset.provenance or {}).get("source", "") if isinstance(preset.provenance, dict) else ""
+    prov = preset.provenance if isinstance(preset.provenance, dict) else {}
+    src = prov.get("source", "")
+    kind = {"searched": "searched pattern", "rule": "rule on the noise axis"}.get(prov.get("kind"), "")
+    what = "; ".join(x for x in (kind, f"from {src}" if src else "") if x)
     return (f"{preset.name} [{preset.family}]: {len(sched)} steps "
             f"({c.get('full', 0)} full / {c.get('selective', 0)} selective / {c.get('cached', 0)} cached) "
-            f"{sched.to_string()}" + (f" (from {src})" if src else ""))
+            f"{sched.to_string()}" + (f" ({what})" if what else ""))
 
 
 class ProCacheScheduleLoader(io.ComfyNode):
@@ -114,14 +117,18 @@ class ProCacheScheduleLoader(io.ComfyNode):
                         "outputs, or recompute only selected tokens).",
             inputs=[
                 io.Combo.Input("preset", options=names, default=default,
-                               tooltip="Shipped presets, plus your own from <user dir>/procache_presets "
-                                       "(listed as user/<name>). Ignored when schedule_text is not empty."),
+                               tooltip="Shipped presets: *-paper are the paper's searched patterns; *-fast / "
+                                       "*-balanced / *-quality follow a documented rule on the noise axis (not "
+                                       "searched for your model: ProCache Schedule Search tunes one for your model "
+                                       "and sampler). Your own from <user dir>/procache_presets are listed as "
+                                       "user/<name>. Ignored when schedule_text is not empty."),
                 io.String.Input("schedule_text", default="", multiline=False,
                                 placeholder="e.g. FCSCFCSCF (overrides the preset when not empty)",
                                 tooltip="When NOT empty this wins over the preset: one letter per denoising step, "
                                         "F = full compute, C = reuse cached block outputs, S = selective token "
                                         "recompute; the first step must be F. A whole YAML preset may be pasted "
-                                        "too. A length different from the sampler's steps is remapped."),
+                                        "too. A length different from the sampler's steps (or a partial denoise) "
+                                        "is carried over by noise level."),
             ],
             outputs=[
                 ScheduleSocket.Output(display_name="schedule", tooltip="the preset, for ProCache Apply"),

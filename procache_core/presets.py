@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from .errors import ProCacheError, ScheduleError
-from .schedule import MAX_STEPS, Schedule
+from .schedule import MAX_STEPS, Schedule, check_noise, even_noise
 from .settings import ScoreWeights, SelectiveSettings
 
 PRESET_VERSION = 1
@@ -42,7 +42,8 @@ _MAX_MODEL_CHARS = 200
 _MAX_PROVENANCE_KEYS = 32
 _MAX_PROVENANCE_CHARS = 4000
 _PROV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,39}$")
-KNOWN_KEYS = ("version", "name", "family", "model", "steps", "actions", "selective", "provenance")
+KNOWN_KEYS = ("version", "name", "family", "model", "steps", "actions", "selective", "provenance", "noise")
+NOISE_DECIMALS = 6
 _ProvValue = (str, int, float, bool, type(None))
 
 
@@ -115,6 +116,7 @@ class Preset:
     selective: SelectiveSettings = field(default_factory=SelectiveSettings)
     provenance: dict = field(default_factory=dict)
     version: int = PRESET_VERSION
+    noise: tuple[float, ...] | None = None   # noise position (timestep percent) of every step; None: not recorded
 
     def __post_init__(self) -> None:
         validate_preset_name(self.name)
@@ -129,9 +131,24 @@ class Preset:
         self.selective.validate()
         object.__setattr__(self, "provenance", _check_provenance(self.provenance))
         _check_version(self.version)
+        if self.noise is not None:
+            if isinstance(self.noise, (str, bytes)) or not hasattr(self.noise, "__iter__"):
+                raise ScheduleError("noise", f"must be a list of numbers, got {type(self.noise).__name__}.",
+                                    "give one noise position (timestep percent, 0..1) per step, or remove it.")
+            vals = []
+            for i, v in enumerate(self.noise):
+                if isinstance(v, bool) or not isinstance(v, (int, float)):
+                    raise ScheduleError("noise", f"has {v!r} at position {i + 1}, not a number.",
+                                        "give one noise position (timestep percent, 0..1) per step.")
+                vals.append(round(float(v), NOISE_DECIMALS) if math.isfinite(float(v)) else float(v))
+            object.__setattr__(self, "noise", check_noise(vals, "noise", len(self.schedule)))
 
+    @property
+    def noise_positions(self) -> tuple[float, ...]:
+        """The recorded noise positions, or evenly spaced ones (i / steps) for a preset without a record."""
+        return self.noise if self.noise is not None else even_noise(len(self.schedule))
     def __hash__(self) -> int:  # provenance is a dict; equal presets still hash equal
-        return hash((self.name, self.schedule, self.family, self.model, self.selective, self.version))
+        return hash((self.name, self.schedule, self.family, self.model, self.selective, self.version, self.noise))
 
     @classmethod
     def from_schedule_text(cls, text: str, name: str = "custom", family: str = "any", model: str = "",
@@ -146,9 +163,16 @@ class Preset:
 
     def to_dict(self) -> dict[str, Any]:
         """The YAML mapping, in file order."""
-        return {"version": self.version, "name": self.name, "family": self.family, "model": self.model,
-                "steps": len(self.schedule), "actions": self.schedule.grouped(),
-                "selective": _selective_dict(self.selective), "provenance": dict(self.provenance)}
+        out = {"version": self.version, "name": self.name, "family": self.family, "model": self.model,
+               "steps": len(self.schedule), "actions": self.schedule.grouped(),
+               "selective": _selective_dict(self.selective), "provenance": dict(self.provenance)}
+        if self.noise is not None:
+            out["noise"] = _FlowList(self.noise)
+        return out
+
+
+class _FlowList(list):
+    """A list written on one line in YAML (the noise record)."""
 
 
 def _check_version(version: Any) -> int:
@@ -326,8 +350,13 @@ def _preset_from_mapping(data: Mapping[Any, Any]) -> Preset:
         model = ""
     selective = _parse_selective(data.get("selective"))
     provenance = _check_provenance(data.get("provenance"))
+    noise = data.get("noise")
+    if noise is not None and not isinstance(noise, list):
+        raise ScheduleError("noise", f"must be a list of numbers, got {type(noise).__name__}.",
+                            "write e.g. 'noise: [0.0, 0.05, 0.1, ...]' (one timestep percent per step) or remove it.")
     return Preset(name=name, schedule=schedule, family=family if family is not None else "any", model=model,
-                  selective=selective, provenance=provenance, version=version)
+                  selective=selective, provenance=provenance, version=version,
+                  noise=tuple(noise) if noise is not None else None)
 
 
 class _PresetDumper(yaml.SafeDumper):
@@ -344,6 +373,8 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 
 
 _PresetDumper.add_representer(str, _represent_str)
+_PresetDumper.add_representer(
+    _FlowList, lambda d, v: d.represent_sequence("tag:yaml.org,2002:seq", list(v), flow_style=True))
 
 
 def dump_preset(preset: Preset) -> str:

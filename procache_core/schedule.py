@@ -186,7 +186,7 @@ class Schedule:
             out.append(Action.SELECTIVE if (enabled and run % 2 == 0) else Action.CACHED)
         return Schedule(tuple(out))
 
-    def remap(self, n_steps: int) -> "Schedule":
+    def remap(self, n_steps: int, budget: int | None = None) -> "Schedule":
         """This schedule carried to a sampler with ``n_steps`` steps, by denoising progress.
 
         Rule (T = len(self), N = n_steps, B = full steps):
@@ -200,15 +200,16 @@ class Schedule:
              intervals non-increasing, so "long reuse early, short late" survives.
           4. Non-full steps are CACHED; if the source had any SELECTIVE step, S is re-derived with
              ``with_selective(True)``.
-        ``remap(len(self))`` returns an equal schedule.
+        ``remap(len(self))`` returns an equal schedule. ``budget`` (optional) replaces B' in step 1: the
+        same shape with another number of full steps.
         """
         n = _check_steps(n_steps, "n_steps")
         t = len(self.actions)
-        if n == t:
+        if n == t and budget is None:
             return self
         full = self.full_steps()
         b = len(full)
-        b_new = min(n, max(1, math.floor(b * n / t + 0.5)))
+        b_new = min(n, max(1, math.floor(b * n / t + 0.5))) if budget is None else min(n, max(1, int(budget)))
         rest = n - b_new
         bounds = full + [t]
 
@@ -316,3 +317,156 @@ def from_intervals(intervals: Sequence[int], selective: bool = False) -> Schedul
     if len(vals) + sum(vals) > MAX_STEPS:
         raise ScheduleError("intervals", f"describe more than {MAX_STEPS} steps.", f"use at most {MAX_STEPS} steps.")
     return _from_intervals(vals, selective)
+
+
+# -- the noise axis ---------------------------------------------------------------------------------
+#
+# A noise position is the host's "timestep percent" of a step: 0 at the top of the model's noise range
+# (pure noise), 1 at the bottom (clean). It is comparable across samplers, schedulers, step counts and
+# denoise values, unlike a step index. A schedule's noise record holds the position of every step (T
+# values, non-decreasing, in [0, 1]); step i covers [noise[i], noise[i + 1]) and the last step ends at 1.
+
+NOISE_TOL = 1e-6
+
+
+def even_noise(n_steps: int) -> tuple[float, ...]:
+    """Positions of ``n_steps`` steps spread evenly over the whole noise range (i / n)."""
+    n = _check_steps(n_steps, "n_steps")
+    return tuple(i / n for i in range(n))
+
+
+def check_noise(values: Sequence[float], field: str, n_steps: int | None = None) -> tuple[float, ...]:
+    """Validated noise positions: finite, in [0, 1], non-decreasing (and ``n_steps`` of them if given)."""
+    try:
+        out = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ScheduleError(field, "must be a list of numbers.", "give one noise position in [0, 1] per step.") from None
+    if n_steps is not None and len(out) != n_steps:
+        raise ScheduleError(field, f"has {len(out)} entries, but the schedule has {n_steps} steps.",
+                            "give one noise position per step (or remove the list).")
+    if not out:
+        raise ScheduleError(field, "is empty.", "give one noise position in [0, 1] per step.")
+    for i, v in enumerate(out):
+        if not (math.isfinite(v) and 0.0 <= v <= 1.0):
+            raise ScheduleError(field, f"has {v!r} at position {i + 1}, outside [0, 1].",
+                                "use the timestep percent of each step: 0 = pure noise, 1 = clean.")
+        if i and v < out[i - 1]:
+            raise ScheduleError(field, f"decreases at position {i + 1} ({out[i - 1]} -> {v}).",
+                                "list the steps in sampling order (noise positions never decrease).")
+    return out
+
+
+def noise_lookup(src_noise: Sequence[float], q: float) -> int:
+    """Index of the source step whose noise interval holds position ``q`` (the first step below it)."""
+    return max(0, bisect.bisect_right(src_noise, q + NOISE_TOL) - 1)
+
+
+def _full_share(sched: "Schedule", src_noise: Sequence[float], lo: float, hi: float) -> float:
+    """Share of the source's steps inside the noise range [lo, hi] that are FULL (partial steps weighted)."""
+    bounds = list(src_noise) + [1.0]
+    w_all = w_full = 0.0
+    for i, a in enumerate(sched.actions):
+        a0, a1 = bounds[i], max(bounds[i], bounds[i + 1])
+        if a1 > a0:
+            w = max(0.0, min(a1, hi) - max(a0, lo)) / (a1 - a0)
+        else:
+            w = 1.0 if lo - NOISE_TOL <= a0 <= hi + NOISE_TOL else 0.0
+        w_all += w
+        if a is Action.FULL:
+            w_full += w
+    if w_all <= 0.0:  # the run lies outside every source step (or has zero width): look it up
+        return 1.0 if sched.actions[noise_lookup(src_noise, lo)] is Action.FULL else len(sched.full_steps()) / len(sched)
+    return w_full / w_all
+
+
+def full_budget(share: float, n: int) -> tuple[int, int]:
+    """Allowed FULL count for ``n`` steps at ``share``: floor .. ceil of share * n, at least 1, at most n."""
+    x = share * n
+    lo = math.floor(x + 1e-9)
+    hi = math.ceil(x - 1e-9)
+    return min(n, max(1, lo)), min(n, max(1, hi))
+
+
+def map_by_noise(sched: "Schedule", src_noise: Sequence[float], dst_noise: Sequence[float]) -> "Schedule":
+    """``sched`` (made on the noise positions ``src_noise``, one per step) carried to a run whose steps
+    sit at ``dst_noise`` (N + 1 values: the N steps' positions and the run's end position).
+
+    1. Each run step takes the source's action at its own noise position (``noise_lookup``).
+    2. The run's first step is FULL, and so is every step whose noise span since the previous step
+       holds a source refresh (the start of a FULL source step): a run never reuses across a noise level
+       at which the source refreshes (``required_full``).
+    3. The FULL count is kept within rounding of the source's share of FULL steps over the noise range
+       the run covers (``full_budget``): surplus FULL steps are turned into reuses where that leaves the
+       shortest merged reuse gap (later first); missing ones split the longest reuse run in its middle
+       (earliest first).
+    4. Non-full steps are SELECTIVE where the source is SELECTIVE at that noise position, else CACHED.
+    When the budget does not bind, every refresh of the source is a refresh of the run within one step
+    of its noise level. When it binds (a run much sparser than the source), the share wins.
+    """
+    src = check_noise(src_noise, "src_noise", len(sched))
+    try:
+        dst = [float(v) for v in dst_noise]
+    except (TypeError, ValueError):
+        raise ScheduleError("dst_noise", "must be a list of numbers.", "pass the run's noise positions.") from None
+    if len(dst) < 2 or not all(math.isfinite(v) for v in dst):
+        raise ScheduleError("dst_noise", "needs N + 1 finite values for N steps.",
+                            "pass each step's noise position and the run's end position.")
+    n = len(dst) - 1
+    _check_steps(n, "dst_noise")
+    raw = [sched.actions[noise_lookup(src, q)] for q in dst[:-1]]
+    full = required_full(sched, src, dst)
+    lo_b, hi_b = full_budget(_full_share(sched, src, min(dst), max(dst)), n)
+    while sum(full) > hi_b:
+        full[_surplus_full(full)] = False
+    while sum(full) < lo_b:
+        full[_missing_full(full)] = True
+    acts = [Action.FULL if f else (Action.SELECTIVE if raw[j] is Action.SELECTIVE else Action.CACHED)
+            for j, f in enumerate(full)]
+    return Schedule(tuple(acts))
+
+
+def required_full(sched: "Schedule", src_noise: Sequence[float], dst_noise: Sequence[float]) -> list[bool]:
+    """Per run step: FULL by rule 1-2 of ``map_by_noise`` (before the budget)."""
+    refresh = [src_noise[i] for i in sched.full_steps()]
+    out = []
+    for j in range(len(dst_noise) - 1):
+        q = dst_noise[j]
+        f = j == 0 or sched.actions[noise_lookup(src_noise, q)] is Action.FULL
+        if not f:
+            prev = dst_noise[j - 1]
+            k = bisect.bisect_right(refresh, prev + NOISE_TOL)   # first refresh strictly after prev
+            f = k < len(refresh) and refresh[k] <= q + NOISE_TOL
+        out.append(f)
+    return out
+
+
+def _surplus_full(full: list[bool]) -> int:
+    """The FULL step (never step 0) whose removal leaves the shortest merged reuse gap (the distance
+    from the previous FULL step to the next one, or to the end); ties go to the later step. Surplus
+    FULL steps in a dense group are thereby thinned out evenly rather than cut off at one end."""
+    n = len(full)
+    idx = [j for j in range(n) if full[j]] + [n]
+    best, best_key = -1, None
+    for k in range(1, len(idx) - 1):
+        key = (idx[k + 1] - idx[k - 1], -idx[k])
+        if best_key is None or key < best_key:
+            best, best_key = idx[k], key
+    return best
+
+
+def _missing_full(full: list[bool]) -> int:
+    """Middle step of the longest run of non-full steps (earliest first)."""
+    n = len(full)
+    best_start, best_len = -1, 0
+    j = 0
+    while j < n:
+        if full[j]:
+            j += 1
+            continue
+        k = j
+        while k < n and not full[k]:
+            k += 1
+        if k - j > best_len:
+            best_start, best_len = j, k - j
+        j = k
+    return best_start + best_len // 2

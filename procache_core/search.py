@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .errors import ProCacheError, ScheduleError
-from .schedule import Schedule, from_intervals
+from .schedule import Schedule, even_noise, from_intervals, map_by_noise
 
 MAX_SEARCH_STEPS = 1000
 _MAX_TABLE_CELLS = 20_000_000  # guards the counting table against pathological inputs
@@ -161,6 +161,25 @@ class PatternSpace:
 def count_patterns(steps: int, budget: int, vmin: int, vmax: int) -> int:
     """Number of patterns in the constrained space (0 when the budget is infeasible)."""
     return PatternSpace(steps, budget, vmin, vmax).count
+
+
+def sample_patterns_on_noise(noise: Sequence[float], budget: int, vmin: int, vmax: int, k: int, seed: int = 0,
+                             selective: bool = False) -> list[Schedule]:
+    """The constrained search expressed on the noise axis of one sampler.
+
+    ``noise`` holds the sampler's N + 1 noise positions (its N steps and its end). The same k patterns
+    as ``sample_patterns(N, budget, ...)`` are drawn on N evenly spaced noise levels, so their reuse
+    intervals are bounded and non-increasing in noise rather than in steps, then carried onto the
+    sampler's steps by ``map_by_noise`` (budget kept exactly on a full-denoise run). Measured on the
+    digits DiT (benchmarks/noise_axis.py, benchmarks/results/README.md) this loses to the step-axis
+    search under karras-like and late-drop spacings; the Schedule Search node therefore searches on
+    the step axis, records the result's noise positions, and keeps uniform reuse when it scores better.
+    """
+    pos = [float(v) for v in noise]
+    n = len(pos) - 1
+    pats = sample_patterns(n, budget, vmin, vmax, k, seed)
+    out = [map_by_noise(p, even_noise(n), pos) for p in pats]
+    return [o.with_selective(True) for o in out] if selective else out
 
 
 def sample_patterns(steps: int, budget: int, vmin: int, vmax: int, k: int, seed: int = 0,

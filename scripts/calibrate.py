@@ -123,10 +123,16 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     higher_better = proxy.HIGHER_IS_BETTER[args.metric]
     best = rows[proxy.best_index([r["score"] for r in rows], args.metric)]  # NaN never wins
-    sched = Schedule.from_string(best["actions"])
+    uni = base_rows[0] if base_rows else None
+    uniform_wins = bool(uni) and uni["score"] != best["score"] and proxy.best_index(
+        [best["score"], uni["score"]], args.metric) == 1
+    sched = Schedule.from_string(uni["actions"] if uniform_wins else best["actions"])
     preset = Preset(name=name, schedule=sched, family=args.family, model=args.workflow.stem,
                     selective=_default_selective(), provenance={
-                        "source": "scripts/calibrate.py", "sampler": _sampler_desc(prompt), "budget": budget,
+                        "kind": "searched", "source": "scripts/calibrate.py", "sampler": _sampler_desc(prompt),
+                        "budget": budget,
+                        "noise_axis": "not recorded: runs as written at this step count (full denoise)",
+                        "chosen": "uniform (scored better than every candidate)" if uniform_wins else "best candidate",
                         "objective": f"{args.metric} vs full compute over seeds {args.image_seeds}",
                         "date": _dt.date.today().isoformat(),
                         "notes": f"best of {len(rows)} constrained candidates (vmin={args.vmin}, vmax={args.vmax}, seed={args.seed})"})
@@ -135,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.write_text(dump_preset(preset))
     tmp.replace(args.out)  # never leaves a half-written preset
     report = {"workflow": str(args.workflow), "steps": steps, "budget": budget, "metric": args.metric,
+              "chosen": "uniform" if uniform_wins else "best",
               "higher_is_better": higher_better, "candidates": rows, "best": best,
               "uniform_baseline": base_rows[0] if base_rows else None,
               "best_beats_uniform": bool(base_rows) and proxy.best_index(

@@ -6,9 +6,14 @@
 Two kinds of preset:
 
 * the paper's reference patterns, recorded as data with their provenance;
-* fast / balanced / quality presets per family and step count, each one uniform sample from the
-  constrained space (procache_core.search) with a seed fixed below, selective steps placed by Eq. 7.
-  They are NOT proxy-scored yet: scripts/calibrate.py does that on a real workflow.
+* fast / balanced / quality presets per family and step count, made by one documented rule on the
+  noise axis (``rule_schedule``): the shape of the paper's searched DiT-XL/2 pattern (long reuse at high
+  noise, short at low noise) carried onto the target's noise levels with the tier's number of full steps.
+  They are not searched for that family; ProCache Schedule Search (scripts/calibrate.py) tunes a schedule
+  for the user's own model and sampler.
+
+Every preset records the noise position (timestep percent) of each of its steps, so it behaves the same
+under any sampler, scheduler, step count and denoise (nodes/runtime_bridge.plan_run).
 
 Every value that ends up in a file is fixed here (seeds, date), so reruns give identical files.
 """
@@ -23,14 +28,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from procache_core.presets import Preset, dump_preset, load_preset  # noqa: E402
-from procache_core.schedule import Schedule  # noqa: E402
-from procache_core.search import count_patterns, sample_patterns  # noqa: E402
+from procache_core.schedule import Schedule, even_noise  # noqa: E402
 from procache_core.settings import SelectiveSettings  # noqa: E402
 
 DATE = "2026-11-23"  # fixed: the files must not change when regenerated on another day
 PAPER_SOURCE = "ProCache paper / reference code (macovaseas/ProCache)"
 PAPER_CITE = "Cao et al., ProCache, AAAI 2026, arXiv 2512.17298"
-OBJECTIVE = "uniform constrained sample, not yet proxy-scored"
+RULE = ("the paper's searched DiT-XL/2 pattern (DDIM 50) carried onto this preset's noise levels with the tier's "
+        "number of full steps (Schedule.remap with a budget; S by Eq. 7)")
+OBJECTIVE = "none for this family: a rule, not a search; run ProCache Schedule Search for your model and sampler"
 
 # tier -> (share of full steps, vmin, vmax). Quality allows back-to-back full steps late (vmin 0).
 TIERS: dict[str, tuple[float, int, int]] = {
@@ -62,23 +68,41 @@ TARGETS = [
 ]
 
 
+def dit_ddim50_noise() -> tuple[float, ...]:
+    """Timestep percent of DiT's 50 respaced DDIM steps (space_timesteps(1000, "50"): t = round(k * 999/49))."""
+    ts = sorted({round(k * 999 / 49) for k in range(50)}, reverse=True)
+    return tuple(round(1.0 - t / 999, 6) for t in ts)
+
+
+DIT_PAPER = Schedule.from_string("FCSC" * 6 + "FCS" * 4 + "FC" * 7)
+
+
+def rule_schedule(steps: int, share: float) -> Schedule:
+    """The tier rule: the DiT-XL/2 searched pattern's shape at ``steps`` evenly spaced noise levels with
+    ``round(steps * share)`` full steps (both on the noise axis: DDIM 50's steps are evenly spaced in
+    timestep percent, as are the targets' euler/simple, sgm_uniform and uni_pc/simple steps)."""
+    return DIT_PAPER.remap(steps, budget=max(1, round(steps * share))).with_selective(True)
+
+
 def paper_presets() -> list[Preset]:
-    dit = Schedule.from_string("FCSC" * 6 + "FCS" * 4 + "FC" * 7)
+    dit = DIT_PAPER
     pixart = Schedule.from_string("F F S C F S C F S C F S C F S C F S C F")
     flux = Schedule.from_full_steps(50, [0, 1, 2, 6, 12, 18, 24, 30, 35, 40, 45])
     return [
         Preset(name="dit-xl2-ddim50-paper", schedule=dit, family="dit", model="DiT-XL/2 256x256 (ImageNet, class-conditional)",
                selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.07,
-                                           ratio_schedule="reference-dit"),
-               provenance={"source": PAPER_SOURCE, "sampler": "DDIM 50 steps, cfg 1.5", "budget": 17,
+                                           ratio_schedule="reference-dit"), noise=dit_ddim50_noise(),
+               provenance={"kind": "searched", "source": PAPER_SOURCE,
+                           "noise_axis": "timestep percent of DiT's respaced DDIM 50 steps (t = 999 ... 0)", "sampler": "DDIM 50 steps, cfg 1.5", "budget": 17,
                            "objective": "FID on a proxy set (paper)", "date": DATE,
                            "notes": f"{PAPER_CITE}. F C S C x6, F C S x4, F C x7: 17 full, 10 selective, 23 cached; "
                                     "token share: the reference code's DiT scheduler, base 0.07 scaled by step (none "
                                     "early, rising to the end), depth and branch (MLP x2.5)."}),
         Preset(name="pixart-alpha-dpm20-paper", schedule=pixart, family="pixart", model="PixArt-alpha 256px",
                selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=0.3,
-                                           ratio_schedule="reference-pixart"),
-               provenance={"source": PAPER_SOURCE, "sampler": "DPM-Solver++ 20 steps, cfg 4.5, 256 px", "budget": 8,
+                                           ratio_schedule="reference-pixart"), noise=even_noise(20),
+               provenance={"kind": "searched", "source": PAPER_SOURCE,
+                           "noise_axis": "timestep percent i/20 (DPM-Solver++ time-uniform, t = 999 - 49.95 i)", "sampler": "DPM-Solver++ 20 steps, cfg 4.5, 256 px", "budget": 8,
                            "objective": "CLIP score on a proxy set (paper)", "date": DATE,
                            "notes": f"{PAPER_CITE}. 8 full (incl. the forced first), 6 selective, 6 cached. S "
                                     "placement kept as published (first of each reuse run); remapping to another "
@@ -86,8 +110,9 @@ def paper_presets() -> list[Preset]:
                                     "attention ~3-21 %, MLP ~7-55 %, each its own selection, falling with step and "
                                     "depth."}),
         Preset(name="flux-dev-50-paper", schedule=flux, family="flux", model="FLUX.1-dev",
-               selective=SelectiveSettings(enabled=False, depth_fraction=0.25, ratio=0.3),
-               provenance={"source": PAPER_SOURCE, "sampler": "50 steps", "budget": 11,
+               selective=SelectiveSettings(enabled=False, depth_fraction=0.25, ratio=0.3), noise=even_noise(50),
+               provenance={"kind": "searched", "source": PAPER_SOURCE,
+                           "noise_axis": "timestep percent i/50 (unshifted flow time linspace(1, 0, 51))", "sampler": "50 steps", "budget": 11,
                            "objective": "ImageReward (paper)", "date": DATE,
                            "notes": f"{PAPER_CITE}. Full at steps 0,1,2,6,12,18,24,30,35,40,45. The released code "
                                     "runs TaylorSeer-style prediction between full steps; here they reuse the "
@@ -98,18 +123,19 @@ def paper_presets() -> list[Preset]:
 def generated_presets() -> list[Preset]:
     out = []
     for t in TARGETS:
-        for tier, (share, vmin, vmax) in TIERS.items():
-            budget = max(1, round(t.steps * share))
-            space = count_patterns(t.steps, budget, vmin, vmax)
-            sched = sample_patterns(t.steps, budget, vmin, vmax, k=1, seed=t.seed)[0].with_selective(True)
+        for tier, (share, _vmin, _vmax) in TIERS.items():
+            sched = rule_schedule(t.steps, share)
             c = sched.counts()
             out.append(Preset(
                 name=f"{t.prefix}-{tier}", schedule=sched, family=t.family, model=t.model,
                 selective=SelectiveSettings(enabled=True, depth_fraction=0.25, ratio=t.ratio),
-                provenance={"source": "procache_core.search", "sampler": t.sampler, "budget": budget,
-                            "seed": t.seed, "vmin": vmin, "vmax": vmax, "objective": OBJECTIVE, "date": DATE,
-                            "notes": f"{tier}: {c['full']}/{t.steps} full steps; one of {space} patterns in the "
-                                     f"constrained space; selective steps by Eq. 7."}))
+                noise=even_noise(t.steps),
+                provenance={"kind": "rule", "source": "scripts/generate_presets.py rule_schedule", "rule": RULE,
+                            "sampler": t.sampler, "budget": c["full"],
+                            "noise_axis": f"timestep percent i/{t.steps} (evenly spaced, like the sampler named)",
+                            "objective": OBJECTIVE, "date": DATE,
+                            "notes": f"{tier}: {c['full']}/{t.steps} full steps, intervals {sched.intervals()}; "
+                                     "selective steps by Eq. 7."}))
     return out
 
 

@@ -128,7 +128,8 @@ def test_interrupt_then_next_run_equals_fresh_run(comfy_server, cached_fcsf):
 
 
 def test_schedule_length_differs_from_steps_is_remapped_and_logged(comfy_server):
-    p = with_stats(pixart_prompt(steps=3, prefix="remap", cfg=1.0, procache={"preset": "pixart-alpha-dpm20-paper"}))
+    p = with_stats(pixart_prompt(steps=3, prefix="remap", cfg=1.0, procache={"preset": "pixart-alpha-dpm20-paper",
+                                                                            "apply": {"short_run_floor": 0}}))
     entry = comfy_server.run(p, timeout=900)
     log = comfy_server.server.log()
     assert re.search(r"ProCache: schedule 'pixart-alpha-dpm20-paper' has 20 steps but the sampler runs 3; "
@@ -190,7 +191,7 @@ def test_two_applies_batch2_and_resolution_change(comfy_server):
 
 
 def test_ksampler_advanced_and_custom_advanced(comfy_server):
-    p = pixart_prompt(steps=4, cfg=1.0, prefix="adv", procache={"actions": "FCFC"})
+    p = pixart_prompt(steps=4, cfg=1.0, prefix="adv", procache={"actions": "FCFC", "apply": {"short_run_floor": 0}})
     s = p["sampler"]["inputs"]
     p["sampler"] = {"class_type": "KSamplerAdvanced", "inputs": {
         "model": s["model"], "positive": s["positive"], "negative": s["negative"], "latent_image": s["latent_image"],

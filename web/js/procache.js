@@ -287,7 +287,9 @@ class ScheduleStrip {
     this.cells.replaceChildren(frag);
     const c = data.counts ?? {};
     const remap = data.remapped ? ` (remapped from ${data.source_steps})` : "";
-    const origin = body.text ? "typed schedule" : body.preset;
+    const KINDS = { searched: "searched pattern", rule: "rule on the noise axis", unrecorded: "no provenance" };
+    const kind = KINDS[data.kind] ? ` (${KINDS[data.kind]})` : "";
+    const origin = body.text ? "typed schedule" : `${body.preset}${kind}`;
     this.summary.replaceChildren();
     const b = document.createElement("b");
     b.textContent = `~${fmtPercent(data.compute_fraction)} of full compute, ~${fmtSpeed(data.speedup)}`;
