@@ -79,9 +79,15 @@ def test_quality_bench_tiny(tmp_path):
     path = write_readme(tmp_path, machine_info("cpu"), "quick", None, q, ["smoke"], "q.png", None, None)
     text = path.read_text()
     assert "| procache+sel B=3 |" in text and "| full |" in text
-    header = next(line for line in text.splitlines() if line.startswith("| method | steps F/S/C (mean)"))
-    n_cols = header.count("|")
-    table = [line for line in text.splitlines() if line.startswith("| procache") or line.startswith("| uniform")]
+    lines = text.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("| method | steps F/S/C (mean)"))
+    n_cols = lines[at].count("|")
+    quality_table = []
+    for line in lines[at + 2:]:  # the rows of this table (other sections' tables follow it)
+        if not line.startswith("|"):
+            break
+        quality_table.append(line)
+    table = [line for line in quality_table if line.startswith("| procache") or line.startswith("| uniform")]
     assert table and all(line.count("|") == n_cols for line in table)
 
 
