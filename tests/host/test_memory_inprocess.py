@@ -1,0 +1,66 @@
+"""The host-side memory logic without a server: auto placement when the cache does not fit, and the
+memory hint the host's model loader sees during prepare_sampling."""
+from __future__ import annotations
+
+import importlib
+import logging
+import types
+
+import torch
+
+from _inprocess import load_pack
+
+
+def _state(pack, mode: str = "auto", placement: str = "auto"):
+    mb = importlib.import_module("procache_pack.nodes.memory_bridge")
+    CacheRun = importlib.import_module("procache_pack.procache_core.engine").CacheRun
+    single_stream_layout = importlib.import_module("procache_pack.procache_core.memory").single_stream_layout
+    Schedule = importlib.import_module("procache_pack.procache_core.schedule").Schedule
+
+    adapter = types.SimpleNamespace(cache_layout=lambda shape, ctx: single_stream_layout(4, 64, 32, 2),
+                                    num_blocks=4)
+    config = types.SimpleNamespace(adapter=adapter, memory_request=mb.MemoryRequest(placement, mode, None))
+    state = types.SimpleNamespace(config=config, run=CacheRun(Schedule.from_string("FCFC"), None, num_blocks=4),
+                                  memory_estimate=None, model_patcher=None)
+    base = types.SimpleNamespace(manual_cast_dtype=None, get_dtype=lambda: torch.float16)
+    guider = types.SimpleNamespace(conds={"positive": [{}], "negative": [{}]}, cfg=3.0,
+                                   model_patcher=types.SimpleNamespace(model=base))
+    est = mb.estimate(state, guider, (1, 4, 16, 16))
+    return mb, state, est
+
+
+def test_auto_moves_a_cache_that_does_not_fit_to_cpu(monkeypatch, caplog):
+    pack = load_pack()
+    mb, state, est = _state(pack)
+    assert est.rows == 2 and est.full_bytes == 4 * 2 * 64 * 32 * 2 * 2  # 4 blocks, 2 branches, fp16, CFG
+    monkeypatch.setattr(mb, "_free", lambda dev: 1000 if dev.type != "cpu" else 10 ** 12)
+    with caplog.at_level(logging.INFO, logger="ProCache"):
+        mb.decide(state, torch.empty(2, 4, 16, 16, device="meta"))
+    assert state.run.memory.placement == "cpu" and not state.run.memory.light
+    assert "moved to CPU memory" in caplog.text and "cache estimate" in caplog.text
+    # fits: stays on the device
+    mb, state, _ = _state(pack)
+    monkeypatch.setattr(mb, "_free", lambda dev: 10 ** 12)
+    mb.decide(state, torch.empty(2, 4, 16, 16, device="meta"))
+    assert state.run.memory.placement == "device"
+
+
+def test_loader_sees_the_cache_during_prepare_sampling():
+    pack = load_pack()
+    mb, state, est = _state(pack, placement="device")
+    base = types.SimpleNamespace()
+    base.memory_required = lambda input_shape, cond_shapes={}: 1000
+    model = types.SimpleNamespace(model=base)
+    seen = []
+
+    def executor(model, noise_shape, conds, model_options=None):
+        seen.append((model.model.memory_required([2, 4, 16, 16]), model.model.memory_required([1, 4, 16, 16])))
+
+    opts = {"transformer_options": {"procache_run": state}}
+    mb.prepare_sampling_wrapper(executor, model, (1, 4, 16, 16), {}, model_options=opts)
+    assert seen == [(1000 + est.full_bytes, 1000 + est.full_bytes)]   # "model device": minimum too
+    assert model.model.memory_required([2]) == 1000                     # restored afterwards
+    state.config.memory_request = mb.MemoryRequest("auto", "auto", None)
+    seen.clear()
+    mb.prepare_sampling_wrapper(executor, model, (1, 4, 16, 16), {}, model_options=opts)
+    assert seen == [(1000 + est.full_bytes, 1000)]                      # auto: other models make room
