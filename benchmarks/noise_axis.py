@@ -207,20 +207,25 @@ def readme_section(res: dict | None = None) -> list[str]:
         "What this shows, and why:", "",
         "- With evenly spaced timesteps the best of the K constrained candidates on the proxy set *is* the "
         "uniform pattern (intervals 2, 2, …, 1 are non-increasing, so uniform lies inside the constrained "
-        "space): the search returns uniform and ties it. Candidates with longer early reuse scored worse on "
-        "the proxy for this small model (proxy rel-L2 in the raw JSON), so this is the search working, not "
-        "failing: the calibration node and `scripts/calibrate.py` keep uniform whenever it scores better.",
-        "- With uneven spacings the search on the step index beats uniform clearly on both metrics.",
-        "- The same constraint on the noise axis does **not** help on this model. The noise-axis patterns "
-        "put long runs of reused *steps* where the sampler's steps are dense in timestep percent (karras: "
-        "the last five steps, t = 88 to 0, the last 9 % of the timestep range, are reused as one run; "
-        "late-drops: steps 2 to 8, t = 996 to 863, the top 14 %, are reused as one run), and their "
-        "proxy errors are correspondingly higher (late-drops: 0.07–0.18 vs 0.04–0.05 for the step-axis "
-        "candidates). On this DiT the error of reusing block outputs grows with the number of solver "
-        "steps taken on stale features more than with the timestep distance they span, so \"long reuse at "
-        "high noise\" measured in noise is the wrong constraint for uneven spacings.",
+        "space; every candidate with longer early reuse scored worse on the proxy, see the raw JSON): the "
+        "search returns uniform and ties it. That is the search working: the calibration node and "
+        "`scripts/calibrate.py` keep uniform whenever it scores better.",
+        "- With uneven spacings the search on the sampler's step index beats uniform clearly on both metrics "
+        "in both spacings.",
+        "- The same constraint on the noise axis beats uniform under karras (on both metrics, with the best "
+        "FD-full of the three) but not under late-drops (PSNR 1.4 dB below uniform, FD-full better). Why: a "
+        "noise-axis pattern decides once per 1/T of the noise range. Where the sampler's steps are much "
+        "denser than that (late-drops: the first five steps lie in the top 4.4 % of the timestep range) "
+        "several steps fall into one full cell and the budget rule thins them to every other step "
+        "(`FCFCFC…`), so full steps are spent where each step changes the features least; where the steps "
+        "are sparser (the steps from t = 376 down each span about 10 %), cells merge and the largest drop "
+        "(t = 102 to 0) and the final step are both reused (`…FCC`). The proxy shows it before any evaluation: 0.079–"
+        "0.100 relative L2 for the noise-axis candidates vs 0.042–0.049 for the step-axis ones. On this DiT "
+        "the cost of reuse follows the sampler's steps (how far x moves on stale features) at least as much "
+        "as the timestep distance, so a constraint written on the noise axis alone is not the right one "
+        "for spacings that differ strongly from the grid it was drawn on.",
         "- Consequence in the pack: ProCache Schedule Search searches on the step index of the user's own "
-        "sampler, records the winner's noise positions in the preset (so it transfers to other step "
+        "sampler, records the winner's noise positions in the preset (so it carries over to other step "
         "counts, denoise values and split samplers by noise level), and keeps uniform when uniform scores "
         "better. Carrying a preset to a sampler with a very different spacing is a transfer, not a "
         "search: re-run the search for that sampler when quality matters.",

@@ -21,8 +21,10 @@ wrapper wraps that callback. After callback ``i`` an evaluation is an extra eval
 (Heun's and heunpp2's correctors, the midpoints of dpm_2 / dpmpp_sde / dpmpp_2s_ancestral, ...) unless
 it is the first evaluation of step ``i + 1``, which always sits at ``sigmas[i + 1]``. An evaluation at
 ``sigmas[i + 1]`` is ambiguous only for samplers whose corrector lands there too (Heun, heunpp2, the
-ancestral second-order samplers at eta 1): the second one is the next step; whether the first is a
-corrector is known for the host's samplers by name and learned from the first step for others. A
+ancestral second-order samplers at eta 1): the second one is the next step; the first is a corrector
+when no other extra evaluation of step ``i`` came before it and the sampler is known (host samplers by
+name) or seen (learned from a previous step) to put one there. Calls for cond and uncond run separately
+at one sigma count as one evaluation. A
 sampler that never calls the callback is mapped by sigma alone (see :meth:`RunState.step_for_sigma`).
 
 Which action a step takes comes from the noise axis: see :func:`plan_run`. Reading the sigma costs one
