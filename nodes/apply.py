@@ -1,7 +1,9 @@
 """ProCache Apply (patches a MODEL clone) and ProCache Stats (reports what the last run did)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
+
 import torch
 from comfy_api.latest import io
 
@@ -14,6 +16,15 @@ from .selective_settings import SelectiveSocket
 log = logging.getLogger("ProCache")
 
 
+APPLY_DESCRIPTION = (
+    "Returns a copy of the MODEL that caches transformer block outputs across denoising steps according to the "
+    "schedule. Block adapters (schedule + selective compute of token-local branches on selective steps): "
+    "PixArt-α/Σ (cross-attention, MLP), Flux.1 (double-block MLPs), SD3/3.5 (MLPs), Wan 2.x (cross-attention, FFN). "
+    "Any other model the host samples (SD1.x/SDXL UNets, HunyuanVideo, ...) gets schedule-only caching of the whole "
+    "model call: a reused step returns the last computed clean-sample estimate, which the sampler turns into a "
+    "step from the current input and noise level; no selective compute (selective steps act as cached).")
+
+
 class ProCacheApply(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -21,8 +32,7 @@ class ProCacheApply(io.ComfyNode):
             node_id="ProCacheApply",
             display_name="ProCache Apply",
             category="ProCache",
-            description="Returns a copy of the MODEL that caches transformer block outputs across denoising "
-                        "steps according to the schedule (PixArt-α/Σ, Flux.1, SD3/3.5, Wan 2.x).",
+            description=APPLY_DESCRIPTION,
             inputs=[
                 io.Model.Input("model"),
                 ScheduleSocket.Input("schedule", tooltip="from ProCache Schedule Loader"),
@@ -41,7 +51,7 @@ class ProCacheApply(io.ComfyNode):
     def execute(cls, model, schedule, selective=None, start_percent: float = 0.0,
                 end_percent: float = 1.0) -> io.NodeOutput:
         validate_range(start_percent, end_percent)
-        adapter = adapter_for(model)  # UnsupportedModelError names the supported families
+        adapter = adapter_for(model)  # a block adapter, or the model-level fallback; errors only for non-models
         preset = schedule
         if selective is not None:
             sel = selective.validate()
@@ -49,6 +59,9 @@ class ProCacheApply(io.ComfyNode):
             inject = bool(sel.enabled and not has_s)
         else:
             sel = preset.selective.validate()
+            inject = False
+        if getattr(adapter, "schedule_only", False):  # model-level fallback: no block to recompute tokens in
+            sel = dataclasses.replace(sel, enabled=False, start_block=None)
             inject = False
         patched = model.clone()
         config = ProCacheConfig(preset=preset, schedule=preset.schedule, selective=sel, inject_selective=inject,

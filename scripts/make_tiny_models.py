@@ -68,8 +68,8 @@ def tiny_pixart_sigma() -> dict[str, torch.Tensor]:
 
 @maker("procache-tiny-unsupported-hunyuan-video.safetensors", "diffusion_models")
 def tiny_unsupported_hunyuan_video() -> dict[str, torch.Tensor]:
-    """Hunyuan Video, a family ProCache does not patch, used to check that ProCache Apply refuses it
-    cleanly. The host's detection reads hidden size (heads = hidden / 128), patch size, channels and
+    """Hunyuan Video 1.0, a family without a ProCache block adapter: tests check that it gets the
+    model-level fallback (schedule-only caching) through the real loader. The host's detection reads hidden size (heads = hidden / 128), patch size, channels and
     text dim from the weights and counts the blocks, so hidden 256 (vector_in 768) with one double
     and one single block loads as a real HunyuanVideo model of 6 M params. (Lumina 2 cannot be made
     small: a dim other

@@ -11,6 +11,7 @@ pixart     ``comfy.ldm.pixart.pixartms.PixArtMS`` (α and Σ)        object patc
 flux       ``comfy.ldm.flux.model.Flux`` (Flux.1 dev/schnell)      ``dit`` replace ``double_block``/``single_block``
 sd3        ``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT``      ``dit`` replace ``double_block`` (joint blocks)
 wan        ``comfy.ldm.wan.model.WanModel`` and subclasses          object patch ``diffusion_model.blocks.N.forward``
+generic    any other model the host samples (UNets included)       ``APPLY_MODEL`` wrapper: the whole model call
 =========  ======================================================  ===================================
 
 A patched block that finds no ProCache run of its own in progress (see
@@ -30,6 +31,7 @@ SUPPORTED_FAMILIES = {
     "sd3": "SD3 / SD3.5 (MMDiT)",
     "wan": "Wan 2.x",
 }
+GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
 
 class FamilyAdapter:
@@ -75,7 +77,9 @@ def supported_text() -> str:
 
 
 def detect_family(model_patcher: Any) -> str:
-    """Family name of a ComfyUI MODEL (raises UnsupportedModelError with the supported list)."""
+    """Family name of a ComfyUI MODEL: a block adapter's, else ``"generic"`` (the model-level fallback).
+
+    Only an input that is not a diffusion MODEL raises UnsupportedModelError."""
     dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
     if dm is None:
         raise UnsupportedModelError("model", "is not a diffusion MODEL ComfyUI can sample.",
@@ -95,10 +99,14 @@ def detect_family(model_patcher: Any) -> str:
         return "sd3"
     if isinstance(dm, WanModel) and all(isinstance(b, WanAttentionBlock) for b in dm.blocks):
         return "wan"
-    config = getattr(getattr(model_patcher, "model", None), "model_config", None)
-    what = type(dm).__name__ + (f" ({type(config).__name__})" if config is not None else "")
-    raise UnsupportedModelError("model", f"is a {what}, which ProCache has no adapter for.",
-                                f"use a model of a supported family: {supported_text()}.")
+    return GENERIC
+
+
+def model_name(model_patcher: Any) -> str:
+    """``Network (ModelConfig)`` of a MODEL, for log lines."""
+    dm = model_patcher.model.diffusion_model
+    config = getattr(model_patcher.model, "model_config", None)
+    return type(dm).__name__ + (f" ({type(config).__name__})" if config is not None else "")
 
 
 def adapter_for(model_patcher: Any) -> FamilyAdapter:
@@ -110,6 +118,10 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .flux import FluxAdapter as cls
     elif family == "sd3":
         from .sd3 import SD3Adapter as cls
-    else:
+    elif family == "wan":
         from .wan import WanAdapter as cls
+    else:
+        from .generic import GenericAdapter
+
+        return GenericAdapter(dm, model_name(model_patcher))
     return cls(dm)

@@ -1,0 +1,163 @@
+"""Families beyond PixArt/Flux.1/SD3/Wan through the REAL server, on tiny random-weight models.
+
+One server session for all of them (start-up dominates). Per model: the unpatched graph, the same graph
+with an all-FULL schedule (must be equal bit for bit), and a schedule with reused steps (must change
+the output, stay finite, and be reported by ProCache Stats), plus CFG, batch 2 and a change of
+resolution (video: of frame count) between runs of one patched MODEL.
+
+The model-level fallback (nodes/adapters/generic.py) is exercised with a tiny SDXL-style UNet (test node)
+and the tiny HunyuanVideo 1.0 checkpoint loaded by the host's UNETLoader (scripts/make_tiny_models.py).
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+from comfy_client import load_latent
+from workflows import add_procache
+
+HUNYUAN_VIDEO = "procache-tiny-unsupported-hunyuan-video.safetensors"
+
+
+def prompt(model: dict, latent: dict, *, cond_dim: int, pooled_dim: int = 0, cfg: float = 2.0, steps: int = 4,
+           sampler: str = "euler", scheduler: str = "simple", prefix: str = "fam",
+           procache: dict | None = None, extra: dict | None = None) -> dict:
+    """A text-to-image/video graph: `model` and `latent` are the nodes (API format) named "model"/"latent"."""
+    p = {
+        "model": copy.deepcopy(model),
+        "pos": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 1, "tokens": 8, "dim": cond_dim, "pooled_dim": pooled_dim, "scale": 1.0}},
+        "neg": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 2, "tokens": 8, "dim": cond_dim, "pooled_dim": pooled_dim, "scale": 1.0}},
+        "latent": copy.deepcopy(latent),
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": 0, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+    }
+    p.update(copy.deepcopy(extra or {}))
+    if procache is not None:
+        add_procache(p, "model", procache)
+        p["sampler"]["inputs"]["model"] = ["apply", 0]
+        p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
+    return p
+
+
+def latent(client, entry) -> torch.Tensor:
+    files = client.output_files(entry, "latents")
+    assert len(files) == 1, entry.get("outputs")
+    return load_latent(files[0])
+
+
+def stats_text(entry) -> str:
+    texts = [t for o in entry["outputs"].values() for t in (o.get("text") or []) if str(t).startswith("ProCache [")]
+    assert texts, entry["outputs"]
+    return texts[0]
+
+
+def rel_l2(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def check_family(client, family: str, make, *, steps: int = 4, cached: str = "FCFC", exact: bool = True,
+                 selective: bool = False) -> dict[str, torch.Tensor]:
+    """Unpatched vs all-FULL (equal) vs `cached` (different); returns the latents by name."""
+    plain = latent(client, client.run(make(prefix=f"{family}_plain", steps=steps), timeout=900))
+    assert torch.isfinite(plain).all()
+    full_entry = client.run(make(prefix=f"{family}_full", steps=steps, procache={"actions": "F" * steps}), timeout=900)
+    full = latent(client, full_entry)
+    if exact:
+        assert torch.equal(full, plain), f"{family}: all-FULL differs, max {(full - plain).abs().max().item()}"
+    else:
+        assert torch.allclose(full, plain, rtol=1e-4, atol=1e-5), (full - plain).abs().max().item()
+    assert f"[{family}]" in stats_text(full_entry), stats_text(full_entry)
+    pc = {"actions": cached}
+    if selective:
+        pc["selective"] = {"enabled": True, "ratio": 0.5, "depth_fraction": 0.5, "w_staleness": 1.0,
+                           "w_input_change": 1.0, "w_output_norm": 0.25, "w_spatial": 0.5}
+    entry = client.run(make(prefix=f"{family}_cached", steps=steps, procache=pc), timeout=900)
+    lat = latent(client, entry)
+    text = stats_text(entry)
+    print(text)
+    n_reused = cached.count("C") + cached.count("S")
+    m = re.search(r"\((\d+) full / (\d+) selective / (\d+) cached\)", text)
+    assert m and int(m.group(1)) == cached.count("F") and int(m.group(2)) + int(m.group(3)) == n_reused, text
+    err = rel_l2(lat, plain)
+    print(f"{family}: rel L2 {cached} vs plain {err:.5f}")
+    assert torch.isfinite(lat).all() and 0.0 < err < 1.0, err
+    return {"plain": plain, "full": full, "cached": lat, "text": text}
+
+
+# -- model-level fallback ----------------------------------------------------------------------------
+
+SDXL = {"class_type": "ProCacheTestTinySDXL", "inputs": {"seed": 3, "context_dim": 64}}
+
+
+def sdxl(*, width: int = 64, height: int = 64, batch: int = 1, **kw) -> dict:
+    lat = {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}}
+    return prompt(SDXL, lat, cond_dim=64, pooled_dim=1280, **kw)
+
+
+def hunyuan_video(*, length: int = 5, width: int = 64, height: int = 64, **kw) -> dict:
+    model = {"class_type": "UNETLoader", "inputs": {"unet_name": HUNYUAN_VIDEO, "weight_dtype": "default"}}
+    lat = {"class_type": "EmptyHunyuanLatentVideo",
+           "inputs": {"width": width, "height": height, "length": length, "batch_size": 1}}
+    return prompt(model, lat, cond_dim=64, pooled_dim=768, **kw)
+
+
+def test_generic_sdxl_unet_schedule_only(comfy_server):
+    """A UNet (no block adapter): all-FULL equals unpatched, reused steps change the output (CFG 2),
+    the Apply log says schedule-only; batch 2 and another resolution with the same patched MODEL."""
+    check_family(comfy_server, "generic", sdxl)
+    log = comfy_server.server.log() if comfy_server.server else ""
+    assert "UNetModel (SDXL), which has no ProCache block adapter: schedule-only caching" in log, log[-3000:]
+    assert "no selective compute" in log
+
+    # a selective schedule on the fallback: S steps act as cached (nothing token-local to recompute)
+    entry = comfy_server.run(sdxl(prefix="generic_sel", procache={"actions": "FCSF"}), timeout=900)
+    assert "(2 full / 0 selective / 2 cached)" in stats_text(entry), stats_text(entry)
+
+    # batch 2 at another resolution: each row matches its own unpatched run under an all-FULL schedule,
+    # and the cached run differs
+    kw = dict(width=96, height=64, batch=2)
+    plain = latent(comfy_server, comfy_server.run(sdxl(prefix="generic_b2", **kw), timeout=900))
+    assert plain.shape == (2, 4, 8, 12)
+    full = latent(comfy_server, comfy_server.run(sdxl(prefix="generic_b2f", procache={"actions": "FFFF"}, **kw),
+                                                 timeout=900))
+    assert torch.equal(full, plain)
+    entry = comfy_server.run(sdxl(prefix="generic_b2c", procache={"actions": "FCFC"}, **kw), timeout=900)
+    lat = latent(comfy_server, entry)
+    assert lat.shape == plain.shape and 0.0 < rel_l2(lat, plain) < 1.0
+    assert "(2 full / 0 selective / 2 cached)" in stats_text(entry)
+
+
+def test_generic_ancestral_sampler_is_deterministic(comfy_server):
+    """Reused steps return the cached clean estimate, so with deterministic Euler a cached step is the
+    same as reusing the model output: an ancestral sampler (fresh noise each step) still ends finite and
+    close, and two runs of the same prompt are identical (determinism)."""
+    a = latent(comfy_server, comfy_server.run(
+        sdxl(prefix="generic_anc1", sampler="euler_ancestral", procache={"actions": "FCFC"}), timeout=900))
+    b = latent(comfy_server, comfy_server.run(
+        sdxl(prefix="generic_anc2", sampler="euler_ancestral", procache={"actions": "FCFC"}), timeout=900))
+    plain = latent(comfy_server, comfy_server.run(sdxl(prefix="generic_anc0", sampler="euler_ancestral"),
+                                                  timeout=900))
+    assert torch.equal(a, b)
+    assert torch.isfinite(a).all() and 0.0 < rel_l2(a, plain) < 1.0
+
+
+def test_generic_hunyuan_video_checkpoint_and_frame_change(comfy_server):
+    """HunyuanVideo 1.0 from a checkpoint through UNETLoader: the fallback, not an error; then another
+    frame count with the same graph shape."""
+    unets = comfy_server.object_info("UNETLoader")["UNETLoader"]["input"]["required"]["unet_name"]
+    names = unets[0] if isinstance(unets[0], list) else unets[1].get("options", [])
+    assert HUNYUAN_VIDEO in names, "scripts/make_tiny_models.py did not build the tiny HunyuanVideo"
+    res = check_family(comfy_server, "generic", hunyuan_video, steps=3, cached="FCF")
+    assert res["plain"].shape == (1, 16, 2, 8, 8)
+    entry = comfy_server.run(hunyuan_video(length=9, steps=3, prefix="hv9", procache={"actions": "FCF"}), timeout=900)
+    lat = latent(comfy_server, entry)
+    assert lat.shape == (1, 16, 3, 8, 8) and torch.isfinite(lat).all()
+    assert "(2 full / 0 selective / 1 cached)" in stats_text(entry)
+    assert comfy_server.get("/system_stats").ok
