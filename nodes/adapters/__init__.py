@@ -30,6 +30,9 @@ SUPPORTED_FAMILIES = {
     "flux": "Flux.1 (dev, schnell)",
     "sd3": "SD3 / SD3.5 (MMDiT)",
     "wan": "Wan 2.x",
+    "flux2": "Flux.2",
+    "chroma": "Chroma / Chroma Radiance",
+    "qwen_image": "Qwen-Image (and Edit)",
 }
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
@@ -94,11 +97,32 @@ def detect_family(model_patcher: Any) -> str:
         return "pixart"
     if isinstance(dm, Flux) and all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
             all(type(b) is SingleStreamBlock for b in dm.single_blocks):
-        return "flux"
+        return "flux2" if getattr(getattr(dm, "params", None), "global_modulation", False) else "flux"
     if isinstance(dm, MMDiT):
         return "sd3"
     if isinstance(dm, WanModel) and all(isinstance(b, WanAttentionBlock) for b in dm.blocks):
         return "wan"
+    return _detect_more(dm)
+
+
+def _detect_more(dm: Any) -> str:
+    """Families added after the first four (one check each; the fallback when none matches)."""
+    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+
+    try:
+        from comfy.ldm.chroma.model import Chroma
+        if isinstance(dm, Chroma) and all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
+                all(type(b) is SingleStreamBlock for b in dm.single_blocks):
+            return "chroma"
+    except ImportError:
+        pass
+    try:
+        from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel, QwenImageTransformerBlock
+        if isinstance(dm, QwenImageTransformer2DModel) and \
+                all(type(b) is QwenImageTransformerBlock for b in dm.transformer_blocks):
+            return "qwen_image"
+    except ImportError:
+        pass
     return GENERIC
 
 
@@ -120,6 +144,12 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .sd3 import SD3Adapter as cls
     elif family == "wan":
         from .wan import WanAdapter as cls
+    elif family == "flux2":
+        from .flux2 import Flux2Adapter as cls
+    elif family == "chroma":
+        from .chroma import ChromaAdapter as cls
+    elif family == "qwen_image":
+        from .qwen_image import QwenImageAdapter as cls
     else:
         from .generic import GenericAdapter
 

@@ -73,4 +73,82 @@ class ProCacheTestTinySDXL(io.ComfyNode):
         return io.NodeOutput(patcher_from_config(config, net.state_dict()))
 
 
-NODES = [ProCacheTestTinySDXL]
+# -- tiny networks (host classes), shared by the nodes below and the in-process adapter tests ----------
+
+def tiny_qwen_image_net(seed: int = 0, layers: int = 2, context_dim: int = 48):
+    """QwenImageTransformer2DModel, width 64 (2 heads of 32); the loader fixes 24 heads of 128."""
+    import comfy.ops
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+    cfg = {"image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": layers,
+           "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": context_dim,
+           "axes_dims_rope": (8, 12, 12)}
+    net = QwenImageTransformer2DModel(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_flux2_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: int = 48):
+    """Flux.2 layout (global modulation, SiLU-gated MLP, no biases, patch 1, 128 latent channels), width 64."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    cfg = {"image_model": "flux2", "axes_dim": [8, 8, 8, 8], "num_heads": 2, "mlp_ratio": 3.0, "theta": 2000,
+           "out_channels": 128, "global_modulation": True, "vec_in_dim": None, "mlp_silu_act": True,
+           "qkv_bias": False, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
+           "in_channels": 128, "hidden_size": 64, "context_in_dim": context_dim, "patch_size": 1, "depth": depth,
+           "depth_single_blocks": single, "guidance_embed": True}
+    net = Flux(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_chroma_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: int = 48):
+    """Chroma (Flux blocks, approximator modulation), width 64; the loader fixes 24 heads and width 3072."""
+    import comfy.ops
+    from comfy.ldm.chroma.model import Chroma
+
+    cfg = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": context_dim,
+           "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": depth, "depth_single_blocks": single,
+           "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64,
+           "out_dim": 64, "hidden_dim": 96, "n_layers": 2}
+    net = Chroma(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+TINY = {"qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
+        "chroma": ("Chroma", tiny_chroma_net)}
+
+
+class ProCacheTestTinyDiT(io.ComfyNode):
+    """A seeded tiny MODEL of a diffusion-transformer family (host classes, width 64, 2+2 blocks).
+
+    The host's detection fixes these families' head layout (e.g. Qwen-Image 24 x 128, Flux.2 48 x 128),
+    so a checkpoint cannot be small; the node builds the family's ``supported_models`` config with a
+    tiny network config instead.
+    """
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheTestTinyDiT",
+            display_name="ProCache Test Tiny DiT (random weights)",
+            category="ProCache/testing",
+            inputs=[io.Combo.Input("family", options=sorted(TINY)),
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                    io.Int.Input("context_dim", default=48, min=8, max=4096)],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, family: str, seed: int, context_dim: int) -> io.NodeOutput:
+        import comfy.supported_models
+
+        config_name, build = TINY[family]
+        net, cfg = build(seed=seed, context_dim=context_dim)
+        config = getattr(comfy.supported_models, config_name)(dict(cfg))
+        return io.NodeOutput(patcher_from_config(config, net.state_dict()))
+
+
+NODES = [ProCacheTestTinySDXL, ProCacheTestTinyDiT]
