@@ -88,7 +88,24 @@ def check_family(client, family: str, make, *, steps: int = 4, cached: str = "FC
     err = rel_l2(lat, plain)
     print(f"{family}: rel L2 {cached} vs plain {err:.5f}")
     assert torch.isfinite(lat).all() and 0.0 < err < 1.0, err
+    if selective:
+        tokens = re.search(r"(\d+) tokens recomputed", text)
+        assert tokens and int(tokens.group(1)) > 0, text
     return {"plain": plain, "full": full, "cached": lat, "text": text}
+
+
+def check_batch_and_resolution(client, family: str, make, cached: str = "FCSC", **kw) -> torch.Tensor:
+    """Batch 2 at another resolution (video: frame count) with the same patched MODEL graph."""
+    steps = len(cached)
+    plain = latent(client, client.run(make(prefix=f"{family}_b2p", steps=steps, **kw), timeout=900))
+    entry = client.run(make(prefix=f"{family}_b2c", steps=steps, procache={"actions": cached}, **kw), timeout=900)
+    lat = latent(client, entry)
+    assert lat.shape == plain.shape and torch.isfinite(lat).all()
+    err = rel_l2(lat, plain)
+    print(f"{family}: batch/resolution change, rel L2 {cached} vs plain {err:.5f}; {stats_text(entry)}")
+    assert 0.0 < err < 1.0, err
+    assert f"[{family}]" in stats_text(entry)
+    return plain
 
 
 # -- model-level fallback ----------------------------------------------------------------------------
@@ -161,3 +178,33 @@ def test_generic_hunyuan_video_checkpoint_and_frame_change(comfy_server):
     assert lat.shape == (1, 16, 3, 8, 8) and torch.isfinite(lat).all()
     assert "(2 full / 0 selective / 1 cached)" in stats_text(entry)
     assert comfy_server.get("/system_stats").ok
+
+
+# -- diffusion-transformer families ----------------------------------------------------------------
+
+def tiny_dit(family: str):
+    model = {"class_type": "ProCacheTestTinyDiT", "inputs": {"family": family, "seed": 4, "context_dim": 48}}
+
+    def make(*, width: int = 64, height: int = 64, batch: int = 1, **kw) -> dict:
+        empty = "EmptyFlux2LatentImage" if family == "flux2" else "EmptySD3LatentImage"
+        lat = {"class_type": empty, "inputs": {"width": width, "height": height, "batch_size": batch}}
+        extra = {}
+        if family == "flux2":  # distilled guidance, as Flux.2 [dev] workflows set it
+            extra["guid"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 4.0}}
+        pooled = 16 if family in ("flux2", "chroma") else 0  # Flux-based models read a pooled_output (unused)
+        p = prompt(model, lat, cond_dim=48, pooled_dim=pooled, extra=extra, **kw)
+        if extra:
+            p["sampler"]["inputs"]["positive"] = ["guid", 0]
+        return p
+    return make
+
+
+@pytest.mark.parametrize("family,exact", [("qwen_image", False), ("flux2", True), ("chroma", True)])
+def test_dit_family(comfy_server, family, exact):
+    """Per family: all-FULL equals unpatched (Qwen-Image: to float rounding, see its adapter), a
+    selective schedule recomputes tokens and changes the output (CFG 2), then batch 2 at another
+    resolution."""
+    make = tiny_dit(family)
+    check_family(comfy_server, family, make, cached="FCSC", exact=exact, selective=True)
+    plain = check_batch_and_resolution(comfy_server, family, make, width=96, height=64, batch=2)
+    assert plain.shape[0] == 2
