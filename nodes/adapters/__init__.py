@@ -33,6 +33,8 @@ SUPPORTED_FAMILIES = {
     "flux2": "Flux.2",
     "chroma": "Chroma / Chroma Radiance",
     "qwen_image": "Qwen-Image (and Edit)",
+    "z_image": "Z-Image",
+    "lumina2": "Lumina 2",
 }
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
@@ -123,6 +125,15 @@ def _detect_more(dm: Any) -> str:
             return "qwen_image"
     except ImportError:
         pass
+    try:
+        from comfy.ldm.lumina.model import JointTransformerBlock, NextDiT
+        if isinstance(dm, NextDiT) and len(dm.layers) and \
+                all(type(b) is JointTransformerBlock and b.modulation for b in dm.layers):
+            from .lumina import lumina_variant
+
+            return lumina_variant(dm)
+    except ImportError:
+        pass
     return GENERIC
 
 
@@ -150,6 +161,8 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .chroma import ChromaAdapter as cls
     elif family == "qwen_image":
         from .qwen_image import QwenImageAdapter as cls
+    elif family in ("z_image", "lumina2"):
+        from .lumina import LuminaAdapter as cls
     else:
         from .generic import GenericAdapter
 

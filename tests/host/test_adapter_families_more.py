@@ -30,7 +30,8 @@ _spec.loader.exec_module(NF)
 
 # family -> (builder, exact all-FULL equality)
 FAMILIES = {"qwen_image": (NF.tiny_qwen_image_net, False), "flux2": (NF.tiny_flux2_net, True),
-            "chroma": (NF.tiny_chroma_net, True)}
+            "chroma": (NF.tiny_chroma_net, True), "z_image": (NF.tiny_lumina_net, True),
+            "lumina2": (NF.tiny_lumina2_net, True)}
 
 
 def call(family: str, dm, to: dict):
@@ -40,6 +41,8 @@ def call(family: str, dm, to: dict):
     with torch.no_grad():
         if family == "qwen_image":
             return dm(torch.randn(2, 16, 1, 8, 8, generator=g), t, ctx, transformer_options=to)
+        if family in ("z_image", "lumina2"):
+            return dm(torch.randn(2, 16, 8, 8, generator=g), t, ctx, 6, transformer_options=to)
         if family == "flux2":
             return dm(torch.randn(2, 128, 8, 8, generator=g), t, ctx, guidance=torch.tensor([3.5, 3.5]),
                       transformer_options=to)

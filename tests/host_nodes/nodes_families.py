@@ -117,7 +117,31 @@ def tiny_chroma_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim:
     return net, cfg
 
 
-TINY = {"qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
+def tiny_lumina_net(seed: int = 0, context_dim: int = 48, z_image: bool = True):
+    """NextDiT in the Z-Image layout (adaLN without SiLU, 32-token padding) or Lumina 2's, width 256
+    (Z-Image's adaLN input is 256 wide, so narrower is impossible); 2 main + 1 refiner blocks."""
+    import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT
+
+    cfg = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": context_dim,
+           "n_layers": 2, "n_refiner_layers": 1, "qk_norm": True, "n_heads": 8, "n_kv_heads": 8,
+           "axes_dims": [8, 12, 12], "axes_lens": [64, 64, 64], "multiple_of": 32}
+    if z_image:
+        cfg.update({"rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True,
+                    "time_scale": 1000.0, "pad_tokens_multiple": 32})
+    else:
+        cfg.update({"rope_theta": 10000.0, "ffn_dim_multiplier": 1.0})
+    net = NextDiT(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)  # the pad tokens are parameters: seeded too
+    return net, cfg
+
+
+def tiny_lumina2_net(seed: int = 0, context_dim: int = 48):
+    return tiny_lumina_net(seed, context_dim, z_image=False)
+
+
+TINY = {"z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
+        "qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
         "chroma": ("Chroma", tiny_chroma_net)}
 
 
