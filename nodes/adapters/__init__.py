@@ -35,6 +35,9 @@ SUPPORTED_FAMILIES = {
     "qwen_image": "Qwen-Image (and Edit)",
     "z_image": "Z-Image",
     "lumina2": "Lumina 2",
+    "hunyuan_video": "HunyuanVideo 1.0",
+    "hunyuan_video15": "HunyuanVideo 1.5",
+    "hunyuan_image21": "HunyuanImage 2.1",
 }
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
@@ -104,10 +107,10 @@ def detect_family(model_patcher: Any) -> str:
         return "sd3"
     if isinstance(dm, WanModel) and all(isinstance(b, WanAttentionBlock) for b in dm.blocks):
         return "wan"
-    return _detect_more(dm)
+    return _detect_more(dm, getattr(model_patcher.model, "model_config", None))
 
 
-def _detect_more(dm: Any) -> str:
+def _detect_more(dm: Any, model_config: Any = None) -> str:
     """Families added after the first four (one check each; the fallback when none matches)."""
     from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
 
@@ -132,6 +135,15 @@ def _detect_more(dm: Any) -> str:
             from .lumina import lumina_variant
 
             return lumina_variant(dm)
+    except ImportError:
+        pass
+    try:
+        from comfy.ldm.hunyuan_video.model import HunyuanVideo
+        if isinstance(dm, HunyuanVideo) and all(type(b) is DoubleStreamBlock and b.modulation for b in dm.double_blocks) \
+                and all(type(b) is SingleStreamBlock and b.modulation is not None for b in dm.single_blocks):
+            from .hunyuan_video import hunyuan_variant
+
+            return hunyuan_variant(model_config)
     except ImportError:
         pass
     return GENERIC
@@ -163,6 +175,10 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .qwen_image import QwenImageAdapter as cls
     elif family in ("z_image", "lumina2"):
         from .lumina import LuminaAdapter as cls
+    elif family.startswith("hunyuan_"):
+        from .hunyuan_video import HunyuanVideoAdapter
+
+        return HunyuanVideoAdapter(dm, family)
     else:
         from .generic import GenericAdapter
 

@@ -140,6 +140,21 @@ def tiny_lumina2_net(seed: int = 0, context_dim: int = 48):
     return tiny_lumina_net(seed, context_dim, z_image=False)
 
 
+def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
+    """HunyuanVideo 1.0 layout (Flux blocks, 3-D patches, token refiner), width 64, 2 double + 2 single."""
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    cfg = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
+           "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
+           "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+           "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
+           "use_cond_type_embedding": False, "vision_in_dim": None}
+    net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
 TINY = {"z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
         "qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
         "chroma": ("Chroma", tiny_chroma_net)}
