@@ -38,6 +38,7 @@ SUPPORTED_FAMILIES = {
     "hunyuan_video": "HunyuanVideo 1.0",
     "hunyuan_video15": "HunyuanVideo 1.5",
     "hunyuan_image21": "HunyuanImage 2.1",
+    "ltxv": "LTX-Video",
 }
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
@@ -146,6 +147,12 @@ def _detect_more(dm: Any, model_config: Any = None) -> str:
             return hunyuan_variant(model_config)
     except ImportError:
         pass
+    try:
+        from comfy.ldm.lightricks.model import BasicTransformerBlock, LTXVModel
+        if type(dm) is LTXVModel and all(type(b) is BasicTransformerBlock for b in dm.transformer_blocks):
+            return "ltxv"
+    except ImportError:
+        pass
     return GENERIC
 
 
@@ -175,6 +182,8 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .qwen_image import QwenImageAdapter as cls
     elif family in ("z_image", "lumina2"):
         from .lumina import LuminaAdapter as cls
+    elif family == "ltxv":
+        from .ltxv import LTXVAdapter as cls
     elif family.startswith("hunyuan_"):
         from .hunyuan_video import HunyuanVideoAdapter
 

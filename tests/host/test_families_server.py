@@ -184,27 +184,39 @@ def test_hunyuan_video_checkpoint_and_frame_change(comfy_server):
 def tiny_dit(family: str):
     model = {"class_type": "ProCacheTestTinyDiT", "inputs": {"family": family, "seed": 4, "context_dim": 48}}
 
-    def make(*, width: int = 64, height: int = 64, batch: int = 1, **kw) -> dict:
+    def make(*, width: int = 64, height: int = 64, batch: int = 1, length: int = 9, **kw) -> dict:
         empty = "EmptyFlux2LatentImage" if family == "flux2" else "EmptySD3LatentImage"
         lat = {"class_type": empty, "inputs": {"width": width, "height": height, "batch_size": batch}}
+        if family == "ltxv":  # video: 128 channels, 32x spatial, 8x temporal compression
+            lat = {"class_type": "EmptyLTXVLatentVideo",
+                   "inputs": {"width": width * 2, "height": height, "length": length, "batch_size": batch}}
         extra = {}
         if family == "flux2":  # distilled guidance, as Flux.2 [dev] workflows set it
             extra["guid"] = {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 4.0}}
+        if family == "ltxv":  # the T5 text mask LTX-Video's forward requires
+            extra["guid"] = {"class_type": "ProCacheTestAttentionMask", "inputs": {"conditioning": ["pos", 0]}}
+            extra["negm"] = {"class_type": "ProCacheTestAttentionMask", "inputs": {"conditioning": ["neg", 0]}}
         pooled = 16 if family in ("flux2", "chroma") else 0  # Flux-based models read a pooled_output (unused)
         p = prompt(model, lat, cond_dim=48, pooled_dim=pooled, extra=extra, **kw)
         if extra:
             p["sampler"]["inputs"]["positive"] = ["guid", 0]
+        if "negm" in extra:
+            p["sampler"]["inputs"]["negative"] = ["negm", 0]
         return p
     return make
 
 
 @pytest.mark.parametrize("family,exact", [("qwen_image", False), ("flux2", True), ("chroma", True),
-                                          ("z_image", True)])
+                                          ("z_image", True), ("ltxv", False)])
 def test_dit_family(comfy_server, family, exact):
     """Per family: all-FULL equals unpatched (Qwen-Image: to float rounding, see its adapter), a
     selective schedule recomputes tokens and changes the output (CFG 2), then batch 2 at another
     resolution."""
     make = tiny_dit(family)
     check_family(comfy_server, family, make, cached="FCSC", exact=exact, selective=True)
-    plain = check_batch_and_resolution(comfy_server, family, make, width=96, height=64, batch=2)
+    if family == "ltxv":  # video: another frame count too
+        plain = check_batch_and_resolution(comfy_server, family, make, width=96, height=64, batch=2, length=17)
+        assert plain.shape == (2, 128, 3, 2, 6)
+    else:
+        plain = check_batch_and_resolution(comfy_server, family, make, width=96, height=64, batch=2)
     assert plain.shape[0] == 2

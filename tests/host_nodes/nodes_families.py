@@ -155,7 +155,19 @@ def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
     return net, cfg
 
 
-TINY = {"z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
+def tiny_ltxv_net(seed: int = 0, context_dim: int = 48):
+    """LTXVModel (128 latent channels, patch 1), width 64 (2 heads of 32), 2 blocks."""
+    import comfy.ops
+    from comfy.ldm.lightricks.model import LTXVModel
+
+    cfg = {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
+           "num_attention_heads": 2, "caption_channels": context_dim, "num_layers": 2}
+    net = LTXVModel(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+TINY = {"ltxv": ("LTXV", tiny_ltxv_net), "z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
         "qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
         "chroma": ("Chroma", tiny_chroma_net)}
 
@@ -190,4 +202,27 @@ class ProCacheTestTinyDiT(io.ComfyNode):
         return io.NodeOutput(patcher_from_config(config, net.state_dict()))
 
 
-NODES = [ProCacheTestTinySDXL, ProCacheTestTinyDiT]
+class ProCacheTestAttentionMask(io.ComfyNode):
+    """Adds the all-ones text ``attention_mask`` a T5 encoder attaches (LTX-Video's forward requires one)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheTestAttentionMask",
+            display_name="ProCache Test Attention Mask",
+            category="ProCache/testing",
+            inputs=[io.Conditioning.Input("conditioning")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning) -> io.NodeOutput:
+        out = []
+        for emb, extra in conditioning:
+            extra = dict(extra)
+            extra["attention_mask"] = torch.ones(emb.shape[:2], dtype=torch.long)
+            out.append([emb, extra])
+        return io.NodeOutput(out)
+
+
+NODES = [ProCacheTestTinySDXL, ProCacheTestTinyDiT, ProCacheTestAttentionMask]
