@@ -23,8 +23,9 @@ APPLY_DESCRIPTION = (
     "SD3/3.5 (MLPs); Wan 2.x (cross-attention, FFN); Qwen-Image/Edit (image and text MLPs; all-FULL equal to "
     "float rounding); Z-Image, Lumina 2 (MLPs of the main blocks; refiners run every step); HunyuanVideo 1.0/1.5, "
     "HunyuanImage 2.1 (double-block MLPs; with I2V token replacement reused); LTX-Video (cross-attention, and "
-    "the MLP when the timestep is per sample; all-FULL equal to float rounding). "
-    "Any other model the host samples (SD1.x/SDXL UNets, HiDream, Cosmos, ...) gets schedule-only "
+    "the MLP when the timestep is per sample; all-FULL equal to float rounding); Cosmos Predict2 "
+    "(cross-attention, MLP with per-sample adaLN). "
+    "Any other model the host samples (SD1.x/SDXL UNets, HiDream, Cosmos 1.0, ...) gets schedule-only "
     "caching of the whole model call: a reused step returns the last computed clean-sample estimate, which the "
     "sampler turns into a step from the current input and noise level; no selective compute (selective steps "
     "act as cached). The stats line names the family used.")

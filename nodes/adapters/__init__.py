@@ -39,6 +39,7 @@ SUPPORTED_FAMILIES = {
     "hunyuan_video15": "HunyuanVideo 1.5",
     "hunyuan_image21": "HunyuanImage 2.1",
     "ltxv": "LTX-Video",
+    "cosmos_predict2": "Cosmos Predict2",
 }
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
@@ -153,6 +154,12 @@ def _detect_more(dm: Any, model_config: Any = None) -> str:
             return "ltxv"
     except ImportError:
         pass
+    try:
+        from comfy.ldm.cosmos.predict2 import Block as CosmosBlock, MiniTrainDIT
+        if isinstance(dm, MiniTrainDIT) and all(type(b) is CosmosBlock for b in dm.blocks):
+            return "cosmos_predict2"
+    except ImportError:
+        pass
     return GENERIC
 
 
@@ -184,6 +191,8 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .lumina import LuminaAdapter as cls
     elif family == "ltxv":
         from .ltxv import LTXVAdapter as cls
+    elif family == "cosmos_predict2":
+        from .cosmos import CosmosPredict2Adapter as cls
     elif family.startswith("hunyuan_"):
         from .hunyuan_video import HunyuanVideoAdapter
 

@@ -32,7 +32,7 @@ _spec.loader.exec_module(NF)
 FAMILIES = {"qwen_image": (NF.tiny_qwen_image_net, False), "flux2": (NF.tiny_flux2_net, True),
             "chroma": (NF.tiny_chroma_net, True), "z_image": (NF.tiny_lumina_net, True),
             "lumina2": (NF.tiny_lumina2_net, True), "hunyuan_video": (NF.tiny_hunyuan_video_net, True),
-            "ltxv": (NF.tiny_ltxv_net, False)}
+            "ltxv": (NF.tiny_ltxv_net, False), "cosmos_predict2": (NF.tiny_cosmos_predict2_net, True)}
 
 
 def call(family: str, dm, to: dict):
@@ -47,6 +47,8 @@ def call(family: str, dm, to: dict):
             # for batch 1 only (apply_mod indexes the gate rows per range without a token axis)
             return dm(torch.randn(1, 16, 2, 8, 8, generator=g), t[:1], ctx[:1], y=torch.randn(1, 16, generator=g),
                       guiding_frame_index=torch.tensor([0.0]), transformer_options=to)
+        if family == "cosmos_predict2":
+            return dm(torch.randn(2, 16, 1, 8, 8, generator=g), t, ctx, transformer_options=to)
         if family == "ltxv":
             return dm(torch.randn(2, 128, 2, 2, 4, generator=g), t, ctx, None, transformer_options=to)
         if family in ("z_image", "lumina2"):

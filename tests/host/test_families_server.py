@@ -207,7 +207,7 @@ def tiny_dit(family: str):
 
 
 @pytest.mark.parametrize("family,exact", [("qwen_image", False), ("flux2", True), ("chroma", True),
-                                          ("z_image", True), ("ltxv", False)])
+                                          ("z_image", True), ("ltxv", False), ("cosmos_predict2", True)])
 def test_dit_family(comfy_server, family, exact):
     """Per family: all-FULL equals unpatched (Qwen-Image: to float rounding, see its adapter), a
     selective schedule recomputes tokens and changes the output (CFG 2), then batch 2 at another

@@ -167,7 +167,24 @@ def tiny_ltxv_net(seed: int = 0, context_dim: int = 48):
     return net, cfg
 
 
-TINY = {"ltxv": ("LTXV", tiny_ltxv_net), "z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
+def tiny_cosmos_predict2_net(seed: int = 0, context_dim: int = 48):
+    """MiniTrainDIT in the Predict2 text-to-image layout (adaLN-LoRA, rope3d), width 64, 2 blocks."""
+    import comfy.ops
+    from comfy.ldm.cosmos.predict2 import MiniTrainDIT
+
+    cfg = {"image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+           "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1,
+           "concat_padding_mask": True, "model_channels": 64, "num_blocks": 2, "num_heads": 2,
+           "crossattn_emb_channels": context_dim, "pos_emb_cls": "rope3d", "pos_emb_learnable": True,
+           "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30, "use_adaln_lora": True,
+           "adaln_lora_dim": 16, "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
+           "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0}
+    net = MiniTrainDIT(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+TINY = {"ltxv": ("LTXV", tiny_ltxv_net), "cosmos_predict2": ("CosmosT2IPredict2", tiny_cosmos_predict2_net), "z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
         "qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
         "chroma": ("Chroma", tiny_chroma_net)}
 
