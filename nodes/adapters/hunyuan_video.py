@@ -154,7 +154,8 @@ class HunyuanVideoAdapter(FamilyAdapter):
         self.single_offset = 2 * self.n_double
         self.num_blocks = 2 * self.n_double + self.n_single
         p = getattr(diffusion_model, "patch_size", (1, 2, 2))
-        self.patch_size = tuple(int(v) for v in p) if isinstance(p, (list, tuple)) else (1, int(p), int(p))
+        p = tuple(int(v) for v in p) if isinstance(p, (list, tuple)) else (int(p), int(p))
+        self.patch_size = (1,) * (3 - len(p)) + p  # HunyuanImage 2.1 patches in 2-D
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_double):
@@ -163,7 +164,7 @@ class HunyuanVideoAdapter(FamilyAdapter):
             model_patcher.set_model_patch_replace(HunyuanSingleBlock(self, i, owner), "dit", "single_block", i)
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
-        pt, ph, pw = self.patch_size[-3:]
+        pt, ph, pw = self.patch_size
         if len(x_shape) == 5:
             t = (x_shape[2] + pt - 1) // pt
             return (t * ((x_shape[3] + ph - 1) // ph), (x_shape[4] + pw - 1) // pw)

@@ -21,6 +21,7 @@ from comfy_client import load_latent
 from workflows import add_procache
 
 HUNYUAN_VIDEO = "procache-tiny-hunyuan-video.safetensors"
+HUNYUAN_IMAGE21 = "procache-tiny-hunyuan-image21.safetensors"
 
 
 def prompt(model: dict, latent: dict, *, cond_dim: int, pooled_dim: int = 0, cfg: float = 2.0, steps: int = 4,
@@ -177,6 +178,20 @@ def test_hunyuan_video_checkpoint_and_frame_change(comfy_server):
     plain = check_batch_and_resolution(comfy_server, "hunyuan_video", hunyuan_video, length=9, width=96, batch=2)
     assert plain.shape == (2, 16, 3, 8, 12)
     assert comfy_server.get("/system_stats").ok
+
+
+def hunyuan_image21(*, width: int = 64, height: int = 64, batch: int = 1, **kw) -> dict:
+    model = {"class_type": "UNETLoader", "inputs": {"unet_name": HUNYUAN_IMAGE21, "weight_dtype": "default"}}
+    lat = {"class_type": "EmptyHunyuanImageLatent", "inputs": {"width": width, "height": height, "batch_size": batch}}
+    return prompt(model, lat, cond_dim=64, **kw)
+
+
+def test_hunyuan_image21_checkpoint(comfy_server):
+    """HunyuanImage 2.1 from a checkpoint (detected by the host as HunyuanImage21: family
+    hunyuan_image21, 2-D patches): all-FULL equal, selective schedule, batch 2 at another size."""
+    check_family(comfy_server, "hunyuan_image21", hunyuan_image21, cached="FCSC", selective=True)
+    plain = check_batch_and_resolution(comfy_server, "hunyuan_image21", hunyuan_image21, width=96, batch=2)
+    assert plain.shape == (2, 64, 2, 3)
 
 
 # -- diffusion-transformer families ----------------------------------------------------------------
