@@ -14,6 +14,9 @@ wan        ``comfy.ldm.wan.model.WanModel`` and subclasses          object patch
 generic    any other model the host samples (UNets included)       ``APPLY_MODEL`` wrapper: the whole model call
 =========  ======================================================  ===================================
 
+Later families (flux2, chroma, qwen_image, z_image/lumina2, hunyuan_*, ltxv, cosmos_predict2) are
+detected in ``_detect_more``; ``docs/families.md`` has the full table.
+
 A patched block that finds no ProCache run of its own in progress (see
 ``runtime_bridge.active_run``) calls the host's unpatched ``forward``, so a stale object patch left on
 the shared model by the host's clone handling is harmless.
