@@ -1,6 +1,7 @@
 """ProCache Apply (patches a MODEL clone) and ProCache Stats (reports what the last run did)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 
@@ -17,6 +18,21 @@ from .selective_settings import SelectiveSocket
 log = logging.getLogger("ProCache")
 
 
+APPLY_DESCRIPTION = (
+    "Returns a copy of the MODEL that caches transformer block outputs across denoising steps according to the "
+    "schedule. Block adapters (schedule + selective compute of token-local branches on selective steps): "
+    "PixArt-α/Σ (cross-attention, MLP); Flux.1, Flux.2, Chroma (double-block MLPs, the MLP half of single blocks); "
+    "SD3/3.5 (MLPs); Wan 2.x (cross-attention, FFN); Qwen-Image/Edit (image and text MLPs; all-FULL equal to "
+    "float rounding); Z-Image, Lumina 2 (MLPs of the main blocks; refiners run every step); HunyuanVideo 1.0/1.5, "
+    "HunyuanImage 2.1 (double-block MLPs; with I2V token replacement reused); LTX-Video (cross-attention, and "
+    "the MLP when the timestep is per sample; all-FULL equal to float rounding); Cosmos Predict2 "
+    "(cross-attention, MLP with per-sample adaLN). "
+    "Any other model the host samples (SD1.x/SDXL UNets, HiDream, Cosmos 1.0, ...) gets schedule-only "
+    "caching of the whole model call: a reused step returns the last computed clean-sample estimate, which the "
+    "sampler turns into a step from the current input and noise level; no selective compute (selective steps "
+    "act as cached). The stats line names the family used.")
+
+
 class ProCacheApply(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -24,10 +40,9 @@ class ProCacheApply(io.ComfyNode):
             node_id="ProCacheApply",
             display_name="ProCache Apply",
             category="ProCache",
-            description="Returns a copy of the MODEL that caches transformer block outputs across denoising "
-                        "steps according to the schedule (PixArt-α/Σ, Flux.1, SD3/3.5, Wan 2.x). The cache_* "
-                        "inputs choose where the cache lives (device / CPU memory), its dtype and the memory-light "
-                        "mode; the log gives the estimated size before the first step.",
+            description=APPLY_DESCRIPTION + " The cache_* inputs choose where the cache lives (device / CPU "
+                        "memory), its dtype and the memory-light mode; the log gives the estimated size before the "
+                        "first step.",
             inputs=[
                 io.Model.Input("model"),
                 ScheduleSocket.Input("schedule", tooltip="from ProCache Schedule Loader"),
@@ -53,7 +68,7 @@ class ProCacheApply(io.ComfyNode):
                 cache_mode: str = "auto", cache_dtype: str = "auto") -> io.NodeOutput:
         validate_range(start_percent, end_percent)
         memory = request_from_inputs(cache_device, cache_mode, cache_dtype)
-        adapter = adapter_for(model)  # UnsupportedModelError names the supported families
+        adapter = adapter_for(model)  # a block adapter, or the model-level fallback; errors only for non-models
         preset = schedule
         if selective is not None:
             sel = selective.validate()
@@ -61,6 +76,9 @@ class ProCacheApply(io.ComfyNode):
             inject = bool(sel.enabled and not has_s)
         else:
             sel = preset.selective.validate()
+            inject = False
+        if getattr(adapter, "schedule_only", False):  # model-level fallback: no block to recompute tokens in
+            sel = dataclasses.replace(sel, enabled=False, start_block=None)
             inject = False
         patched = model.clone()
         config = ProCacheConfig(preset=preset, schedule=preset.schedule, selective=sel, inject_selective=inject,

@@ -66,10 +66,10 @@ def tiny_pixart_sigma() -> dict[str, torch.Tensor]:
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 
-@maker("procache-tiny-unsupported-hunyuan-video.safetensors", "diffusion_models")
-def tiny_unsupported_hunyuan_video() -> dict[str, torch.Tensor]:
-    """Hunyuan Video, a family ProCache does not patch, used to check that ProCache Apply refuses it
-    cleanly. The host's detection reads hidden size (heads = hidden / 128), patch size, channels and
+@maker("procache-tiny-hunyuan-video.safetensors", "diffusion_models")
+def tiny_hunyuan_video() -> dict[str, torch.Tensor]:
+    """Hunyuan Video 1.0 through the host's real detection and loader (ProCache's hunyuan_video
+    adapter; tests/host/test_families_server.py). The host's detection reads hidden size (heads = hidden / 128), patch size, channels and
     text dim from the weights and counts the blocks, so hidden 256 (vector_in 768) with one double
     and one single block loads as a real HunyuanVideo model of 6 M params. (Lumina 2 cannot be made
     small: a dim other
@@ -83,6 +83,20 @@ def tiny_unsupported_hunyuan_video() -> dict[str, torch.Tensor]:
                          theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=False, byt5=False,
                          meanflow=False, use_cond_type_embedding=False, vision_in_dim=None, operations=torch.nn)
     _init_(model, seed=777)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+@maker("procache-tiny-hunyuan-image21.safetensors", "diffusion_models")
+def tiny_hunyuan_image21() -> dict[str, torch.Tensor]:
+    """HunyuanImage 2.1 layout (no vector_in, 2-D 1x1 patches on 64 latent channels, axes 64+64), which
+    the host's detection reads as HunyuanImage21; hidden 256 (2 heads of 128), 1 double + 1 single."""
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    model = HunyuanVideo(in_channels=64, out_channels=64, vec_in_dim=None, context_in_dim=64, hidden_size=256,
+                         mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[64, 64],
+                         theta=256, patch_size=[1, 1], qkv_bias=True, guidance_embed=False, byt5=False,
+                         meanflow=False, use_cond_type_embedding=False, vision_in_dim=None, operations=torch.nn)
+    _init_(model, seed=778)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
 

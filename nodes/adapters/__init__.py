@@ -11,7 +11,11 @@ pixart     ``comfy.ldm.pixart.pixartms.PixArtMS`` (α and Σ)        object patc
 flux       ``comfy.ldm.flux.model.Flux`` (Flux.1 dev/schnell)      ``dit`` replace ``double_block``/``single_block``
 sd3        ``comfy.ldm.modules.diffusionmodules.mmdit.MMDiT``      ``dit`` replace ``double_block`` (joint blocks)
 wan        ``comfy.ldm.wan.model.WanModel`` and subclasses          object patch ``diffusion_model.blocks.N.forward``
+generic    any other model the host samples (UNets included)       ``APPLY_MODEL`` wrapper: the whole model call
 =========  ======================================================  ===================================
+
+Later families (flux2, chroma, qwen_image, z_image/lumina2, hunyuan_*, ltxv, cosmos_predict2) are
+detected in ``_detect_more``; ``docs/families.md`` has the full table.
 
 A patched block that finds no ProCache run of its own in progress (see
 ``runtime_bridge.active_run``) calls what was installed before it (another pack's patch, or the host's
@@ -41,7 +45,18 @@ SUPPORTED_FAMILIES = {
     "flux": "Flux.1 (dev, schnell)",
     "sd3": "SD3 / SD3.5 (MMDiT)",
     "wan": "Wan 2.x",
+    "flux2": "Flux.2",
+    "chroma": "Chroma / Chroma Radiance",
+    "qwen_image": "Qwen-Image (and Edit)",
+    "z_image": "Z-Image",
+    "lumina2": "Lumina 2",
+    "hunyuan_video": "HunyuanVideo 1.0",
+    "hunyuan_video15": "HunyuanVideo 1.5",
+    "hunyuan_image21": "HunyuanImage 2.1",
+    "ltxv": "LTX-Video",
+    "cosmos_predict2": "Cosmos Predict2",
 }
+GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
 
 class FamilyAdapter:
@@ -154,7 +169,9 @@ def supported_text() -> str:
 
 
 def detect_family(model_patcher: Any) -> str:
-    """Family name of a ComfyUI MODEL (raises UnsupportedModelError with the supported list)."""
+    """Family name of a ComfyUI MODEL: a block adapter's, else ``"generic"`` (the model-level fallback).
+
+    Only an input that is not a diffusion MODEL raises UnsupportedModelError."""
     dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
     if dm is None:
         raise UnsupportedModelError("model", "is not a diffusion MODEL ComfyUI can sample.",
@@ -169,15 +186,70 @@ def detect_family(model_patcher: Any) -> str:
         return "pixart"
     if isinstance(dm, Flux) and all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
             all(type(b) is SingleStreamBlock for b in dm.single_blocks):
-        return "flux"
+        return "flux2" if getattr(getattr(dm, "params", None), "global_modulation", False) else "flux"
     if isinstance(dm, MMDiT):
         return "sd3"
     if isinstance(dm, WanModel) and all(isinstance(b, WanAttentionBlock) for b in dm.blocks):
         return "wan"
-    config = getattr(getattr(model_patcher, "model", None), "model_config", None)
-    what = type(dm).__name__ + (f" ({type(config).__name__})" if config is not None else "")
-    raise UnsupportedModelError("model", f"is a {what}, which ProCache has no adapter for.",
-                                f"use a model of a supported family: {supported_text()}.")
+    return _detect_more(dm, getattr(model_patcher.model, "model_config", None))
+
+
+def _detect_more(dm: Any, model_config: Any = None) -> str:
+    """Families added after the first four (one check each; the fallback when none matches)."""
+    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+
+    try:
+        from comfy.ldm.chroma.model import Chroma
+        if isinstance(dm, Chroma) and all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
+                all(type(b) is SingleStreamBlock for b in dm.single_blocks):
+            return "chroma"
+    except ImportError:
+        pass
+    try:
+        from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel, QwenImageTransformerBlock
+        if isinstance(dm, QwenImageTransformer2DModel) and \
+                all(type(b) is QwenImageTransformerBlock for b in dm.transformer_blocks):
+            return "qwen_image"
+    except ImportError:
+        pass
+    try:
+        from comfy.ldm.lumina.model import JointTransformerBlock, NextDiT
+        if isinstance(dm, NextDiT) and len(dm.layers) and \
+                all(type(b) is JointTransformerBlock and b.modulation for b in dm.layers):
+            from .lumina import lumina_variant
+
+            return lumina_variant(dm)
+    except ImportError:
+        pass
+    try:
+        from comfy.ldm.hunyuan_video.model import HunyuanVideo
+        if isinstance(dm, HunyuanVideo) and all(type(b) is DoubleStreamBlock and b.modulation for b in dm.double_blocks) \
+                and all(type(b) is SingleStreamBlock and b.modulation is not None for b in dm.single_blocks):
+            from .hunyuan_video import hunyuan_variant
+
+            return hunyuan_variant(model_config)
+    except ImportError:
+        pass
+    try:
+        from comfy.ldm.lightricks.model import BasicTransformerBlock, LTXVModel
+        if type(dm) is LTXVModel and all(type(b) is BasicTransformerBlock for b in dm.transformer_blocks):
+            return "ltxv"
+    except ImportError:
+        pass
+    try:
+        from comfy.ldm.cosmos.predict2 import Block as CosmosBlock, MiniTrainDIT
+        if isinstance(dm, MiniTrainDIT) and all(type(b) is CosmosBlock for b in dm.blocks):
+            return "cosmos_predict2"
+    except ImportError:
+        pass
+    return GENERIC
+
+
+def model_name(model_patcher: Any) -> str:
+    """``Network (ModelConfig)`` of a MODEL, for log lines."""
+    dm = model_patcher.model.diffusion_model
+    config = getattr(model_patcher.model, "model_config", None)
+    return type(dm).__name__ + (f" ({type(config).__name__})" if config is not None else "")
 
 
 def adapter_for(model_patcher: Any) -> FamilyAdapter:
@@ -189,6 +261,26 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .flux import FluxAdapter as cls
     elif family == "sd3":
         from .sd3 import SD3Adapter as cls
-    else:
+    elif family == "wan":
         from .wan import WanAdapter as cls
+    elif family == "flux2":
+        from .flux2 import Flux2Adapter as cls
+    elif family == "chroma":
+        from .chroma import ChromaAdapter as cls
+    elif family == "qwen_image":
+        from .qwen_image import QwenImageAdapter as cls
+    elif family in ("z_image", "lumina2"):
+        from .lumina import LuminaAdapter as cls
+    elif family == "ltxv":
+        from .ltxv import LTXVAdapter as cls
+    elif family == "cosmos_predict2":
+        from .cosmos import CosmosPredict2Adapter as cls
+    elif family.startswith("hunyuan_"):
+        from .hunyuan_video import HunyuanVideoAdapter
+
+        return HunyuanVideoAdapter(dm, family)
+    else:
+        from .generic import GenericAdapter
+
+        return GenericAdapter(dm, model_name(model_patcher))
     return cls(dm)

@@ -172,13 +172,18 @@ def test_sd35_self_attn_blocks_close():
     assert torch.allclose(outs[0], ref, atol=1e-5, rtol=1e-5)
 
 
-def test_unsupported_model_names_supported_families():
+def test_other_models_get_the_model_level_fallback():
     dm = torch.nn.Linear(2, 2)
-    fp = FakePatcher(dm)
+    adapter = A.adapter_for(FakePatcher(dm))
+    assert adapter.family == "generic" and adapter.num_blocks == 1 and adapter.schedule_only
+    assert "Linear" in adapter.describe() and "schedule-only" in adapter.describe()
+
+
+def test_not_a_diffusion_model_names_the_field():
     with pytest.raises(UnsupportedModelError) as err:
-        A.adapter_for(fp)
+        A.adapter_for(types.SimpleNamespace(model=None))
     msg = str(err.value)
-    assert "'model'" in msg and "Linear" in msg
+    assert "'model'" in msg and "not a diffusion MODEL" in msg
     for fam in ("PixArt", "Flux", "SD3", "Wan"):
         assert fam in msg
 

@@ -1,0 +1,18 @@
+"""Chroma and Chroma Radiance (``comfy.ldm.chroma.model.Chroma`` and its pixel-space subclass).
+
+Chroma keeps Flux.1's blocks (``DoubleStreamBlock`` / ``SingleStreamBlock`` with ``modulation=False``)
+and ``dit`` replace patches with the same arguments; the adaLN chunks come from the model-wide
+distilled-guidance approximator, sliced per block and passed as ``vec``. The Flux.1 adapter's branch
+split applies as is (``nodes/adapters/flux.py``): double blocks run as an image and a text engine block
+with ``attn`` and a token-local ``mlp``; single blocks are one fused ``attn_mlp`` branch reused on
+selective steps. Blocks Chroma skips (``skip_mmdit`` / ``skip_dit``) are never called, so they cost
+nothing and cache nothing. Chroma Radiance's pixel-space head (NeRF decoder) runs every step.
+"""
+from __future__ import annotations
+
+from .flux import FluxAdapter
+
+
+class ChromaAdapter(FluxAdapter):
+    family = "chroma"
+    selective_support = "partial (double-block MLPs recompute top-k tokens; single blocks reuse on selective steps)"

@@ -1,0 +1,94 @@
+"""Cosmos Predict2 (``comfy.ldm.cosmos.predict2.MiniTrainDIT``: text-to-image and video models).
+
+The host's blocks take the token grid as ``(B, T, H, W, D)`` and have no ``dit`` replace patches, so
+each block's ``forward`` is replaced with an object patch (``diffusion_model.blocks.N.forward``) that
+runs the block on the same values laid out as ``(B, T*H*W, D)`` (what the host's attention sees).
+Branches, each ``x + gate * out`` with the host's expressions (bitwise equal under an all-FULL
+schedule):
+
+* ``self_attn`` = ``self_attn(norm(x) * (1 + scale) + shift, rope)``, reused on selective steps;
+* ``cross`` = ``cross_attn(norm(x) * (1 + scale) + shift, text)`` (no rotary embedding on
+  cross-attention), token-local;
+* ``mlp`` = ``mlp(norm(x) * (1 + scale) + shift)``, token-local.
+
+adaLN is ``(B, T_emb, D)``: one row per sample (``T_emb == 1``), or per latent frame when the timestep
+is per frame (image-to-video conditioning). Per-frame rows are laid out per token, and then cross
+attention and MLP are not token-local (reused on selective steps). The adaLN linears (with the
+model-wide adaLN-LoRA term) are evaluated whole every step.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...procache_core.engine import Branch
+from ..runtime_bridge import active_run
+from . import FamilyAdapter
+
+
+class CosmosBlockForward:
+    """Replacement of one block's ``forward`` (the host's when no run of ours is active)."""
+
+    def __init__(self, block: Any, index: int, owner: Any) -> None:
+        self.block, self.index, self.owner = block, index, owner
+
+    def __call__(self, x_B_T_H_W_D, emb_B_T_D, crossattn_emb, rope_emb_L_1_1_D=None, adaln_lora_B_T_3D=None,
+                 extra_per_block_pos_emb=None, transformer_options={}, **kwargs):
+        block = self.block
+        run = active_run(self.owner)
+        if run is None:
+            return type(block).forward(block, x_B_T_H_W_D, emb_B_T_D, crossattn_emb, rope_emb_L_1_1_D,
+                                       adaln_lora_B_T_3D, extra_per_block_pos_emb, transformer_options, **kwargs)
+        x = x_B_T_H_W_D
+        if extra_per_block_pos_emb is not None:
+            x = x + extra_per_block_pos_emb
+        mods = []
+        for layer in (block.adaln_modulation_self_attn, block.adaln_modulation_cross_attn, block.adaln_modulation_mlp):
+            m = layer(emb_B_T_D) + adaln_lora_B_T_3D if block.use_adaln_lora else layer(emb_B_T_D)
+            mods.append(m.chunk(3, dim=-1))  # shift, scale, gate: (B, T_emb, D)
+        B, T, H, W, D = x.shape
+        te = emb_B_T_D.shape[1]
+
+        def tok(m: torch.Tensor) -> torch.Tensor:
+            """(B, T_emb, D) -> broadcastable over (B, T*H*W, D), the host's (B, T_emb, 1, 1, D) rows."""
+            if te == 1:
+                return m
+            return m[:, :, None, None, :].expand(B, T, H, W, D).reshape(B, T * H * W, D)
+
+        (sh_sa, sc_sa, g_sa), (sh_ca, sc_ca, g_ca), (sh_m, sc_m, g_m) = [[tok(t) for t in m] for m in mods]
+        to = transformer_options
+        rope = rope_emb_L_1_1_D
+        local = te == 1
+        branches = (
+            Branch("self_attn", lambda h: block.self_attn(block.layer_norm_self_attn(h) * (1 + sc_sa) + sh_sa, None,
+                                                          rope_emb=rope, transformer_options=to), g_sa, False),
+            Branch("cross", lambda h: block.cross_attn(block.layer_norm_cross_attn(h) * (1 + sc_ca) + sh_ca,
+                                                       crossattn_emb, rope_emb=rope, transformer_options=to),
+                   g_ca, local),
+            Branch("mlp", lambda h: block.mlp(block.layer_norm_mlp(h) * (1 + sc_m) + sh_m), g_m, local),
+        )
+        out = run.run_block(self.index, x.reshape(B, T * H * W, D), branches)
+        return out.reshape(B, T, H, W, D)
+
+
+class CosmosPredict2Adapter(FamilyAdapter):
+    family = "cosmos_predict2"
+    selective_support = "full (cross-attention and MLP recompute top-k tokens with per-sample adaLN)"
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.num_blocks = len(diffusion_model.blocks)
+        self.patch = (int(diffusion_model.patch_temporal), int(diffusion_model.patch_spatial))
+
+    def install(self, model_patcher: Any, owner: Any) -> None:
+        for i, block in enumerate(self.dm.blocks):
+            model_patcher.add_object_patch(f"diffusion_model.blocks.{i}.forward", CosmosBlockForward(block, i, owner))
+
+    def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
+        pt, ps = self.patch
+        if len(x_shape) == 5:
+            return (((x_shape[2] + pt - 1) // pt) * (x_shape[3] // ps), x_shape[4] // ps)
+        if len(x_shape) == 4:
+            return (x_shape[2] // ps, x_shape[3] // ps)
+        return None

@@ -1,0 +1,19 @@
+"""Flux.2 (``comfy.ldm.flux.model.Flux`` with ``params.global_modulation``).
+
+The host builds Flux.2 from the Flux.1 classes (``DoubleStreamBlock`` / ``SingleStreamBlock`` with
+``modulation=False``): the adaLN chunks come from three model-wide ``Modulation`` layers evaluated once
+per model call and handed to every block as ``vec``. The Flux.1 adapter's branch split applies as is
+(``nodes/adapters/flux.py``): double blocks run as an image and a text engine block with ``attn`` and a
+token-local ``mlp`` (SiLU-gated MLP in Flux.2); single blocks are one fused ``attn_mlp`` branch reused on
+selective steps. Reference images of Flux.2 edits are part of the image stream and cached with it.
+
+There is no per-block adaLN linear to slice, so reused steps cost the shared modulation only. The
+family has its own name so presets and the ``auto`` choice can tell Flux.2 from Flux.1.
+"""
+from __future__ import annotations
+
+from .flux import FluxAdapter
+
+
+class Flux2Adapter(FluxAdapter):
+    family = "flux2"

@@ -1,0 +1,72 @@
+"""LTX-Video (``comfy.ldm.lightricks.model.LTXVModel``).
+
+Patched with ``dit`` replace patches ``("double_block", i)`` (the host's name for its single-stream
+blocks). ``BasicTransformerBlock.forward`` becomes three branches, PixArt-like:
+
+* ``attn`` = ``attn1(rms_norm(x) * (1 + scale_msa) + shift_msa, pe)``, gated by ``gate_msa``; reused on
+  selective steps;
+* ``cross`` = ``attn2(x, context, mask)``, no gate; token-local;
+* ``mlp`` = ``ff(rms_norm(x) * (1 + scale_mlp) + shift_mlp)``, gated by ``gate_mlp``; token-local when
+  the timestep is per sample. With per-token timesteps (image / keyframe conditioning, where
+  conditioned tokens carry their own noise level) its shift/scale differ per token, so it is reused on
+  selective steps, like the attention.
+
+The adaLN rows come from the block's ``scale_shift_table`` plus the model-wide timestep embedding, so
+there is no per-block linear to slice. Rounding: the host adds the attention and MLP residuals in place
+with ``addcmul_`` (fused multiply-add), the engine as ``x + gate * out``; an all-FULL schedule therefore
+equals the unpatched model to float rounding (~1e-6 relative), not bit for bit.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...procache_core.engine import Branch
+from . import DitBlockReplace, FamilyAdapter
+
+
+class LTXVBlock(DitBlockReplace):
+    def run_block(self, run: Any, args: dict) -> dict:
+        from comfy.ldm.common_dit import rms_norm
+
+        block = self.adapter.dm.transformer_blocks[self.index]
+        x, context, mask, timestep, pe = args["img"], args["txt"], args.get("attention_mask"), args["vec"], args["pe"]
+        to = args.get("transformer_options") or {}
+        table = block.scale_shift_table[None, None].to(device=x.device, dtype=x.dtype)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            table + timestep.reshape(x.shape[0], timestep.shape[1], table.shape[2], -1)).unbind(dim=2)
+        per_sample = timestep.shape[1] == 1
+
+        def attn1(h):
+            a = rms_norm(h)
+            return block.attn1(torch.addcmul(a, a, scale_msa).add_(shift_msa), pe=pe, transformer_options=to)
+
+        def mlp(h):
+            y = rms_norm(h)
+            return block.ff(torch.addcmul(y, y, scale_mlp).add_(shift_mlp))
+
+        x = run.run_block(self.index, x, (
+            Branch("attn", attn1, gate_msa, False),
+            Branch("cross", lambda h: block.attn2(h, context=context, mask=mask, transformer_options=to), None, True),
+            Branch("mlp", mlp, gate_mlp, per_sample),
+        ))
+        return {"img": x}
+
+
+class LTXVAdapter(FamilyAdapter):
+    family = "ltxv"
+    selective_support = "full (cross-attention and, with per-sample timesteps, MLP recompute top-k tokens)"
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.num_blocks = len(diffusion_model.transformer_blocks)
+
+    def install(self, model_patcher: Any, owner: Any) -> None:
+        for i in range(self.num_blocks):
+            model_patcher.set_model_patch_replace(LTXVBlock(self, i, owner), "dit", "double_block", i)
+
+    def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
+        if len(x_shape) != 5:  # patch size 1: one token per latent pixel
+            return None
+        return (x_shape[2] * x_shape[3], x_shape[4])

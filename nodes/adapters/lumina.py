@@ -1,0 +1,81 @@
+"""Lumina 2 and Z-Image (``comfy.ldm.lumina.model.NextDiT``).
+
+NextDiT has no ``dit`` replace patches, so each main block's ``forward`` is replaced with an object
+patch (``diffusion_model.layers.N.forward``; the small noise/context refiner blocks run every step).
+The main blocks see one sequence, caption tokens then image tokens (Z-Image pads both to a multiple
+of 32). ``JointTransformerBlock.forward`` with modulation becomes two branches, each written as the
+host writes it (``x + tanh(gate).unsqueeze(1) * out``), so an all-FULL schedule is bitwise equal:
+
+* ``attn`` = ``attention_norm2(attention(modulate(attention_norm1(x), scale_msa), mask, freqs))``,
+  gated by ``tanh(gate_msa)``; reused on selective steps;
+* ``mlp`` = ``ffn_norm2(feed_forward(modulate(ffn_norm1(x), scale_mlp)))``, gated by ``tanh(gate_mlp)``;
+  token-local (per-token RMSNorm and FFN, per-sample scale), recomputed for the top-k tokens on
+  selective steps (caption tokens compete with image tokens for the k picks).
+
+adaLN (``adaLN_modulation``: ``Linear(·, 4C)``, with SiLU for Lumina 2, without for Z-Image) is lazy:
+reused blocks evaluate only the two gate row blocks of plain host linears.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ...procache_core.engine import Branch
+from ..runtime_bridge import active_run
+from . import FamilyAdapter
+from .modulation import lazy_chunks
+
+
+def _gate(t: torch.Tensor) -> torch.Tensor:
+    return t.unsqueeze(1).tanh()
+
+
+class LuminaBlockForward:
+    """Replacement of one main block's ``forward`` (the host's when no run of ours is active)."""
+
+    def __init__(self, block: Any, index: int, owner: Any) -> None:
+        self.block, self.index, self.owner = block, index, owner
+
+    def __call__(self, x, x_mask, freqs_cis, adaln_input=None, transformer_options={}, **kwargs):
+        block = self.block
+        run = active_run(self.owner)
+        if run is None or not block.modulation or adaln_input is None:
+            return type(block).forward(block, x, x_mask, freqs_cis, adaln_input,
+                                       transformer_options=transformer_options, **kwargs)
+        import torch.nn.functional as F
+        from comfy.ldm.lumina.model import modulate
+
+        seq = block.adaLN_modulation
+        silu = isinstance(seq[0], torch.nn.SiLU)
+        mod = lazy_chunks(lambda: seq(adaln_input).chunk(4, dim=1), seq[-1],
+                          (lambda: F.silu(adaln_input)) if silu else (lambda: adaln_input), adaln_input, 4)
+        to = transformer_options
+        branches = (
+            Branch("attn", lambda h: block.attention_norm2(block.attention(
+                modulate(block.attention_norm1(h), mod[0]), x_mask, freqs_cis, transformer_options=to)),
+                mod.lazy_gate(1, _gate), False),
+            Branch("mlp", lambda h: block.ffn_norm2(block.feed_forward(modulate(block.ffn_norm1(h), mod[2]))),
+                   mod.lazy_gate(3, _gate), True),
+        )
+        return run.run_block(self.index, x, branches)
+
+
+def lumina_variant(dm: Any) -> str:
+    """``"z_image"`` (adaLN without SiLU, the host's ``z_image_modulation``) or ``"lumina2"``."""
+    seq = dm.layers[0].adaLN_modulation
+    return "lumina2" if isinstance(seq[0], torch.nn.SiLU) else "z_image"
+
+
+class LuminaAdapter(FamilyAdapter):
+    family = "lumina2"
+    selective_support = "full (MLPs recompute top-k tokens; attention reused)"
+
+    def __init__(self, diffusion_model: Any) -> None:
+        super().__init__(diffusion_model)
+        self.num_blocks = len(diffusion_model.layers)
+        self.family = lumina_variant(diffusion_model)
+
+    def install(self, model_patcher: Any, owner: Any) -> None:
+        for i, block in enumerate(self.dm.layers):
+            model_patcher.add_object_patch(f"diffusion_model.layers.{i}.forward", LuminaBlockForward(block, i, owner))

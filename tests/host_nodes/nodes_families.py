@@ -1,0 +1,245 @@
+"""Seeded tiny MODELs of families whose checkpoints the host's detection only accepts at full size.
+
+Each node builds the host's own network class at a tiny width from a config object of the host's
+``comfy.supported_models`` and wraps it exactly as the checkpoint loader would (model_base + ModelPatcher),
+so everything after the loader (sampling, wrappers, the pack) is the real path.
+"""
+from __future__ import annotations
+
+import torch
+from comfy_api.latest import io
+
+
+def seeded_(net: torch.nn.Module, seed: int, bias_scale: float = 0.02) -> None:
+    """Deterministic random weights; every float buffer too (some are allocated with torch.empty)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, prm in sorted(net.named_parameters()):
+            if prm.ndim >= 2:
+                prm.copy_(torch.randn(prm.shape, generator=gen) / prm[0].numel() ** 0.5)
+            else:
+                prm.copy_(torch.randn(prm.shape, generator=gen) * bias_scale)
+
+
+def patcher_from_config(config, net_state: dict, prefix: str = "model.diffusion_model."):
+    """model_base + ModelPatcher for a supported_models config and a state dict of its network."""
+    import comfy.model_management as mm
+    import comfy.model_patcher
+
+    sd = {prefix + k: v for k, v in net_state.items()}
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model(sd, prefix)
+    model.load_model_weights(sd, prefix)
+    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                            offload_device=mm.unet_offload_device())
+
+
+class ProCacheTestTinySDXL(io.ComfyNode):
+    """A seeded tiny SDXL-style UNet (host UNetModel + model_base.SDXL, EPS prediction).
+
+    SDXL detection fixes model_channels 320 and transformer depths up to 10; this builds the host's
+    ``supported_models.SDXL`` config with channels 32 and one transformer block per level instead.
+    Conditioning: context of ``context_dim`` and a 1280-d pooled_output (SDXL's ADM vector).
+    """
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheTestTinySDXL",
+            display_name="ProCache Test Tiny SDXL UNet (random weights)",
+            category="ProCache/testing",
+            inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                    io.Int.Input("context_dim", default=64, min=8, max=2048)],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, seed: int, context_dim: int) -> io.NodeOutput:
+        import comfy.ops
+        import comfy.supported_models
+        from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        unet_config = {
+            "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+            "legacy": False, "num_classes": "sequential", "adm_in_channels": 2816, "in_channels": 4,
+            "model_channels": 32, "num_res_blocks": [1, 1], "transformer_depth": [0, 1], "channel_mult": [1, 2],
+            "transformer_depth_middle": 1, "use_linear_in_transformer": True, "context_dim": context_dim,
+            "num_head_channels": 16, "transformer_depth_output": [0, 0, 1, 1], "use_temporal_attention": False,
+            "use_temporal_resblock": False,
+        }
+        net = UNetModel(operations=comfy.ops.disable_weight_init, **unet_config)
+        seeded_(net, seed)
+        config = comfy.supported_models.SDXL(dict(unet_config))
+        return io.NodeOutput(patcher_from_config(config, net.state_dict()))
+
+
+# -- tiny networks (host classes), shared by the nodes below and the in-process adapter tests ----------
+
+def tiny_qwen_image_net(seed: int = 0, layers: int = 2, context_dim: int = 48):
+    """QwenImageTransformer2DModel, width 64 (2 heads of 32); the loader fixes 24 heads of 128."""
+    import comfy.ops
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
+
+    cfg = {"image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": layers,
+           "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": context_dim,
+           "axes_dims_rope": (8, 12, 12)}
+    net = QwenImageTransformer2DModel(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_flux2_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: int = 48):
+    """Flux.2 layout (global modulation, SiLU-gated MLP, no biases, patch 1, 128 latent channels), width 64."""
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux
+
+    cfg = {"image_model": "flux2", "axes_dim": [8, 8, 8, 8], "num_heads": 2, "mlp_ratio": 3.0, "theta": 2000,
+           "out_channels": 128, "global_modulation": True, "vec_in_dim": None, "mlp_silu_act": True,
+           "qkv_bias": False, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
+           "in_channels": 128, "hidden_size": 64, "context_in_dim": context_dim, "patch_size": 1, "depth": depth,
+           "depth_single_blocks": single, "guidance_embed": True}
+    net = Flux(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_chroma_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: int = 48):
+    """Chroma (Flux blocks, approximator modulation), width 64; the loader fixes 24 heads and width 3072."""
+    import comfy.ops
+    from comfy.ldm.chroma.model import Chroma
+
+    cfg = {"image_model": "chroma", "in_channels": 64, "out_channels": 64, "context_in_dim": context_dim,
+           "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": depth, "depth_single_blocks": single,
+           "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64,
+           "out_dim": 64, "hidden_dim": 96, "n_layers": 2}
+    net = Chroma(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_lumina_net(seed: int = 0, context_dim: int = 48, z_image: bool = True):
+    """NextDiT in the Z-Image layout (adaLN without SiLU, 32-token padding) or Lumina 2's, width 256
+    (Z-Image's adaLN input is 256 wide, so narrower is impossible); 2 main + 1 refiner blocks."""
+    import comfy.ops
+    from comfy.ldm.lumina.model import NextDiT
+
+    cfg = {"image_model": "lumina2", "patch_size": 2, "in_channels": 16, "dim": 256, "cap_feat_dim": context_dim,
+           "n_layers": 2, "n_refiner_layers": 1, "qk_norm": True, "n_heads": 8, "n_kv_heads": 8,
+           "axes_dims": [8, 12, 12], "axes_lens": [64, 64, 64], "multiple_of": 32}
+    if z_image:
+        cfg.update({"rope_theta": 256.0, "ffn_dim_multiplier": 8.0 / 3.0, "z_image_modulation": True,
+                    "time_scale": 1000.0, "pad_tokens_multiple": 32})
+    else:
+        cfg.update({"rope_theta": 10000.0, "ffn_dim_multiplier": 1.0})
+    net = NextDiT(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)  # the pad tokens are parameters: seeded too
+    return net, cfg
+
+
+def tiny_lumina2_net(seed: int = 0, context_dim: int = 48):
+    return tiny_lumina_net(seed, context_dim, z_image=False)
+
+
+def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
+    """HunyuanVideo 1.0 layout (Flux blocks, 3-D patches, token refiner), width 64, 2 double + 2 single."""
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    cfg = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
+           "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
+           "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+           "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
+           "use_cond_type_embedding": False, "vision_in_dim": None}
+    net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_ltxv_net(seed: int = 0, context_dim: int = 48):
+    """LTXVModel (128 latent channels, patch 1), width 64 (2 heads of 32), 2 blocks."""
+    import comfy.ops
+    from comfy.ldm.lightricks.model import LTXVModel
+
+    cfg = {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
+           "num_attention_heads": 2, "caption_channels": context_dim, "num_layers": 2}
+    net = LTXVModel(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_cosmos_predict2_net(seed: int = 0, context_dim: int = 48):
+    """MiniTrainDIT in the Predict2 text-to-image layout (adaLN-LoRA, rope3d), width 64, 2 blocks."""
+    import comfy.ops
+    from comfy.ldm.cosmos.predict2 import MiniTrainDIT
+
+    cfg = {"image_model": "cosmos_predict2", "max_img_h": 240, "max_img_w": 240, "max_frames": 128,
+           "in_channels": 16, "out_channels": 16, "patch_spatial": 2, "patch_temporal": 1,
+           "concat_padding_mask": True, "model_channels": 64, "num_blocks": 2, "num_heads": 2,
+           "crossattn_emb_channels": context_dim, "pos_emb_cls": "rope3d", "pos_emb_learnable": True,
+           "pos_emb_interpolation": "crop", "min_fps": 1, "max_fps": 30, "use_adaln_lora": True,
+           "adaln_lora_dim": 16, "extra_per_block_abs_pos_emb": False, "rope_h_extrapolation_ratio": 4.0,
+           "rope_w_extrapolation_ratio": 4.0, "rope_t_extrapolation_ratio": 1.0}
+    net = MiniTrainDIT(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+TINY = {"ltxv": ("LTXV", tiny_ltxv_net), "cosmos_predict2": ("CosmosT2IPredict2", tiny_cosmos_predict2_net), "z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
+        "qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
+        "chroma": ("Chroma", tiny_chroma_net)}
+
+
+class ProCacheTestTinyDiT(io.ComfyNode):
+    """A seeded tiny MODEL of a diffusion-transformer family (host classes, width 64, 2+2 blocks).
+
+    The host's detection fixes these families' head layout (e.g. Qwen-Image 24 x 128, Flux.2 48 x 128),
+    so a checkpoint cannot be small; the node builds the family's ``supported_models`` config with a
+    tiny network config instead.
+    """
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheTestTinyDiT",
+            display_name="ProCache Test Tiny DiT (random weights)",
+            category="ProCache/testing",
+            inputs=[io.Combo.Input("family", options=sorted(TINY)),
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                    io.Int.Input("context_dim", default=48, min=8, max=4096)],
+            outputs=[io.Model.Output()],
+        )
+
+    @classmethod
+    def execute(cls, family: str, seed: int, context_dim: int) -> io.NodeOutput:
+        import comfy.supported_models
+
+        config_name, build = TINY[family]
+        net, cfg = build(seed=seed, context_dim=context_dim)
+        config = getattr(comfy.supported_models, config_name)(dict(cfg))
+        return io.NodeOutput(patcher_from_config(config, net.state_dict()))
+
+
+class ProCacheTestAttentionMask(io.ComfyNode):
+    """Adds the all-ones text ``attention_mask`` a T5 encoder attaches (LTX-Video's forward requires one)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheTestAttentionMask",
+            display_name="ProCache Test Attention Mask",
+            category="ProCache/testing",
+            inputs=[io.Conditioning.Input("conditioning")],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning) -> io.NodeOutput:
+        out = []
+        for emb, extra in conditioning:
+            extra = dict(extra)
+            extra["attention_mask"] = torch.ones(emb.shape[:2], dtype=torch.long)
+            out.append([emb, extra])
+        return io.NodeOutput(out)
+
+
+NODES = [ProCacheTestTinySDXL, ProCacheTestTinyDiT, ProCacheTestAttentionMask]
