@@ -149,6 +149,8 @@ class ProCacheScheduleLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, preset: str, schedule_text: str = "") -> str:
+        if not isinstance(preset, str) or not isinstance(schedule_text, str):
+            return f"bad-input:{preset!r}:{schedule_text!r}"  # execute refuses it, naming the input
         if schedule_text and schedule_text.strip():
             return "text:" + hashlib.sha256(schedule_text.encode()).hexdigest()
         path = available_presets().get(preset)
@@ -156,6 +158,10 @@ class ProCacheScheduleLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset: str, schedule_text: str = "") -> io.NodeOutput:
+        for fld, value in (("preset", preset), ("schedule_text", schedule_text)):
+            if not isinstance(value, str):  # an API client can send any JSON value
+                raise ProCacheError(fld, f"must be text, got {type(value).__name__}.",
+                                    "send the preset's name or an F/C/S schedule as a string.")
         if schedule_text and schedule_text.strip():
             p = preset_from_text(schedule_text)
         else:
