@@ -255,20 +255,49 @@ def _parse_steps(value: Any) -> int | None:
 
 
 # -- handlers' logic (plain functions, easy to test) ---------------------------------------------
+_LIST_CACHE: dict[tuple[str, str], tuple[tuple, dict[str, Any]]] = {}
+_LIST_CACHE_MAX = 1024
+
+
+def _file_key(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
 def list_payload() -> dict[str, Any]:
+    """Every listed preset's summary. Parsed summaries are reused while the file is unchanged (same
+    mtime, size, inode, ctime): the UI lists often, and a list must stay cheap while a run samples."""
     items = []
-    for name, path in sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0])):
-        try:
-            items.append(summarize(load_listed_preset(name, path), name, _source_of(name)))
-        except ProCacheError as exc:
-            items.append({"name": name, "source": _source_of(name), "error": scrub_paths(str(exc)),
-                          "field": exc.field})
-        except Exception as exc:  # a broken user file must not break the listing
-            log.warning("ProCache: listing preset %s failed: %r", name, exc)
-            items.append({"name": name, "source": _source_of(name), "field": "preset",
-                          "error": scrub_paths(f"ProCache: 'preset' {name!r} could not be read "
-                                           f"({type(exc).__name__}: {exc}).", any_path=True)})
+    listed = sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0]))
+    if len(_LIST_CACHE) > _LIST_CACHE_MAX:
+        _LIST_CACHE.clear()
+    for name, path in listed:
+        key = _file_key(path)
+        hit = _LIST_CACHE.get((name, str(path)))
+        if key is not None and hit is not None and hit[0] == key:
+            items.append(json.loads(json.dumps(hit[1])))  # a copy: callers may change it
+            continue
+        item = _list_item(name, path)
+        if key is not None and key == _file_key(path):
+            _LIST_CACHE[(name, str(path))] = (key, item)
+        items.append(item)
     return {"presets": items}
+
+
+def _list_item(name: str, path: Path) -> dict[str, Any]:
+    """The summary of one listed preset, or its error (a broken user file never breaks the listing)."""
+    try:
+        return summarize(load_listed_preset(name, path), name, _source_of(name))
+    except ProCacheError as exc:
+        return {"name": name, "source": _source_of(name), "error": scrub_paths(str(exc)), "field": exc.field}
+    except Exception as exc:
+        log.warning("ProCache: listing preset %s failed: %r", name, exc)
+        return {"name": name, "source": _source_of(name), "field": "preset",
+                "error": scrub_paths(f"ProCache: 'preset' {name!r} could not be read ({type(exc).__name__}: {exc}).",
+                                     any_path=True)}
 
 
 def get_payload(name: str) -> dict[str, Any]:
