@@ -587,6 +587,29 @@ def register(routes: web.RouteTableDef) -> None:
     routes.post("/procache/preview")(handle_preview_post)
 
 
+def sweep_stale_temp_files() -> list[str]:
+    """Removes what an interrupted save left: ``.tmp-*.yaml`` files of write_text_atomic. Called when
+    the server starts, when no save of this server can be under way; the presets themselves are never
+    half-written (a save renames a complete file over the old one)."""
+    removed: list[str] = []
+    try:
+        folder = user_presets_dir(create=False)
+        if not folder.is_dir():
+            return removed
+        for f in folder.glob(".tmp-*.yaml"):
+            try:
+                if f.is_file() and not f.is_symlink():
+                    f.unlink()
+                    removed.append(f.name)
+            except OSError:
+                pass
+    except Exception:  # a read-only or odd folder: nothing to do at start-up
+        return removed
+    if removed:
+        log.info("ProCache: removed %d unfinished preset save(s) left in the user preset folder", len(removed))
+    return removed
+
+
 def _register_on_host() -> bool:
     try:
         from server import PromptServer  # the host's module; absent outside ComfyUI
@@ -597,6 +620,7 @@ def _register_on_host() -> bool:
         return False
     register(instance.routes)
     instance._procache_routes = True
+    sweep_stale_temp_files()
     return True
 
 
