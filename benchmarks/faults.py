@@ -192,7 +192,7 @@ def queued_preset_changes(client: ComfyClient, srv: ComfyServer) -> Tally:
     folder = presets_dir(srv)
     fresh_other = run_latent(client, flux_prompt("fq_ref_other", spell(OTHER, 0)))
     fresh = run_latent(client, flux_prompt("fq_ref", spell(ACTIONS, 0)))
-    blocker = flux_prompt("fq_block", width=512, steps=24, procache=False)
+    blocker = flux_prompt("fq_block", steps=12, procache=False)  # keeps the queue busy for a moment
     for k, how in enumerate(("overwrite through the UI", "rewritten in place", "deleted")):
         name = f"fault-q{k}"
         assert save_preset(client, name, ACTIONS).status_code in (200, 201)
@@ -389,12 +389,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         client = srv.client()
-        for fn in (lambda: interrupts(client, args.interrupts, args.seed), lambda: queued_preset_changes(client, srv),
-                   lambda: two_schedules(client), lambda: read_only_folder(srv)):
-            tally = fn()
+        for name, fn in (("interrupts", lambda: interrupts(client, args.interrupts, args.seed)),
+                         ("queued", lambda: queued_preset_changes(client, srv)),
+                         ("two schedules", lambda: two_schedules(client)),
+                         ("read-only", lambda: read_only_folder(srv))):
+            try:
+                tally = fn()
+            except Exception as exc:  # a scenario that breaks is reported, not hidden
+                tally = Tally(name, notes=[f"scenario failed: {type(exc).__name__}: {exc}"[:300]])
             rows.append(tally.row())
             print(tally.row(), flush=True)
-        tally, srv = restarts(srv, args.restarts, args.seed)
+        try:
+            tally, srv = restarts(srv, args.restarts, args.seed)
+        except Exception as exc:
+            tally = Tally("restart", notes=[f"scenario failed: {type(exc).__name__}: {exc}"[:300]])
         rows.append(tally.row())
         print(tally.row(), flush=True)
     finally:

@@ -7,7 +7,7 @@ rate. Recorded: requests served, p50/p99 latency per kind, errors, and the slowd
 with and without traffic are interleaved (quiet, loaded, quiet, loaded, ...) so drift from other
 processes on a shared machine hits both alike; medians are compared.
 
-    python -m benchmarks.load [--pairs 3] [--steps 8] [--rate 20] [--workers 4]
+    python -m benchmarks.load [--pairs 3] [--steps 10] [--rate 5] [--workers 4]
 
 Writes benchmarks/results/load_cpu.md, raw/load_cpu.json and the reliability section of
 benchmarks/results/README.md. Targets (a benchmark, not a test): 0 errors, p99 < 100 ms for list and
@@ -166,6 +166,12 @@ def timed_run(srv: ComfyServer, steps: int, seed: int) -> float:
     raise RuntimeError("no ProCache run line in the server log")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) -> dict[str, Any]:
     subprocess.run([str(VENV_PY), str(ROOT / "scripts" / "make_tiny_models.py"), "--comfy", str(COMFY_DIR)], check=True)
     with ComfyServer() as srv:
@@ -175,7 +181,10 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
         stop = threading.Event()
         timer = threading.Timer(idle_s, stop.set)
         timer.start()
+        cpu0 = cpu_seconds(srv.proc.pid)
         idle = summarize_traffic(run_traffic(base, rate, stop, workers))
+        # what serving costs the server, whatever else the machine does: CPU time per request
+        idle["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(srv.proc.pid) - cpu0) / max(1, idle["requests"])
         quiet, loaded, during = [], [], []
         for k in range(pairs):
             quiet.append(timed_run(srv, steps, 2 * k))
@@ -240,7 +249,9 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
         *[f"- {v}" for v in verdict], "",
         f"Sampling: without traffic {res['quiet_median_s']:.2f} s (runs {', '.join(f'{x:.2f}' for x in res['quiet_s'])}), "
         f"with traffic {res['loaded_median_s']:.2f} s (runs {', '.join(f'{x:.2f}' for x in res['loaded_s'])}). "
-        f"Server answered after the runs: {res['server_alive_after']}.", "",
+        f"Server answered after the runs: {res['server_alive_after']}. Serving cost the idle server "
+        f"{res['idle']['server_cpu_ms_per_request']:.1f} ms of CPU time per request (all kinds, process CPU time), "
+        f"i.e. {res['rate_per_s'] * res['idle']['server_cpu_ms_per_request'] / 10.0:.1f} % of one core at this rate.", "",
         "| when | request | served | errors | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|", *rows, "",
         f"Machine: {info['cpu_count']} CPU cores, load average {info['loadavg_1_5_15']} (1/5/15 min) at the end, "
         f"{info['date_utc']}, commit {info['git_commit']}. The client pool runs on the same cores as the server; "
@@ -276,9 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3, help="runs with and without traffic (each)")
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--rate", type=float, default=20.0, help="requests per second from the client pool")
+    ap.add_argument("--rate", type=float, default=5.0,
+                    help="requests per second from the client pool (a busy user in the UI sends a few per second)")
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--idle-seconds", type=float, default=10.0, help="traffic against the idle server first")
+    ap.add_argument("--idle-seconds", type=float, default=20.0, help="traffic against the idle server first")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     res = measure(args.pairs, args.steps, args.rate, args.workers, args.idle_seconds)

@@ -270,3 +270,24 @@ def test_refusals_never_quote_the_server_folder(checker):
             assert "user/broken" in r.text and "line 3" in r.text, r.text
     finally:
         f.unlink()
+
+
+def test_load_benchmark_traffic_smoke(checker):
+    """The client pool of benchmarks/load.py against the idle server for two seconds: every kind of the
+    UI's requests served, no errors (the benchmark itself, with sampling, is `make bench-load`)."""
+    import sys
+    import threading
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.load import run_traffic, summarize_traffic
+
+    stop = threading.Event()
+    timer = threading.Timer(2.0, stop.set)
+    timer.start()
+    summary = summarize_traffic(run_traffic(checker.base_url, 10.0, stop, workers=2))
+    assert summary["errors"] == 0, summary["error_samples"]
+    assert all(summary[k]["n"] > 0 for k in ("list", "preview", "save")), summary
+    for f in checker.presets.glob("load-ui-*.yaml"):
+        f.unlink()
+    checker.after("load smoke")
