@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick bench-deep clean
+.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick bench-deep bench-load bench-faults clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -45,6 +45,14 @@ bench-deep: models
 	$(PY) -m benchmarks.run --deep --deep-cases dit --device cpu --threads 1 & \
 	$(PY) -m benchmarks.run --deep --deep-cases pixart --device cpu --threads 1; wait
 	$(PY) -m benchmarks.run --report-only --quick --device cpu
+
+# UI traffic during a sampling run on the real server (loopback; about 15 minutes on 2 shared cores)
+bench-load: models
+	$(PY) -m benchmarks.load
+
+# faults injected through the real server, counted in benchmarks/results/faults_cpu.md
+bench-faults: models
+	$(PY) -m benchmarks.faults
 
 clean:
 	rm -rf .host .venv demo_output tests/artifacts

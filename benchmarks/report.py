@@ -394,6 +394,10 @@ def write_readme(out_dir: Path, info: dict, mode: str, speed: list[dict] | None,
 
     lines += readme_section()  # from results/raw/noise_axis.json (python -m benchmarks.noise_axis)
     path = out_dir / "README.md"
+    old = path.read_text() if path.exists() else ""
+    start, end = "<!-- reliability:start -->", "<!-- reliability:end -->"
+    if start in old and end in old:  # the section benchmarks/load.py and faults.py keep
+        lines += ["", start + old.split(start, 1)[1].split(end, 1)[0] + end, ""]
     path.write_text("\n".join(lines))
     return path
 

@@ -33,7 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from ..procache_core.errors import ProCacheError
-from .schedule_loader import available_presets, user_presets_dir
+from .schedule_loader import available_presets, load_listed_preset, user_presets_dir
 
 log = logging.getLogger("ProCache")
 
@@ -57,15 +57,48 @@ class RouteError(Exception):
     def __init__(self, status: int, message: str, field: str | None = None, fix: str | None = None) -> None:
         super().__init__(message)
         self.status = status
-        self.body: dict[str, Any] = {"error": message}
+        self.body: dict[str, Any] = {"error": scrub_paths(message)}
         if field:
-            self.body["field"] = field
+            self.body["field"] = scrub_paths(str(field))
         if fix:
-            self.body["fix"] = fix
+            self.body["fix"] = scrub_paths(fix)
 
     @classmethod
     def from_procache(cls, exc: ProCacheError, status: int = 400) -> "RouteError":
         return cls(status, str(exc), getattr(exc, "field", None), getattr(exc, "fix", None))
+
+
+def _server_roots() -> list[tuple[str, str]]:
+    """(absolute folder, what a client is shown instead), most specific first."""
+    roots: list[tuple[str, str]] = []
+    try:
+        udir = user_presets_dir(create=False)
+        roots += [(str(udir.resolve()), "<user dir>/procache_presets"), (str(udir), "<user dir>/procache_presets"),
+                  (str(udir.parent.resolve()), "<user dir>"), (str(udir.parent), "<user dir>")]
+    except Exception:  # no host (plain tests): nothing to hide but the pack itself
+        pass
+    pack = Path(__file__).resolve().parent.parent
+    roots += [(str(pack / "schedules"), "<ProCache>/schedules"), (str(pack), "<ProCache>")]
+    try:
+        import folder_paths
+
+        roots.append((str(Path(folder_paths.base_path).resolve()), "<ComfyUI>"))
+        roots.append((str(folder_paths.base_path), "<ComfyUI>"))
+    except Exception:
+        pass
+    return sorted({r for r in roots if len(r[0]) > 1}, key=lambda r: -len(r[0]))
+
+
+_ABS_PATH_RE = re.compile(r"(?<![\w.<>])/(?:[^\s/'\"(),:]+/)+([^\s/'\"(),:]*)")
+
+
+def scrub_paths(text: str, any_path: bool = False) -> str:
+    """``text`` without the server's folders (shown as placeholders such as ``<user dir>``); with
+    ``any_path`` (text of an unexpected exception) every other absolute path is cut to its last part.
+    A refusal tells the user what is wrong, not where the server keeps its files."""
+    for root, shown in _server_roots():
+        text = text.replace(root, shown)
+    return _ABS_PATH_RE.sub(lambda m: ".../" + m.group(1), text) if any_path else text
 
 
 def _schedule_mod():
@@ -196,9 +229,11 @@ def user_preset_path(name: str) -> Path:
     folder = user_presets_dir()
     folder.mkdir(parents=True, exist_ok=True)
     root = folder.resolve()
-    target = (folder / f"{name}.yaml")
+    target = folder / f"{name}.yaml"
+    if not target.exists() and not target.is_symlink() and (folder / f"{name}.yml").exists():
+        target = folder / f"{name}.yml"  # the listed file: saving over it must not add a twin
     resolved = target.resolve()
-    if resolved.parent != root or resolved.name != f"{name}.yaml":
+    if resolved.parent != root or resolved.name != target.name:
         raise RouteError(400, f"ProCache: 'name' {name!r} resolves outside the user preset folder.", "name",
                          "use a plain name without path parts or links.")
     return resolved
@@ -234,16 +269,49 @@ def _parse_steps(value: Any) -> int | None:
 
 
 # -- handlers' logic (plain functions, easy to test) ---------------------------------------------
+_LIST_CACHE: dict[tuple[str, str], tuple[tuple, dict[str, Any]]] = {}
+_LIST_CACHE_MAX = 1024
+
+
+def _file_key(path: Path) -> tuple | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+
 def list_payload() -> dict[str, Any]:
+    """Every listed preset's summary. Parsed summaries are reused while the file is unchanged (same
+    mtime, size, inode, ctime): the UI lists often, and a list must stay cheap while a run samples."""
     items = []
-    for name, path in sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0])):
-        try:
-            items.append(summarize(_presets_mod().load_preset(path), name, _source_of(name)))
-        except ProCacheError as exc:
-            items.append({"name": name, "source": _source_of(name), "error": str(exc)})
-        except Exception as exc:  # a broken user file must not break the listing
-            items.append({"name": name, "source": _source_of(name), "error": f"ProCache: {exc}"})
+    listed = sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0]))
+    if len(_LIST_CACHE) > _LIST_CACHE_MAX:
+        _LIST_CACHE.clear()
+    for name, path in listed:
+        key = _file_key(path)
+        hit = _LIST_CACHE.get((name, str(path)))
+        if key is not None and hit is not None and hit[0] == key:
+            items.append(json.loads(json.dumps(hit[1])))  # a copy: callers may change it
+            continue
+        item = _list_item(name, path)
+        if key is not None and key == _file_key(path):
+            _LIST_CACHE[(name, str(path))] = (key, item)
+        items.append(item)
     return {"presets": items}
+
+
+def _list_item(name: str, path: Path) -> dict[str, Any]:
+    """The summary of one listed preset, or its error (a broken user file never breaks the listing)."""
+    try:
+        return summarize(load_listed_preset(name, path), name, _source_of(name))
+    except ProCacheError as exc:
+        return {"name": name, "source": _source_of(name), "error": scrub_paths(str(exc)), "field": exc.field}
+    except Exception as exc:
+        log.warning("ProCache: listing preset %s failed: %r", name, exc)
+        return {"name": name, "source": _source_of(name), "field": "preset",
+                "error": scrub_paths(f"ProCache: 'preset' {name!r} could not be read ({type(exc).__name__}: {exc}).",
+                                     any_path=True)}
 
 
 def get_payload(name: str) -> dict[str, Any]:
@@ -252,9 +320,16 @@ def get_payload(name: str) -> dict[str, Any]:
         raise RouteError(404, f"ProCache: preset {name[:80]!r} not found.", "name",
                          "use a name from GET /procache/presets.")
     path = presets[name]
-    text = path.read_text(encoding="utf-8")
     try:
-        preset = _presets_mod().parse_preset_text(text, str(path))
+        preset = load_listed_preset(name, path)
+        # parsing proved the file UTF-8 (and at most MAX_PRESET_BYTES); read what was parsed
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:  # removed between listing and reading
+        raise RouteError(404, f"ProCache: preset {name[:80]!r} not found.", "name",
+                         "use a name from GET /procache/presets.") from None
+    except (UnicodeDecodeError, OSError):  # replaced between parsing and reading: ask again
+        raise RouteError(409, f"ProCache: preset {name[:80]!r} changed while it was read.", "name",
+                         "request it again.") from None
     except ProCacheError as exc:
         raise RouteError(422, str(exc), getattr(exc, "field", None), getattr(exc, "fix", None)) from None
     summary = summarize(preset, name, _source_of(name))
@@ -320,21 +395,36 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
     if len(text.encode("utf-8")) > MAX_BODY_BYTES:
         raise RouteError(413, f"ProCache: the preset is larger than {MAX_BODY_BYTES // 1024} KiB.", "yaml",
                          "a preset is a few lines; remove what is not part of it.")
-    path = user_preset_path(name)
-    existed = path.exists()
-    if existed and not data.get("overwrite"):
-        raise RouteError(409, f"ProCache: user preset {name!r} already exists.", "name",
-                         "pick another name or send \"overwrite\": true.")
-    _presets_mod().write_text_atomic(path, text)
+    try:
+        path = user_preset_path(name)
+        existed = path.exists()
+        if existed and not data.get("overwrite"):
+            raise RouteError(409, f"ProCache: user preset {name!r} already exists.", "name",
+                             "pick another name or send \"overwrite\": true.")
+        _presets_mod().write_text_atomic(path, text)
+    except OSError as exc:
+        raise _write_refusal(exc) from None
     listed = USER_PREFIX + name
     try:
-        summary = summarize(presets_mod.load_preset(path), listed, "user")
+        summary = summarize(load_listed_preset(listed, path), listed, "user")
     except ProCacheError as exc:  # should not happen: dump -> load must round-trip
         path.unlink(missing_ok=True)
         raise RouteError(500, f"ProCache: the saved preset did not load back ({exc}); nothing was kept.") from None
     log.info("ProCache: saved user preset %s (%s)", listed, summary["actions"])
     return (200 if existed else 201), {"name": listed, "file": path.name, "summary": summary,
                                         "overwritten": existed}
+
+
+def _write_refusal(exc: OSError) -> RouteError:
+    """A preset that cannot be written: the folder is read-only, full, or not a folder."""
+    import errno
+
+    why = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return RouteError(403, f"ProCache: the user preset folder is not writable ({why}); nothing was saved.",
+                          "user_presets_folder", "make <user dir>/procache_presets writable by the ComfyUI process.")
+    return RouteError(507, f"ProCache: the preset could not be written ({why}); nothing was saved.",
+                      "user_presets_folder", "free disk space in <user dir> and save again.")
 
 
 def preview_payload(data: dict[str, Any]) -> dict[str, Any]:
@@ -348,7 +438,7 @@ def preview_payload(data: dict[str, Any]) -> dict[str, Any]:
             if pname not in presets:
                 raise RouteError(404, f"ProCache: preset {pname[:80]!r} not found.", "preset",
                                  "use a name from GET /procache/presets.")
-            preset = _presets_mod().load_preset(presets[pname])
+            preset = load_listed_preset(pname, presets[pname])
             actions = _actions_of(preset)
         elif data.get("text") not in (None, ""):
             text = str(data["text"])
@@ -445,7 +535,8 @@ def _guard(fn):
             return _json(400, RouteError.from_procache(exc).body)
         except Exception as exc:  # never leak a traceback page to the UI
             log.exception("ProCache route %s failed", request.path)
-            return _json(500, {"error": f"ProCache: internal error ({type(exc).__name__}: {exc})"})
+            return _json(500, {"error": scrub_paths(f"ProCache: internal error ({type(exc).__name__}: {exc})",
+                                                    any_path=True), "field": "server"})
     handler.__name__ = fn.__name__
     return handler
 
@@ -511,6 +602,29 @@ def register(routes: web.RouteTableDef) -> None:
     routes.post("/procache/preview")(handle_preview_post)
 
 
+def sweep_stale_temp_files() -> list[str]:
+    """Removes what an interrupted save left: ``.tmp-*.yaml`` files of write_text_atomic. Called when
+    the server starts, when no save of this server can be under way; the presets themselves are never
+    half-written (a save renames a complete file over the old one)."""
+    removed: list[str] = []
+    try:
+        folder = user_presets_dir(create=False)
+        if not folder.is_dir():
+            return removed
+        for f in folder.glob(".tmp-*.yaml"):
+            try:
+                if f.is_file() and not f.is_symlink():
+                    f.unlink()
+                    removed.append(f.name)
+            except OSError:
+                pass
+    except Exception:  # a read-only or odd folder: nothing to do at start-up
+        return removed
+    if removed:
+        log.info("ProCache: removed %d unfinished preset save(s) left in the user preset folder", len(removed))
+    return removed
+
+
 def _register_on_host() -> bool:
     try:
         from server import PromptServer  # the host's module; absent outside ComfyUI
@@ -521,6 +635,7 @@ def _register_on_host() -> bool:
         return False
     register(instance.routes)
     instance._procache_routes = True
+    sweep_stale_temp_files()
     return True
 
 

@@ -59,6 +59,24 @@ def available_presets() -> dict[str, Path]:
     return out
 
 
+def load_listed_preset(name: str, path: Path):
+    """Load a listed preset; messages name it as listed ("user/mine"), never by its server path."""
+    pm = _p()
+    try:
+        with open(path, "rb") as fh:  # never more than the size limit into memory
+            raw = fh.read(pm.MAX_PRESET_BYTES + 1)
+    except FileNotFoundError:
+        raise ProCacheError("preset", f"'{name}' was removed from its folder.",
+                            "pick another preset or save this one again.") from None
+    except OSError as exc:
+        raise ProCacheError("preset", f"'{name}' cannot be read ({exc.strerror or type(exc).__name__}).",
+                            "check the file's permissions in <user dir>/procache_presets.") from None
+    if len(raw) > pm.MAX_PRESET_BYTES:
+        raise ProCacheError("preset", f"'{name}' is larger than {pm.MAX_PRESET_BYTES // 1024} KiB.",
+                            "a preset is a few lines; remove what does not belong to it.")
+    return pm.parse_preset_text(raw, f"preset {name}")
+
+
 def _file_fingerprint(path: Path) -> str:
     try:
         data = path.read_bytes()
@@ -138,6 +156,8 @@ class ProCacheScheduleLoader(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, preset: str, schedule_text: str = "") -> str:
+        if not isinstance(preset, str) or not isinstance(schedule_text, str):
+            return f"bad-input:{preset!r}:{schedule_text!r}"  # execute refuses it, naming the input
         if schedule_text and schedule_text.strip():
             return "text:" + hashlib.sha256(schedule_text.encode()).hexdigest()
         path = available_presets().get(preset)
@@ -145,6 +165,10 @@ class ProCacheScheduleLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, preset: str, schedule_text: str = "") -> io.NodeOutput:
+        for fld, value in (("preset", preset), ("schedule_text", schedule_text)):
+            if not isinstance(value, str):  # an API client can send any JSON value
+                raise ProCacheError(fld, f"must be text, got {type(value).__name__}.",
+                                    "send the preset's name or an F/C/S schedule as a string.")
         if schedule_text and schedule_text.strip():
             p = preset_from_text(schedule_text)
         else:
@@ -153,6 +177,6 @@ class ProCacheScheduleLoader(io.ComfyNode):
                 raise ProCacheError("preset", f"'{preset}' was not found.",
                                     f"pick one of {sorted(found) or 'the shipped presets'} or type a schedule "
                                     "into schedule_text.")
-            p = _p().load_preset(found[preset])
+            p = load_listed_preset(preset, found[preset])
         text = summarize(p)
         return io.NodeOutput(p, text, ui={"text": [text]})

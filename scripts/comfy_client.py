@@ -46,6 +46,7 @@ class ComfyServer:
     port: int = 0
     workdir: Path | None = None
     extra_args: list[str] = field(default_factory=list)
+    launcher: list[str] = field(default_factory=list)   # a command prefix, e.g. setpriv (fault tests)
     cpu: bool = True
     proc: subprocess.Popen | None = None
     log_path: Path | None = None
@@ -62,7 +63,7 @@ class ComfyServer:
         for sub in ("output", "user", "temp", "input"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "server.log"
-        cmd = [str(VENV_PY), "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
+        cmd = [*self.launcher, str(VENV_PY), "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--output-directory", str(self.workdir / "output"),
                "--user-directory", str(self.workdir / "user"), "--temp-directory", str(self.workdir / "temp"),
                "--input-directory", str(self.workdir / "input"),

@@ -1,0 +1,310 @@
+"""`make bench-load`: does the UI's traffic stall sampling, and does sampling stall the UI?
+
+On the real server (loopback only), a ProCache sampling run of the tiny PixArt-α executes while a client
+pool sends the requests the ProCache UI sends (preset list, preview, save with overwrite) at a fixed
+rate. Recorded: requests served, p50/p99 latency per kind, errors, and the slowdown of the sampling run
+(the pack's own "sampling X s" figure from the server log) against the same run without traffic. Runs
+with and without traffic are interleaved (quiet, loaded, quiet, loaded, ...) so drift from other
+processes on a shared machine hits both alike; medians are compared.
+
+    python -m benchmarks.load [--pairs 3] [--steps 10] [--rate 5] [--workers 4]
+
+Writes benchmarks/results/load_cpu.md, raw/load_cpu.json and the reliability section of
+benchmarks/results/README.md. Targets (a benchmark, not a test): 0 errors, p99 < 100 ms for list and
+preview, sampling slowed < 5 %.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import queue
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+from comfy_client import COMFY_DIR, VENV_PY, ComfyServer  # noqa: E402
+
+RESULTS = ROOT / "benchmarks" / "results"
+PIXART = "procache-tiny-pixart-alpha.safetensors"
+SCHEDULE = "FCSCFCSCFF"
+KINDS = ("list", "preview", "save")
+_SAMPLING_RE = re.compile(r"ProCache \[\w+\] run: .*sampling ([\d.]+) s")
+
+
+def sampling_prompt(steps: int, seed: int, schedule: str = SCHEDULE, prefix: str = "load") -> dict:
+    """Tiny PixArt-α, 512 px, CFG 2, euler, the pack's Schedule Loader + Selective Settings + Apply."""
+    return {
+        "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": PIXART, "weight_dtype": "default"}},
+        "pos": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 1, "tokens": 8, "dim": 4096, "pooled_dim": 0, "scale": 1.0}},
+        "neg": {"class_type": "ProCacheTestConditioning",
+                "inputs": {"seed": 2, "tokens": 8, "dim": 4096, "pooled_dim": 0, "scale": 1.0}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 512, "height": 512, "batch_size": 1}},
+        "schedule": {"class_type": "ProCacheScheduleLoader",
+                     "inputs": {"preset": "pixart-alpha-dpm20-paper", "schedule_text": schedule}},
+        "selective": {"class_type": "ProCacheSelectiveSettings", "inputs": {
+            "enabled": True, "depth_fraction": 0.5, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 1.0,
+            "w_output_norm": 0.25, "w_spatial": 0.5}},
+        "apply": {"class_type": "ProCacheApply", "inputs": {"model": ["unet", 0], "schedule": ["schedule", 0],
+                                                            "selective": ["selective", 0]}},
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": ["apply", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
+            "seed": seed, "steps": steps, "cfg": 2.0, "sampler_name": "euler", "scheduler": "normal",
+            "denoise": 1.0}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+    }
+
+
+# -- the UI's traffic ----------------------------------------------------------------------------------
+def _request(session: requests.Session, base: str, kind: str, i: int, worker: int) -> requests.Response:
+    if kind == "list":
+        return session.get(base + "/procache/presets", timeout=30)
+    if kind == "preview":
+        if i % 2:
+            return session.get(base + "/procache/preview",
+                               params={"preset": "pixart-alpha-dpm20-paper", "steps": 10 + i % 40}, timeout=30)
+        return session.post(base + "/procache/preview", json={"text": "F C S C F C S C F", "steps": 10 + i % 40,
+                                                              "selective": {"enabled": True, "ratio": 0.3}},
+                            timeout=30)
+    acts = "F" + "CS"[i % 2] + "C" * (i % 5) + "F"
+    return session.post(base + "/procache/presets", json={"name": f"load-ui-{worker}", "actions": acts,
+                                                          "family": "pixart", "overwrite": True}, timeout=30)
+
+
+def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
+                mix: tuple[str, ...] = ("list", "preview", "preview", "save", "list")) -> list[dict[str, Any]]:
+    """Sends ``rate`` requests per second (open loop: send times are fixed in advance, so a slow server
+    is not given a break) from ``workers`` threads until ``stop`` is set; one record per request."""
+    tasks: queue.Queue = queue.Queue()
+    records: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def worker(w: int) -> None:
+        with requests.Session() as s:
+            while True:
+                item = tasks.get()
+                if item is None:
+                    return
+                i, kind, due = item
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                t0 = time.perf_counter()
+                rec: dict[str, Any] = {"kind": kind, "late_ms": max(0.0, (t0 - due) * 1e3)}
+                try:
+                    r = _request(s, base, kind, i, w)
+                    rec["status"] = r.status_code
+                    rec["ok"] = r.status_code < 300 and isinstance(r.json(), dict)
+                    if not rec["ok"]:
+                        rec["error"] = r.text[:200]
+                except Exception as exc:  # a refused connection or a timeout is an error too
+                    rec.update(status=None, ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
+                rec["ms"] = (time.perf_counter() - t0) * 1e3
+                with lock:
+                    records.append(rec)
+
+    threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(workers)]
+    for t in threads:
+        t.start()
+    t_start = time.perf_counter()
+    i = 0
+    while not stop.is_set():
+        due = t_start + i / rate
+        if due - time.perf_counter() > 0.05:
+            stop.wait(min(0.05, due - time.perf_counter() - 0.01))
+            continue
+        tasks.put((i, mix[i % len(mix)], due))
+        i += 1
+    for _ in threads:
+        tasks.put(None)
+    for t in threads:
+        t.join(60)
+    return records
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    v = sorted(values)
+    k = min(len(v) - 1, max(0, int(round(q / 100.0 * (len(v) - 1)))))
+    return v[k]
+
+
+def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"requests": len(records), "errors": sum(not r["ok"] for r in records)}
+    for kind in KINDS:
+        ms = [r["ms"] for r in records if r["kind"] == kind]
+        out[kind] = {"n": len(ms), "errors": sum(not r["ok"] for r in records if r["kind"] == kind),
+                     "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else None}
+    out["error_samples"] = [r["error"] for r in records if not r["ok"]][:5]
+    return out
+
+
+# -- sampling runs ----------------------------------------------------------------------------------
+def timed_run(srv: ComfyServer, steps: int, seed: int) -> float:
+    """One sampling run; the pack's own sampling time from its log line (excludes queueing/loading)."""
+    client = srv.client()
+    before = len(_SAMPLING_RE.findall(srv.log()))
+    client.run(sampling_prompt(steps, seed, prefix=f"load{seed}"), timeout=1800)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = _SAMPLING_RE.findall(srv.log())
+        if len(found) > before:
+            return float(found[-1])
+        time.sleep(0.1)
+    raise RuntimeError("no ProCache run line in the server log")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) -> dict[str, Any]:
+    subprocess.run([str(VENV_PY), str(ROOT / "scripts" / "make_tiny_models.py"), "--comfy", str(COMFY_DIR)], check=True)
+    with ComfyServer() as srv:
+        base = srv.base_url
+        timed_run(srv, 2, 999)  # warm-up: model load, first-call costs
+        # the traffic alone, server idle: what the UI gets when nothing samples
+        stop = threading.Event()
+        timer = threading.Timer(idle_s, stop.set)
+        timer.start()
+        cpu0 = cpu_seconds(srv.proc.pid)
+        idle = summarize_traffic(run_traffic(base, rate, stop, workers))
+        # what serving costs the server, whatever else the machine does: CPU time per request
+        idle["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(srv.proc.pid) - cpu0) / max(1, idle["requests"])
+        quiet, loaded, during = [], [], []
+        for k in range(pairs):
+            quiet.append(timed_run(srv, steps, 2 * k))
+            stop = threading.Event()
+            box: dict[str, Any] = {}
+            th = threading.Thread(target=lambda: box.update(recs=run_traffic(base, rate, stop, workers)))
+            th.start()
+            try:
+                loaded.append(timed_run(srv, steps, 2 * k + 1))
+            finally:
+                stop.set()
+                th.join()
+            during += box.get("recs", [])
+            print(f"pair {k + 1}/{pairs}: quiet {quiet[-1]:.2f} s, with traffic {loaded[-1]:.2f} s", flush=True)
+        alive = requests.get(base + "/system_stats", timeout=30).ok
+    q, l_ = statistics.median(quiet), statistics.median(loaded)
+    return {"steps": steps, "schedule": SCHEDULE, "pairs": pairs, "rate_per_s": rate, "workers": workers,
+            "quiet_s": quiet, "loaded_s": loaded, "quiet_median_s": q, "loaded_median_s": l_,
+            "slowdown": l_ / q - 1.0, "during": summarize_traffic(during), "idle": idle, "server_alive_after": alive}
+
+
+# -- report -----------------------------------------------------------------------------------------
+def machine() -> dict[str, Any]:
+    try:
+        load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        load = "n/a"
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+    except OSError:
+        commit = "?"
+    return {"cpu_count": os.cpu_count(), "loadavg_1_5_15": load, "python": platform.python_version(),
+            "date_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "git_commit": commit}
+
+
+def _f(x: float | None, nd: int = 1) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
+    d, i = res["during"], res["idle"]
+    worst = max((d[k]["p99_ms"] or 0.0) for k in ("list", "preview"))
+    verdict = [
+        f"errors during sampling: {d['errors']} ({'meets' if d['errors'] == 0 else 'MISSES'} the target 0)",
+        f"p99 list/preview during sampling: {worst:.1f} ms ({'meets' if worst < 100 else 'MISSES'} the target < 100 ms)",
+        f"sampling slowed by {100 * res['slowdown']:+.1f} % ({'meets' if res['slowdown'] < 0.05 else 'MISSES'} "
+        "the target < 5 %)",
+    ]
+    rows = []
+    for label, s in (("during sampling", d), ("server idle", i)):
+        for k in KINDS:
+            rows.append(f"| {label} | {k} | {s[k]['n']} | {s[k]['errors']} | {_f(s[k]['p50_ms'])} | "
+                        f"{_f(s[k]['p99_ms'])} | {_f(s[k]['max_ms'])} |")
+    lines = [
+        "## UI traffic during sampling (`make bench-load`)", "",
+        f"Real server on loopback, tiny PixArt-α (4 blocks, hidden 1152) at 512 px, {res['steps']} euler steps, CFG 2, "
+        f"schedule `{res['schedule']}` + Selective Compute Settings. A pool of {res['workers']} client threads sends "
+        f"the UI's requests at a fixed {res['rate_per_s']:g} requests/s (open loop; mix list, preview x2, save with "
+        f"overwrite, list) while the run samples; {res['pairs']} runs with and {res['pairs']} without traffic, "
+        "interleaved; sampling time is the pack's own figure (server log), medians compared.", "",
+        *[f"- {v}" for v in verdict], "",
+        f"Sampling: without traffic {res['quiet_median_s']:.2f} s (runs {', '.join(f'{x:.2f}' for x in res['quiet_s'])}), "
+        f"with traffic {res['loaded_median_s']:.2f} s (runs {', '.join(f'{x:.2f}' for x in res['loaded_s'])}). "
+        f"Server answered after the runs: {res['server_alive_after']}. Serving cost the idle server "
+        f"{res['idle']['server_cpu_ms_per_request']:.1f} ms of CPU time per request (all kinds, process CPU time), "
+        f"i.e. {res['rate_per_s'] * res['idle']['server_cpu_ms_per_request'] / 10.0:.1f} % of one core at this rate.", "",
+        "| when | request | served | errors | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|", *rows, "",
+        f"Machine: {info['cpu_count']} CPU cores, load average {info['loadavg_1_5_15']} (1/5/15 min) at the end, "
+        f"{info['date_utc']}, commit {info['git_commit']}. The client pool runs on the same cores as the server; "
+        "on this shared machine other jobs ran at the same time, so the absolute figures are noisy; the "
+        "interleaving keeps the comparison fair.", ""]
+    if d["error_samples"]:
+        lines += ["Errors seen: " + "; ".join(f"`{e}`" for e in d["error_samples"]), ""]
+    return "\n".join(lines)
+
+
+SECTION_START = "<!-- reliability:start -->"
+SECTION_END = "<!-- reliability:end -->"
+
+
+def update_readme_section(name: str, text: str) -> None:
+    """Keeps benchmarks/results/sections/<name>.md and the README's reliability block in step."""
+    sec = RESULTS / "sections"
+    sec.mkdir(parents=True, exist_ok=True)
+    (sec / f"{name}.md").write_text(text)
+    block = "\n".join([SECTION_START, "# Reliability", "",
+                       "Produced by `make bench-load` (benchmarks/load.py) and `make bench-faults` "
+                       "(benchmarks/faults.py); details in load_cpu.md and faults_cpu.md.", ""]
+                      + [p.read_text() for p in sorted(sec.glob("*.md"))] + [SECTION_END])
+    readme = RESULTS / "README.md"
+    old = readme.read_text() if readme.exists() else "# ProCache benchmark results\n"
+    if SECTION_START in old and SECTION_END in old:
+        head, rest = old.split(SECTION_START, 1)
+        old = head.rstrip("\n") + "\n" + rest.split(SECTION_END, 1)[1].lstrip("\n")
+    readme.write_text(old.rstrip("\n") + "\n\n" + block + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=3, help="runs with and without traffic (each)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--rate", type=float, default=5.0,
+                    help="requests per second from the client pool (a busy user in the UI sends a few per second)")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--idle-seconds", type=float, default=20.0, help="traffic against the idle server first")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    res = measure(args.pairs, args.steps, args.rate, args.workers, args.idle_seconds)
+    info = machine()
+    res["machine"] = info
+    (args.out / "raw").mkdir(parents=True, exist_ok=True)
+    (args.out / "raw" / "load_cpu.json").write_text(json.dumps(res, indent=1))
+    text = load_markdown(res, info)
+    (args.out / "load_cpu.md").write_text("# ProCache load benchmark (CPU)\n\n" + text)
+    if args.out == RESULTS:
+        update_readme_section("load", text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
