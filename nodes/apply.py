@@ -8,10 +8,25 @@ from comfy_api.latest import io
 from ..procache_core.schedule import Action
 from .adapters import adapter_for
 from .runtime_bridge import ProCacheConfig, config_of, install_wrappers, validate_range
-from .schedule_loader import ScheduleSocket
+from .auto_preset import AUTO, preset_name_for
+from .schedule_loader import ScheduleSocket, available_presets, load_named_preset
 from .selective_settings import SelectiveSocket
 
 log = logging.getLogger("ProCache")
+
+
+def preset_choices() -> list[str]:
+    """The dropdown of ProCache Apply's own preset: "auto", then every preset the loader lists."""
+    return [AUTO, *available_presets()]
+
+
+def preset_from_widget(name: str, family: str):
+    """The Preset chosen on Apply itself ("auto": the one made for the detected family)."""
+    chosen = preset_name_for(family) if name == AUTO else name
+    preset = load_named_preset(chosen, field="preset")
+    if name == AUTO:
+        log.info("ProCache: preset 'auto' -> '%s' for a %s model", chosen, family)
+    return preset
 
 
 class ProCacheApply(io.ComfyNode):
@@ -25,7 +40,8 @@ class ProCacheApply(io.ComfyNode):
                         "steps according to the schedule (PixArt-α/Σ, Flux.1, SD3/3.5, Wan 2.x).",
             inputs=[
                 io.Model.Input("model"),
-                ScheduleSocket.Input("schedule", tooltip="from ProCache Schedule Loader"),
+                ScheduleSocket.Input("schedule", optional=True,
+                                     tooltip="optional: from ProCache Schedule Loader (wins over 'preset')"),
                 SelectiveSocket.Input("selective", optional=True,
                                       tooltip="Selective Compute Settings; when absent the preset's own settings "
                                               "are used and the schedule runs exactly as written."),
@@ -33,16 +49,19 @@ class ProCacheApply(io.ComfyNode):
                                tooltip="Steps before this share of denoising progress always run FULL."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Steps from this share of denoising progress on always run FULL."),
+                io.Combo.Input("preset", options=preset_choices(), default=AUTO, optional=True,
+                               tooltip="Used when no schedule is connected. 'auto' picks the preset made for "
+                                       "the model's family; the schedule is remapped to the sampler's steps."),
             ],
             outputs=[io.Model.Output(tooltip="the patched model (the input MODEL is left untouched)")],
         )
 
     @classmethod
-    def execute(cls, model, schedule, selective=None, start_percent: float = 0.0,
-                end_percent: float = 1.0) -> io.NodeOutput:
+    def execute(cls, model, schedule=None, selective=None, start_percent: float = 0.0,
+                end_percent: float = 1.0, preset: str = AUTO) -> io.NodeOutput:
         validate_range(start_percent, end_percent)
         adapter = adapter_for(model)  # UnsupportedModelError names the supported families
-        preset = schedule
+        preset = schedule if schedule is not None else preset_from_widget(preset, adapter.family)
         if selective is not None:
             sel = selective.validate()
             has_s = any(a == Action.SELECTIVE for a in preset.schedule.actions)

@@ -1,0 +1,30 @@
+"""Which preset ProCache Apply uses when no schedule is connected and its preset is "auto".
+
+One table, one place: an adapter's ``family`` name -> the shipped preset made for that family. A new
+family (or the generic fallback adapter, under the key ``"generic"``) adds one line here.
+"""
+from __future__ import annotations
+
+from ..procache_core.errors import ProCacheError
+
+AUTO = "auto"
+
+# family -> preset name (schedules/<name>.yaml). Presets are remapped to the sampler's step count.
+FAMILY_PRESETS: dict[str, str] = {
+    "pixart": "pixart-alpha-20-balanced",
+    "flux": "flux-28-balanced",
+    "sd3": "sd3-28-balanced",
+    "wan": "wan-30-balanced",
+}
+
+# used for a family without its own entry, when present (the generic fallback adapter adds it)
+FALLBACK_KEY = "generic"
+
+
+def preset_name_for(family: str) -> str:
+    """The preset "auto" stands for on a model of ``family`` (ProCacheError when there is none)."""
+    name = FAMILY_PRESETS.get(family) or FAMILY_PRESETS.get(FALLBACK_KEY)
+    if name is None:
+        raise ProCacheError("preset", f"'auto' has no preset for the model family '{family}'.",
+                            "pick a preset on ProCache Apply or connect a ProCache Schedule Loader.")
+    return name
