@@ -83,7 +83,7 @@ def open_file(page, name: str, text: str) -> None:
 
 LOADED = """() => {
     const g = app.graph;
-    const nodes = (g.nodes ?? g._nodes).map(n => ({id: n.id, type: n.type, comfyClass: n.comfyClass ?? null,
+    const nodes = g.nodes.map(n => ({id: Number(n.id), type: n.type, comfyClass: n.comfyClass ?? null,
         registered: !!LiteGraph.registered_node_types[n.type], errors: !!n.has_errors,
         inputs: (n.inputs ?? []).map(i => ({name: i.name, type: i.type, link: i.link ?? null})),
         outputs: (n.outputs ?? []).map(o => ({name: o.name, type: o.type, links: o.links ?? []})),
@@ -91,8 +91,8 @@ LOADED = """() => {
     const links = [];
     const L = g.links;
     const each = L instanceof Map ? [...L.values()] : Object.values(L ?? {});
-    for (const l of each) if (l) links.push({id: l.id, origin_id: l.origin_id, origin_slot: l.origin_slot,
-        target_id: l.target_id, target_slot: l.target_slot, type: l.type});
+    for (const l of each) if (l) links.push({id: Number(l.id), origin_id: Number(l.origin_id),
+        origin_slot: l.origin_slot, target_id: Number(l.target_id), target_slot: l.target_slot, type: l.type});
     const dialogs = [...document.querySelectorAll('[role=dialog], .p-dialog')]
         .filter(d => d.offsetParent !== null).map(d => d.innerText.slice(0, 400));
     return {nodes, links, dialogs};
