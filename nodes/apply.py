@@ -74,6 +74,9 @@ class ProCacheApply(io.ComfyNode):
                                 start_percent=start_percent, end_percent=end_percent, adapter=adapter)
         install_wrappers(patched, config)
         adapter.install(patched, config)
+        unsplit = adapter.unsplit_report()
+        if unsplit:
+            log.info(unsplit)
         fam = getattr(preset, "family", "any") or "any"
         if fam not in ("any", adapter.family):
             log.info("ProCache: preset '%s' was made for %s; applying it to a %s model as is.",

@@ -72,4 +72,55 @@ class ProCacheTestTinyWan(io.ComfyNode):
         return io.NodeOutput(_load(_seeded(net, 20 + seed)))
 
 
-NODES = [ProCacheTestTinySD3, ProCacheTestTinyWan]
+class Int8Linear(torch.nn.Module):
+    """A quantized-style layer as GGUF / int8 packs install it: not a torch Linear, int8 weights with a
+    per-row scale, dequantized in forward."""
+
+    def __init__(self, lin: torch.nn.Linear) -> None:
+        super().__init__()
+        w = lin.weight.detach().float()
+        scale = w.abs().amax(dim=1, keepdim=True).clamp_min(1e-8) / 127.0
+        self.register_buffer("qweight", torch.round(w / scale).to(torch.int8))
+        self.register_buffer("scale", scale)
+        self.bias = None if lin.bias is None else torch.nn.Parameter(lin.bias.detach().clone(), requires_grad=False)
+        self.in_features, self.out_features = lin.in_features, lin.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = (self.qweight.to(x.dtype) * self.scale.to(x.dtype))
+        return torch.nn.functional.linear(x, w, None if self.bias is None else self.bias.to(x.dtype))
+
+
+def quantize_linears(module: torch.nn.Module) -> int:
+    """Replaces every Linear under ``module`` by an Int8Linear in place; returns how many."""
+    n = 0
+    for name, child in list(module.named_children()):
+        if isinstance(child, torch.nn.Linear):
+            setattr(module, name, Int8Linear(child))
+            n += 1
+        else:
+            n += quantize_linears(child)
+    return n
+
+
+class ProCacheTestTinyFluxInt8(io.ComfyNode):
+    """The tiny Flux of ProCacheTestTinyFlux with every Linear of its blocks replaced by Int8Linear."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="ProCacheTestTinyFluxInt8", display_name="ProCache Test Tiny Flux int8 (random)",
+                         category="ProCache/testing", inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
+                         outputs=[io.Model.Output()])
+
+    @classmethod
+    def execute(cls, seed: int) -> io.NodeOutput:
+        from .test_nodes import ProCacheTestTinyFlux
+
+        model = ProCacheTestTinyFlux.execute(seed=seed, depth=2, depth_single_blocks=2, context_in_dim=64).result[0]
+        dm = model.model.diffusion_model
+        n = sum(quantize_linears(b) for b in [*dm.double_blocks, *dm.single_blocks])
+        if n == 0:
+            raise RuntimeError("no Linear found to quantize")
+        return io.NodeOutput(model)
+
+
+NODES = [ProCacheTestTinySD3, ProCacheTestTinyWan, ProCacheTestTinyFluxInt8]
