@@ -3,8 +3,13 @@
 * A model whose linears are a quantized-style op (int8 weights dequantized in forward, not a torch
   Linear, as GGUF / int8 packs install them): ProCache runs, gives finite output equal to the same
   model without ProCache on an all-FULL schedule, and logs which adaLN layers it could not split.
+* The host's TorchCompileModel (CPU inductor) before ProCache Apply: torch.compile captures a bounded
+  number of graphs (counted with torch._dynamo's counters in the server), a second run with more
+  steps compiles nothing new (no recompile per step), and the output matches the uncompiled run.
 """
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -59,3 +64,34 @@ def test_quantized_style_linears_run_and_are_named_in_the_log(comfy_server):
     got = latent(comfy_server, full)
     torch.testing.assert_close(got, plain, rtol=1e-4, atol=1e-5)
     assert (cached - plain).abs().max() > 0  # the auto preset did reuse something
+
+
+TINY_FLUX = {"class_type": "ProCacheTestTinyFlux",
+             "inputs": {"seed": 0, "depth": 2, "depth_single_blocks": 2, "context_in_dim": 64}}
+
+
+def counters(client, reset: bool = False) -> dict:
+    entry = client.run({"c": {"class_type": "ProCacheTestCompileCounters", "inputs": {"reset": reset}}}, timeout=60)
+    return json.loads(entry["outputs"]["c"]["text"][0])
+
+
+def compiled_prompt(prefix: str, steps: int, compile_: bool) -> dict:
+    p = flux_prompt(TINY_FLUX, prefix, {"preset": "auto"}, steps=steps)
+    if compile_:
+        p["compile"] = {"class_type": "TorchCompileModel", "inputs": {"model": ["model", 0], "backend": "inductor"}}
+        p["apply"]["inputs"]["model"] = ["compile", 0]
+    return p
+
+
+def test_torch_compile_model_compiles_a_bounded_number_of_times_and_matches(comfy_server):
+    counters(comfy_server, reset=True)
+    first = latent(comfy_server, compiled_prompt("tc_4", 4, True))
+    c1 = counters(comfy_server)
+    graphs = c1.get("stats", {}).get("unique_graphs", 0)
+    assert 1 <= graphs <= 16, c1  # compiled, and not once per block evaluation or step
+    again = latent(comfy_server, compiled_prompt("tc_8", 8, True))
+    c2 = counters(comfy_server)
+    assert c2.get("stats", {}).get("unique_graphs", 0) == graphs, (c1, c2)  # more steps, nothing recompiled
+    eager = latent(comfy_server, compiled_prompt("tc_eager", 4, False))
+    torch.testing.assert_close(first, eager, rtol=1e-3, atol=1e-3)
+    assert torch.isfinite(again).all()

@@ -123,4 +123,31 @@ class ProCacheTestTinyFluxInt8(io.ComfyNode):
         return io.NodeOutput(model)
 
 
-NODES = [ProCacheTestTinySD3, ProCacheTestTinyWan, ProCacheTestTinyFluxInt8]
+class ProCacheTestCompileCounters(io.ComfyNode):
+    """torch._dynamo's counters of this server process as JSON (``reset`` clears them first)."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(node_id="ProCacheTestCompileCounters", display_name="ProCache Test Dynamo Counters",
+                         category="ProCache/testing", is_output_node=True,
+                         inputs=[io.Boolean.Input("reset", default=False),
+                                 io.Latent.Input("samples", optional=True, tooltip="makes it run after a sampler")],
+                         outputs=[io.String.Output()])
+
+    @classmethod
+    def fingerprint_inputs(cls, **kwargs):
+        return float("nan")
+
+    @classmethod
+    def execute(cls, reset: bool, samples=None) -> io.NodeOutput:
+        import json
+
+        from torch._dynamo.utils import counters
+
+        if reset:
+            counters.clear()
+        text = json.dumps({k: dict(v) for k, v in counters.items()}, default=str)
+        return io.NodeOutput(text, ui={"text": [text]})
+
+
+NODES = [ProCacheTestTinySD3, ProCacheTestTinyWan, ProCacheTestTinyFluxInt8, ProCacheTestCompileCounters]
