@@ -41,3 +41,15 @@ def test_comfyignore_keeps_the_zip_to_what_a_user_needs():
         assert heavy in ignored, heavy
     for needed in ("nodes", "procache_core", "schedules", "web", "example_workflows", "__init__.py", "LICENSE"):
         assert needed not in ignored, needed
+
+
+def test_example_workflows_are_generated_and_current():
+    """example_workflows/ is what scripts/make_example_workflows.py writes (no hand edits drift)."""
+    import sys
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_example_workflows.py"), "--check"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    names = sorted(p.name for p in (ROOT / "example_workflows").iterdir())
+    assert names == ["flux_dev_procache.json", "pixart_alpha_procache.json", "sd35_large_procache.json",
+                     "wan21_t2v_procache.json"]
