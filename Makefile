@@ -11,7 +11,7 @@ setup:
 models: setup
 	$(PY) scripts/make_tiny_models.py --comfy $(COMFY)
 
-# Real ComfyUI, headless, runs example_workflows/ with and without ProCache, prints the table.
+# Real ComfyUI, headless, runs api_workflows/pixart_alpha_procache.api.json with and without ProCache, prints the table.
 demo: models
 	$(PY) scripts/run_demo.py
 

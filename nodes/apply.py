@@ -12,7 +12,8 @@ from ..procache_core.schedule import Action
 from .adapters import adapter_for
 from .memory_bridge import memory_inputs, request_from_inputs
 from .runtime_bridge import SHORT_RUN_FLOOR, ProCacheConfig, config_of, install_wrappers, validate_range
-from .schedule_loader import ScheduleSocket
+from .auto_preset import AUTO, preset_name_for
+from .schedule_loader import ScheduleSocket, available_presets, load_named_preset
 from .selective_settings import SelectiveSocket
 
 log = logging.getLogger("ProCache")
@@ -33,6 +34,20 @@ APPLY_DESCRIPTION = (
     "act as cached). The stats line names the family used.")
 
 
+def preset_choices() -> list[str]:
+    """The dropdown of ProCache Apply's own preset: "auto", then every preset the loader lists."""
+    return [AUTO, *available_presets()]
+
+
+def preset_from_widget(name: str, family: str):
+    """The Preset chosen on Apply itself ("auto": the one made for the detected family)."""
+    chosen = preset_name_for(family) if name == AUTO else name
+    preset = load_named_preset(chosen, field="preset")
+    if name == AUTO:
+        log.info("ProCache: preset 'auto' -> '%s' for a %s model", chosen, family)
+    return preset
+
+
 class ProCacheApply(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -45,7 +60,8 @@ class ProCacheApply(io.ComfyNode):
                         "first step.",
             inputs=[
                 io.Model.Input("model"),
-                ScheduleSocket.Input("schedule", tooltip="from ProCache Schedule Loader"),
+                ScheduleSocket.Input("schedule", optional=True,
+                                     tooltip="optional: from ProCache Schedule Loader (wins over 'preset')"),
                 SelectiveSocket.Input("selective", optional=True,
                                       tooltip="Selective Compute Settings; when absent the preset's own settings "
                                               "are used and the schedule runs exactly as written."),
@@ -53,6 +69,9 @@ class ProCacheApply(io.ComfyNode):
                                tooltip="Steps before this share of denoising progress always run FULL."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Steps from this share of denoising progress on always run FULL."),
+                io.Combo.Input("preset", options=preset_choices(), default=AUTO, optional=True,
+                               tooltip="Used when no schedule is connected. 'auto' picks the preset made for "
+                                       "the model's family; the schedule is remapped to the sampler's steps."),
                 io.Int.Input("short_run_floor", default=SHORT_RUN_FLOOR, min=0, max=1000, optional=True,
                              tooltip="Runs with fewer steps than this compute every step (reuse across a few "
                                      "large steps costs the most detail; the log says so). 0 = always follow "
@@ -63,13 +82,13 @@ class ProCacheApply(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, model, schedule, selective=None, start_percent: float = 0.0,
-                end_percent: float = 1.0, short_run_floor: int = SHORT_RUN_FLOOR, cache_device: str = "auto",
-                cache_mode: str = "auto", cache_dtype: str = "auto") -> io.NodeOutput:
+    def execute(cls, model, schedule=None, selective=None, start_percent: float = 0.0,
+                end_percent: float = 1.0, preset: str = AUTO, short_run_floor: int = SHORT_RUN_FLOOR,
+                cache_device: str = "auto", cache_mode: str = "auto", cache_dtype: str = "auto") -> io.NodeOutput:
         validate_range(start_percent, end_percent)
         memory = request_from_inputs(cache_device, cache_mode, cache_dtype)
         adapter = adapter_for(model)  # a block adapter, or the model-level fallback; errors only for non-models
-        preset = schedule
+        preset = schedule if schedule is not None else preset_from_widget(preset, adapter.family)
         if selective is not None:
             sel = selective.validate()
             has_s = any(a == Action.SELECTIVE for a in preset.schedule.actions)
@@ -87,6 +106,9 @@ class ProCacheApply(io.ComfyNode):
         config.memory_request = memory
         install_wrappers(patched, config)
         adapter.install(patched, config)
+        unsplit = adapter.unsplit_report()
+        if unsplit:
+            log.info(unsplit)
         fam = getattr(preset, "family", "any") or "any"
         if fam not in ("any", adapter.family):
             log.info("ProCache: preset '%s' was made for %s; applying it to a %s model as is.",

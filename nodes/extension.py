@@ -6,7 +6,9 @@ from comfy_api.latest import ComfyExtension, io
 try:  # registers the /procache/ HTTP routes used by the web UI (web/js/procache.js)
     from . import routes as _routes  # noqa: F401
 except Exception:  # the nodes must load even if the UI routes cannot
-    import logging; logging.getLogger("ProCache").exception("ProCache: web UI routes not registered")
+    import logging
+
+    logging.getLogger("ProCache").exception("ProCache: web UI routes not registered")
 
 
 class ProCacheExtension(ComfyExtension):

@@ -110,6 +110,16 @@ def preset_from_text(text: str):
                             "fix the YAML, type a plain F/C/S schedule, or clear it to use the preset.") from None
 
 
+def load_named_preset(name: str, field: str = "preset"):
+    """A shipped or user preset by its dropdown name (ProCacheError naming ``field`` when missing)."""
+    found = available_presets()
+    if name not in found:
+        raise ProCacheError(field, f"'{name}' was not found.",
+                            f"pick one of {sorted(found) or 'the shipped presets'} or type a schedule "
+                            "into a ProCache Schedule Loader.")
+    return load_listed_preset(name, found[name])
+
+
 def summarize(preset) -> str:
     sched = preset.schedule
     c = sched.counts()
@@ -172,11 +182,6 @@ class ProCacheScheduleLoader(io.ComfyNode):
         if schedule_text and schedule_text.strip():
             p = preset_from_text(schedule_text)
         else:
-            found = available_presets()
-            if preset not in found:
-                raise ProCacheError("preset", f"'{preset}' was not found.",
-                                    f"pick one of {sorted(found) or 'the shipped presets'} or type a schedule "
-                                    "into schedule_text.")
-            p = load_listed_preset(preset, found[preset])
+            p = load_named_preset(preset)
         text = summarize(p)
         return io.NodeOutput(p, text, ui={"text": [text]})

@@ -224,6 +224,8 @@ def own(t: Tensor) -> Tensor:
     A view into a larger buffer (e.g. one chunk of a fused projection) would pin the whole buffer in
     memory and the in-place scatter of selective steps would write into it.
     """
+    if torch.compiler.is_compiling():  # traced by torch.compile (TorchCompileModel): storage is not
+        return t.clone(memory_format=torch.contiguous_format)  # inspectable with symbolic shapes; copy
     if t.untyped_storage().nbytes() != t.nbytes:  # larger buffer, or broadcast (stride 0)
         return t.clone(memory_format=torch.contiguous_format)
     return t

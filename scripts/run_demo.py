@@ -21,7 +21,7 @@ from comfy_client import ComfyServer, load_latent  # noqa: E402
 from workflow_tools import without_procache  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_WORKFLOW = ROOT / "example_workflows" / "pixart_alpha_procache.api.json"
+DEFAULT_WORKFLOW = ROOT / "api_workflows" / "pixart_alpha_procache.api.json"
 def exec_seconds(entry: dict) -> float:
     """Execution time as the host reports it (execution_start -> execution_success timestamps)."""
     stamps = {kind: data.get("timestamp") for kind, data in entry["status"]["messages"]}

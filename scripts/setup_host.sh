@@ -74,6 +74,23 @@ if ! stamp_ok reqs "$REQ_HASH"; then
   stamp_set reqs "$REQ_HASH"
 fi
 
+# 3b. tools in their own venvs/folders under .host (never in .venv): comfy-cli for `comfy node validate`,
+#     and the newest front end the web tests also run against (served with --front-end-root)
+CLI_SPEC="comfy-cli==1.23.0"
+if ! stamp_ok cli "$CLI_SPEC" || [ ! -x "$HOST_DIR/cli-venv/bin/comfy" ]; then
+  say "installing $CLI_SPEC into $HOST_DIR/cli-venv"
+  "$PY" -m venv "$HOST_DIR/cli-venv"
+  "$HOST_DIR/cli-venv/bin/python" -m pip install -q --disable-pip-version-check "$CLI_SPEC" 2>&1 | grep -v "is ignored: it is neither" || true
+  stamp_set cli "$CLI_SPEC"
+fi
+FE_SPEC="comfyui-frontend-package==1.58.1"
+if ! stamp_ok frontend "$FE_SPEC" || [ ! -d "$HOST_DIR/frontend-1.58.1/comfyui_frontend_package/static" ]; then
+  say "installing $FE_SPEC into $HOST_DIR/frontend-1.58.1"
+  rm -rf "$HOST_DIR/frontend-1.58.1"
+  "$VPY" -m pip install -q --disable-pip-version-check --no-deps --target "$HOST_DIR/frontend-1.58.1" "$FE_SPEC" 2>&1 | grep -v "is ignored: it is neither" || true
+  stamp_set frontend "$FE_SPEC"
+fi
+
 # 4. link the pack (and, for tests and the demo, the test-only nodes) into custom_nodes
 link() { # link TARGET NAME
   local dst="$COMFY/custom_nodes/$2"

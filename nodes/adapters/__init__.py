@@ -88,6 +88,29 @@ class FamilyAdapter:
         estimate before the first step); None when the family cannot tell."""
         return None
 
+    def modulation_layers(self) -> dict[str, Any]:
+        """name -> the adaLN linear whose gate rows reused steps slice (families that slice them)."""
+        return {}
+
+    def unsplit_report(self) -> str | None:
+        """One line naming the adaLN layers reused steps evaluate whole (quantized / GGUF / patched
+        layers), or None when every one is sliced."""
+        from .modulation import why_unsliced
+
+        layers = self.modulation_layers()
+        reasons: dict[str, list[str]] = {}
+        for name, layer in layers.items():
+            why = why_unsliced(layer)
+            if why is not None:
+                reasons.setdefault(why, []).append(name)
+        if not reasons:
+            return None
+        n = sum(len(v) for v in reasons.values())
+        parts = "; ".join(f"{why}: {v[0]}{f' and {len(v) - 1} more' if len(v) > 1 else ''}"
+                          for why, v in reasons.items())
+        return (f"ProCache: {n} of {len(layers)} adaLN layers are not split into gate rows ({parts}); "
+                "reused steps evaluate them whole: results are exact, those layers just save no time.")
+
 
 log = logging.getLogger("ProCache")
 

@@ -186,3 +186,12 @@ class FluxAdapter(FamilyAdapter):
             return None
         p = self.patch_size
         return ((x_shape[2] + p // 2) // p, (x_shape[3] + p // 2) // p)
+
+    def modulation_layers(self) -> dict[str, Any]:
+        out = {}
+        for i, b in enumerate(self.dm.double_blocks):
+            out[f"double_blocks.{i}.img_mod.lin"] = b.img_mod.lin
+            out[f"double_blocks.{i}.txt_mod.lin"] = b.txt_mod.lin
+        for i, b in enumerate(self.dm.single_blocks):
+            out[f"single_blocks.{i}.modulation.lin"] = b.modulation.lin
+        return out

@@ -21,6 +21,19 @@ def _plain_forward(layer: torch.nn.Module) -> bool:
     return type(layer).forward in (torch.nn.Linear.forward, comfy.ops.disable_weight_init.Linear.forward)
 
 
+def why_unsliced(layer: torch.nn.Module) -> str | None:
+    """Why reused steps must evaluate ``layer`` whole (None when its weight rows can be sliced)."""
+    if not isinstance(layer, torch.nn.Linear):
+        return f"{type(layer).__name__} is not a torch Linear"
+    if not _plain_forward(layer):
+        return f"{type(layer).__name__} has its own forward"
+    if getattr(layer, "weight_function", None) or getattr(layer, "bias_function", None):
+        return "weights patched on the fly (LoRA / low-VRAM)"
+    if type(layer.weight.data) is not torch.Tensor:
+        return f"weight is a {type(layer.weight.data).__name__}"
+    return None
+
+
 def row_evaluator(layer: torch.nn.Module, act: Callable[[], Tensor], like: Tensor
                   ) -> Callable[[int, int], Tensor] | None:
     """``(start, stop) -> layer(act())[..., start:stop]`` from those weight rows alone, or None when unsafe.

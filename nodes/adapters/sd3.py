@@ -157,3 +157,10 @@ class SD3Adapter(FamilyAdapter):
             return None
         p = self.patch_size
         return ((x_shape[2] + p - 1) // p, (x_shape[3] + p - 1) // p)
+
+    def modulation_layers(self) -> dict[str, Any]:
+        out = {}
+        for i, jb in enumerate(self.dm.joint_blocks):
+            for side in ("x_block", "context_block"):
+                out[f"joint_blocks.{i}.{side}.adaLN_modulation"] = getattr(jb, side).adaLN_modulation[-1]
+        return out

@@ -139,7 +139,7 @@ def _cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 
 
 def test_cli_writes_preset_and_report_that_beats_uniform(comfy_server, tmp_path):
-    wf = json.loads((ROOT / "example_workflows" / "pixart_alpha_procache.api.json").read_text())
+    wf = json.loads((ROOT / "api_workflows" / "pixart_alpha_procache.api.json").read_text())
     wf["sampler"]["inputs"].update(steps=STEPS, cfg=CFG, sampler_name=SAMPLER, scheduler=SCHEDULER, seed=0)
     wf["latent"]["inputs"].update(width=512, height=256)
     small = tmp_path / "pixart_small.api.json"
@@ -167,7 +167,7 @@ def test_cli_writes_preset_and_report_that_beats_uniform(comfy_server, tmp_path)
 
 
 def test_cli_bad_workflow_exits_2(comfy_server, tmp_path):
-    wf = json.loads((ROOT / "example_workflows" / "pixart_alpha_procache.api.json").read_text())
+    wf = json.loads((ROOT / "api_workflows" / "pixart_alpha_procache.api.json").read_text())
     wf["sampler"]["inputs"]["model"] = ["unet", 0]
     for nid in ("apply", "schedule", "selective"):
         wf.pop(nid)

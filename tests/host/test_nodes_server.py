@@ -236,7 +236,7 @@ def test_example_workflows_match_object_info(comfy_server):
     from pathlib import Path
 
     info = comfy_server.object_info()
-    folder = Path(__file__).resolve().parents[2] / "example_workflows"
+    folder = Path(__file__).resolve().parents[2] / "api_workflows"
     flux = json.loads((folder / "flux_dev_procache.api.json").read_text())
     _check_structure(flux, info)  # needs real Flux weights to run; structure only
     assert flux["schedule"]["inputs"]["preset"] in info["ProCacheScheduleLoader"]["input"]["required"]["preset"][1]["options"]
@@ -247,7 +247,7 @@ def test_pixart_example_workflow_runs(comfy_server):
     import json
     from pathlib import Path
 
-    p = json.loads((Path(__file__).resolve().parents[2] / "example_workflows" / "pixart_alpha_procache.api.json").read_text())
+    p = json.loads((Path(__file__).resolve().parents[2] / "api_workflows" / "pixart_alpha_procache.api.json").read_text())
     p["sampler"]["inputs"]["steps"] = 3  # keep CPU time small; the 20-step preset is remapped
     for k in ("vae", "decode", "image"):
         p.pop(k, None)

@@ -55,18 +55,31 @@ def _free_port() -> int:
     pytest.skip(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
 
 
-@pytest.fixture(scope="session")
-def web_server(tmp_path_factory):
-    """A real ComfyUI server with this pack, its user folder under a fresh temp dir."""
+# The front ends every web test runs against: the host's bundled one and the newest package
+# (installed by scripts/setup_host.sh into .host/, served with --front-end-root).
+FRONTENDS = {"bundled": None,
+             "fe1.58.1": ROOT / ".host" / "frontend-1.58.1" / "comfyui_frontend_package" / "static"}
+
+
+@pytest.fixture(scope="session", params=list(FRONTENDS))
+def web_server(request, tmp_path_factory):
+    """A real ComfyUI server with this pack, its user folder under a fresh temp dir (one per front end)."""
     if not (COMFY_DIR / "main.py").exists():
         pytest.fail("ComfyUI host missing: run `make test-web` (it runs scripts/setup_host.sh first)")
     import json
 
+    root = FRONTENDS[request.param]
+    extra = []
+    if root is not None:
+        if not (root / "index.html").is_file():
+            pytest.fail(f"{root} missing: run `bash scripts/setup_host.sh` (installs the front end there)")
+        extra = ["--front-end-root", str(root)]
     work = tmp_path_factory.mktemp("comfy-web")
     settings = work / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(UI_SETTINGS))
-    srv = ComfyServer(port=_free_port(), workdir=work).start()
+    srv = ComfyServer(port=_free_port(), workdir=work, extra_args=extra).start()
+    srv.frontend = request.param  # type: ignore[attr-defined]
     try:
         yield srv
     finally:
@@ -114,6 +127,8 @@ def page(browser, web_server):
 
 
 @pytest.fixture(scope="session")
-def artifacts() -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    return ARTIFACTS
+def artifacts(web_server) -> Path:
+    """tests/artifacts/<front end>/: screenshots and logs kept per front end."""
+    d = ARTIFACTS / web_server.frontend
+    d.mkdir(parents=True, exist_ok=True)
+    return d

@@ -2,7 +2,9 @@
 //
 // Only public frontend APIs: app.registerExtension, beforeRegisterNodeDef, node callbacks
 // (onNodeCreated, onConfigure, onDrawForeground), widget callbacks, node.addDOMWidget, node.addWidget,
-// api.fetchApi. Server side: nodes/routes.py (/procache/...).
+// node.getOutputNodes / node.getInputNode, graph.nodes, the app's dialog and toast services
+// (app.extensionManager), api.fetchApi. No globals, no shared stylesheet: the strip styles its own
+// elements. Server side: nodes/routes.py (/procache/...).
 //
 // For tests and other extensions the strip's state is exposed
 //   * on the DOM: <div class="procache-strip" data-node-id data-state="ready|loading|error"
@@ -11,9 +13,11 @@
 //     whose background is COLORS[action];
 //   * on the node: node.procacheStrip = {state, actions, cells, steps, sourceSteps, computeFraction,
 //     speedup, counts, error, colors}.
+// The extension is registered as EXTENSION_NAME; other code reaches the helpers by importing this module.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 
+export const EXTENSION_NAME = "procache.ScheduleStrip";
 const LOADER = "ProCacheScheduleLoader";
 const PACK_NODES = new Set([LOADER, "ProCacheApply", "ProCacheSelectiveSettings", "ProCacheStats"]);
 
@@ -26,12 +30,15 @@ function widget(node, name) {
   return node.widgets?.find((w) => w.name === name);
 }
 
-function linkOf(graph, id) {
-  if (id == null || !graph) return null;
-  const links = graph.links;
-  if (!links) return null;
-  if (typeof links.get === "function") return links.get(id) ?? null;
-  return links[id] ?? null;
+function nodesOf(graph) {
+  return graph?.nodes ?? [];
+}
+
+// The node feeding input `name` of `node` (null when not connected).
+function inputNode(node, name) {
+  const slot = node.inputs?.findIndex((i) => i.name === name) ?? -1;
+  if (slot < 0) return null;
+  return node.getInputNode?.(slot) ?? null;
 }
 
 // The sampling steps this schedule will run with: a `steps` widget on the loader itself, else the
@@ -47,7 +54,7 @@ export function findSteps(node) {
     if (w && Number.isFinite(Number(w.value))) return Number(w.value);
   }
   const values = new Set();
-  for (const n of graph._nodes ?? graph.nodes ?? []) {
+  for (const n of nodesOf(graph)) {
     const w = widget(n, "steps");
     if (w && Number.isFinite(Number(w.value))) values.add(Number(w.value));
   }
@@ -63,10 +70,8 @@ function* downstream(node, depth = 8) {
   for (let d = 0; d < depth && frontier.length; d++) {
     const next = [];
     for (const n of frontier) {
-      for (const out of n.outputs ?? []) {
-        for (const lid of out.links ?? []) {
-          const link = linkOf(graph, lid);
-          const target = link && graph.getNodeById(link.target_id);
+      for (let slot = 0; slot < (n.outputs?.length ?? 0); slot++) {
+        for (const target of n.getOutputNodes?.(slot) ?? []) {
           if (!target || seen.has(target.id)) continue;
           seen.add(target.id);
           yield target;
@@ -92,9 +97,7 @@ export function findApplySettings(node) {
       const w = widget(n, k);
       if (w && Number.isFinite(Number(w.value))) out[k] = Number(w.value);
     }
-    const inp = n.inputs?.find((i) => i.name === "selective");
-    const link = inp && linkOf(n.graph ?? app.graph, inp.link);
-    const src = link && (n.graph ?? app.graph).getNodeById(link.origin_id);
+    const src = inputNode(n, "selective");
     if (src && classOf(src) === "ProCacheSelectiveSettings") {
       const sel = {};
       for (const k of ["enabled", "depth_fraction", "ratio"]) {
@@ -141,31 +144,31 @@ export async function fetchPresetNames() {
 }
 
 function toast(severity, summary, detail) {
-  const t = app.extensionManager?.toast;
-  if (t?.add) t.add({ severity, summary, detail, life: 5000 });
-  else if (severity === "error") window.alert(`${summary}: ${detail}`);
+  app.extensionManager?.toast?.add?.({ severity, summary, detail, life: 5000 });
 }
 
-function injectStyle() {
-  if (document.getElementById("procache-style")) return;
-  const style = document.createElement("style");
-  style.id = "procache-style";
-  style.textContent = `
-.procache-strip { box-sizing: border-box; width: 100%; padding: 4px 6px; font: 11px/1.3 sans-serif;
-  color: var(--input-text, #ddd); display: flex; flex-direction: column; gap: 4px; overflow: hidden; }
-.procache-summary, .procache-detail { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
-.procache-detail { opacity: 0.8; }
-.procache-summary b { font-weight: 600; }
-.procache-cells { display: flex; gap: 1px; height: 18px; width: 100%; }
-.procache-cell { flex: 1 1 0; min-width: 1px; border-radius: 2px; }
-.procache-legend { display: flex; gap: 10px; opacity: 0.85; }
-.procache-legend span::before { content: ""; display: inline-block; width: 9px; height: 9px;
-  border-radius: 2px; margin-right: 3px; vertical-align: -1px; background: var(--swatch); }
-.procache-strip[data-state="error"] .procache-summary { color: #ff6b6b; white-space: normal; font-size: 10px;
-  max-height: 52px; overflow: hidden; }
-.procache-strip[data-state="loading"] .procache-cells { opacity: 0.5; }
-`;
-  document.head.appendChild(style);
+// The app's own dialogs (PrimeVue, themed, keyboard friendly); null when the front end has none.
+function dialogs() {
+  return app.extensionManager?.dialog ?? null;
+}
+
+// Inline styles on the strip's own elements: nothing is added to the page's shared stylesheets.
+const STYLE = {
+  strip: "box-sizing:border-box;width:100%;padding:4px 6px;font:11px/1.3 sans-serif;" +
+    "color:var(--input-text,#ddd);display:flex;flex-direction:column;gap:4px;overflow:hidden",
+  line: "white-space:nowrap;overflow:hidden;text-overflow:ellipsis",
+  error: "color:#ff6b6b;white-space:normal;font-size:10px;max-height:52px;overflow:hidden",
+  cells: "display:flex;gap:1px;height:18px;width:100%",
+  cell: "flex:1 1 0;min-width:1px;border-radius:2px",
+  legend: "display:flex;gap:10px;opacity:0.85",
+  swatch: "display:inline-block;width:9px;height:9px;border-radius:2px;margin-right:3px;vertical-align:-1px",
+};
+
+function styled(tag, className, css) {
+  const el = document.createElement(tag);
+  el.className = className;
+  el.style.cssText = css;
+  return el;
 }
 
 class ScheduleStrip {
@@ -177,22 +180,19 @@ class ScheduleStrip {
     this.lastCheck = 0;
     this.result = null;
 
-    const el = document.createElement("div");
-    el.className = "procache-strip";
+    const el = styled("div", "procache-strip", STYLE.strip);
     el.dataset.state = "loading";
     el.dataset.cells = "0";
-    this.summary = document.createElement("div");
-    this.summary.className = "procache-summary";
+    this.summary = styled("div", "procache-summary", STYLE.line);
     this.summary.textContent = "ProCache: loading schedule…";
-    this.cells = document.createElement("div");
-    this.cells.className = "procache-cells";
-    const legend = document.createElement("div");
-    legend.className = "procache-legend";
+    this.cells = styled("div", "procache-cells", STYLE.cells);
+    const legend = styled("div", "procache-legend", STYLE.legend);
     for (const a of ["F", "S", "C"]) {
       const s = document.createElement("span");
-      s.style.setProperty("--swatch", COLORS[a]);
       s.dataset.action = a;
-      s.textContent = LABELS[a];
+      const sw = styled("i", "procache-swatch", STYLE.swatch);
+      sw.style.background = COLORS[a];
+      s.append(sw, LABELS[a]);
       legend.appendChild(s);
     }
     el.append(this.summary, this.cells, legend);
@@ -259,6 +259,7 @@ class ScheduleStrip {
     const seq = ++this.seq;
     this.el.dataset.nodeId = String(this.node.id);
     this.el.dataset.state = "loading";
+    this.cells.style.opacity = "0.5";
     const body = this.request();
     let res;
     try {
@@ -276,8 +277,7 @@ class ScheduleStrip {
     const frag = document.createDocumentFragment();
     for (let i = 0; i < actions.length; i++) {
       const a = actions[i];
-      const cell = document.createElement("div");
-      cell.className = "procache-cell";
+      const cell = styled("div", "procache-cell", STYLE.cell);
       cell.dataset.step = String(i);
       cell.dataset.action = a;
       cell.style.background = COLORS[a] ?? "#000";
@@ -285,6 +285,8 @@ class ScheduleStrip {
       frag.appendChild(cell);
     }
     this.cells.replaceChildren(frag);
+    this.cells.style.opacity = "1";
+    this.summary.style.cssText = STYLE.line;
     const c = data.counts ?? {};
     const remap = data.remapped ? ` (remapped from ${data.source_steps})` : "";
     const KINDS = { searched: "searched pattern", rule: "rule on the noise axis", unrecorded: "no provenance" };
@@ -292,9 +294,9 @@ class ScheduleStrip {
     const origin = body.text ? "typed schedule" : `${body.preset}${kind}`;
     this.summary.replaceChildren();
     const b = document.createElement("b");
+    b.style.fontWeight = "600";
     b.textContent = `~${fmtPercent(data.compute_fraction)} of full compute, ~${fmtSpeed(data.speedup)}`;
-    const detail = document.createElement("div");
-    detail.className = "procache-detail";
+    const detail = styled("div", "procache-detail", STYLE.line + ";opacity:0.8");
     detail.textContent = `${actions.length} steps${remap}: ${c.full ?? 0} full / ${c.selective ?? 0} selective / ` +
       `${c.cached ?? 0} cached · ${origin}`;
     this.summary.append(b, detail);
@@ -327,6 +329,7 @@ class ScheduleStrip {
 
   renderError(message) {
     this.cells.replaceChildren();
+    this.summary.style.cssText = STYLE.error;
     this.summary.textContent = String(message).replace(/^ProCache:\s*/, "");
     this.summary.title = message;
     const ds = this.el.dataset;
@@ -350,14 +353,22 @@ async function saveAsPreset(node) {
   }
   const base = String(widget(node, "preset")?.value ?? "preset").replace(/^user\//, "");
   const suggestion = `${base.replace(/[^A-Za-z0-9_.-]/g, "-")}-${strip.result.steps}`.slice(0, 64);
-  const name = window.prompt("Save this schedule as a ProCache preset named (letters, digits, _ - .):", suggestion);
+  const dlg = dialogs();
+  if (!dlg?.prompt) {
+    toast("error", "ProCache", "This front end has no dialog service; update ComfyUI's front end to save presets.");
+    return null;
+  }
+  const name = await dlg.prompt({ title: "Save as ProCache preset",
+    message: "Preset name (letters, digits, _ - .):", defaultValue: suggestion });
   if (!name) return null;
   const r = strip.result;
   const body = { name: name.trim(), actions: r.actions, family: r.family || undefined,
     selective: r.selective || undefined, model: r.model || undefined };
   let res = await postJSON("/procache/presets", body);
   if (res.status === 409 && /already exists/.test(res.data?.error ?? "")) {
-    if (!window.confirm(`A user preset named "${body.name}" exists. Overwrite it?`)) return null;
+    const ok = await dlg.confirm?.({ title: "Overwrite ProCache preset?",
+      message: `A user preset named "${body.name}" exists. Overwrite it?`, type: "overwrite" });
+    if (!ok) return null;
     res = await postJSON("/procache/presets", { ...body, overwrite: true });
   }
   if (!res.ok) {
@@ -378,7 +389,7 @@ async function saveAsPreset(node) {
 // Re-reads the preset list and updates the dropdown of every Schedule Loader in the graph.
 export async function refreshPresetCombos(select = null, selectOn = null) {
   const names = await fetchPresetNames();
-  for (const n of app.graph?._nodes ?? app.graph?.nodes ?? []) {
+  for (const n of nodesOf(app.graph)) {
     if (n.comfyClass !== LOADER && n.type !== LOADER) continue;
     const combo = widget(n, "preset");
     if (!combo) continue;
@@ -394,7 +405,6 @@ export async function refreshPresetCombos(select = null, selectOn = null) {
 }
 
 function setupLoader(node) {
-  injectStyle();
   const strip = new ScheduleStrip(node);
   strip.el.dataset.nodeId = String(node.id);
   node.procacheStripWidget = strip;
@@ -437,9 +447,9 @@ function setupLoader(node) {
 }
 
 // The host may serve web/ twice (WEB_DIRECTORY and pyproject's [tool.comfy] web): register once.
-const ALREADY = Boolean(window.ProCache?.loaded);
+const ALREADY = (app.extensions ?? []).some((e) => e?.name === EXTENSION_NAME);
 if (!ALREADY) app.registerExtension({
-  name: "ProCache.ScheduleStrip",
+  name: EXTENSION_NAME,
 
   async beforeRegisterNodeDef(nodeType, nodeData) {
     if (!PACK_NODES.has(nodeData?.name)) return;
@@ -471,5 +481,4 @@ if (!ALREADY) app.registerExtension({
   },
 });
 
-// Handy in the browser console and for tests.
-if (!ALREADY) window.ProCache = { loaded: true, COLORS, findSteps, findApplySettings, refreshPresetCombos, fetchPresetNames, saveAsPreset };
+export { saveAsPreset };
