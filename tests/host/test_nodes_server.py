@@ -81,7 +81,7 @@ def test_object_info_io(comfy_server):
     app = info["ProCacheApply"]
     assert app["output"] == ["MODEL"]
     assert set(app["input"]["required"]) == {"model", "schedule"}
-    assert set(app["input"]["optional"]) == {"selective", "start_percent", "end_percent"}
+    assert set(app["input"]["optional"]) == {"selective", "start_percent", "end_percent", "short_run_floor"}
     assert info["ProCacheStats"]["output_node"] is True
 
 
