@@ -139,7 +139,7 @@ def table(res: dict) -> str:
     lines = ["| spacing | schedule | pattern | PSNR vs full (dB) | FD-full |", "|---|---|---|---|---|"]
     for spacing, d in res["spacings"].items():
         for name, r in d["rows"].items():
-            lines.append(f"| {spacing} | {name} | `{r['schedule']}` | {r['psnr']:.2f} | {r['fd_full']:.4f} |")
+            lines.append(f"| `{spacing}` | {name} | `{r['schedule']}` | {r['psnr']:.2f} | {r['fd_full']:.4f} |")
     return "\n".join(lines)
 
 

@@ -80,9 +80,9 @@ def test_object_info_io(comfy_server):
                                              "w_output_norm", "w_spatial"}
     app = info["ProCacheApply"]
     assert app["output"] == ["MODEL"]
-    assert set(app["input"]["required"]) == {"model", "schedule"}
-    assert set(app["input"]["optional"]) == {"selective", "start_percent", "end_percent", "cache_device", "cache_mode",
-                                             "cache_dtype"}
+    assert set(app["input"]["required"]) == {"model"}
+    assert set(app["input"]["optional"]) == {"schedule", "selective", "start_percent", "end_percent", "preset",
+                                             "short_run_floor", "cache_device", "cache_mode", "cache_dtype"}
     assert info["ProCacheStats"]["output_node"] is True
 
 
