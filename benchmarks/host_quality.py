@@ -7,7 +7,7 @@ img2img case at denoise 0.6 from real digits), with the same seed, prompts and l
 - full                    plain KSampler
 - procache (paper)        the paper preset of the family scaled to the step count, S steps as reuse
 - procache (searched)     the schedule the ProCache Schedule Search node picks on this model and sampler
-                          (same budget, K = 5, vmin 1, vmax 4; it calibrates at denoise 1)
+                          (same budget, K = 3, vmin 1, vmax 4; it calibrates at denoise 1)
 - procache+sel            the paper-style schedule with Selective Compute Settings (pack defaults)
 - uniform                 full every N-th step, same number of full steps as the paper-style schedule
 - easycache / lazycache   the host's nodes over a threshold sweep (start 0.15, end 0.95)
@@ -40,7 +40,7 @@ CASES = [
     {"name": "heun/normal", "sampler": "heun", "scheduler": "normal", "denoise": 1.0},
     {"name": "img2img euler/normal denoise 0.6", "sampler": "euler", "scheduler": "normal", "denoise": 0.6},
 ]
-THRESHOLDS = (0.02, 0.05, 0.1, 0.2, 0.4)
+THRESHOLDS = (0.05, 0.15, 0.4)
 SELECTIVE = {"enabled": True, "depth_fraction": 0.25, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 1.0,
              "w_output_norm": 0.25, "w_spatial": 0.5}
 
@@ -103,7 +103,7 @@ def _server_cls():
 
 
 def run(quick: bool = True, log=print, families=("flux", "pixart"), cases=None, steps: int = 20,
-        repeat: int | None = None, thresholds=THRESHOLDS, cfg: float = hd.CFG, search_k: int = 5,
+        repeat: int | None = None, thresholds=THRESHOLDS, cfg: float = hd.CFG, search_k: int = 3,
         workdir: Path | None = None) -> dict[str, Any]:
     import tempfile
 
@@ -111,7 +111,7 @@ def run(quick: bool = True, log=print, families=("flux", "pixart"), cases=None, 
 
     hd.ensure_host()
     cases = cases or CASES
-    repeat = repeat or (10 if quick else 50)
+    repeat = repeat or (3 if quick else 20)
     digits = "0123456789"
     labels = hd.labels_of(digits, repeat)
     featnet, feat_info = load_or_train_featnet(log=log)
