@@ -132,7 +132,7 @@ def run(quick: bool = True, log=print, families=("flux", "pixart"), cases=None, 
             uniform = uniform_schedule(steps, budget)
             info = _model_info(fam)
             log(f"[host-quality] {fam}: paper-style {paper} (B={budget}), uniform {uniform}; "
-                f"model {info.get('steps_run')} training steps")
+                f"model {info.get('steps_total', info.get('steps_run'))} training steps")
             # warm-up: loads the model once so no timed prompt pays for it
             client.run(hd.digits_prompt(fam, digits="0", steps=2, cfg=cfg, prefix="warm"), timeout=900)
             fam_res = {"paper_schedule": paper, "budget": budget, "uniform_schedule": uniform, "model": info,
@@ -304,8 +304,9 @@ def section(results: dict, commit: str | None = None) -> list[str]:
     for fam, fr in results["families"].items():
         m = fr["model"]
         lines += [f"### {fam}", "",
-                  f"Host config `{m.get('unet_config')}`, {m.get('params')} parameters, {m.get('steps_run')} training "
-                  f"steps ({m.get('train_seconds')} s). Paper-style schedule `{fr['paper_schedule']}` "
+                  f"Host config `{m.get('unet_config')}`, {m.get('params')} parameters, "
+                  f"{m.get('steps_total', m.get('steps_run'))} training steps "
+                  f"({m.get('train_seconds_total', m.get('train_seconds'))} s on a shared CPU). Paper-style schedule `{fr['paper_schedule']}` "
                   f"(B = {fr['budget']} full steps), uniform `{fr['uniform_schedule']}`.", ""]
         for case in fr["cases"]:
             lines += [f"**{case['name']}**", ""]

@@ -131,8 +131,8 @@ def main() -> int:
             r["speedup"] = min(base["exec"]) / t
             r["rel"] = float(np.linalg.norm(r["latent"] - base["latent"]) / np.linalg.norm(base["latent"]))
             r["psnr"] = psnr(r["images"], base["images"])
-            print(f"| {name} | {label} | {t:.2f} | {r['speedup']:.2f}x | {r['rel']:.4f} | "
-                  f"{'identical' if r['psnr'] == float('inf') else f'{r['psnr']:.1f}'} |")
+            shown = "identical" if r["psnr"] == float("inf") else f"{r['psnr']:.1f}"
+            print(f"| {name} | {label} | {t:.2f} | {r['speedup']:.2f}x | {r['rel']:.4f} | {shown} |")
         pc = runs["procache"]
         rows.append((f"{name}, full compute ({min(base['exec']):.2f} s)", base["images"]))
         rows.append((f"{name} + ProCache: {pc['speedup']:.2f}x faster, PSNR {pc['psnr']:.1f} dB vs full", pc["images"]))
