@@ -321,7 +321,8 @@ def section(results: dict, commit: str | None = None) -> list[str]:
                   f"Host config `{m.get('unet_config')}`, {m.get('params')} parameters, "
                   f"{m.get('steps_total', m.get('steps_run'))} training steps "
                   f"({m.get('train_seconds_total', m.get('train_seconds'))} s on a shared CPU). Paper-style schedule `{fr['paper_schedule']}` "
-                  f"(B = {fr['budget']} full steps), uniform `{fr['uniform_schedule']}`.", ""]
+                  f"(B = {fr['budget']} full steps), uniform `{fr['uniform_schedule']}`."
+                  + _untrained_note(fr), ""]
         for case in fr["cases"]:
             lines += [f"**{case['name']}**", ""]
             rows = [[r["label"], r.get("schedule") or ("" if r["method"] != "full" else "all full"),
@@ -350,6 +351,14 @@ def section(results: dict, commit: str | None = None) -> list[str]:
                            "EasyCache PSNR", "beats EasyCache", "LazyCache PSNR", "beats LazyCache"], vrows))
     lines += ["", plain_verdict(results), ""]
     return lines
+
+
+def _untrained_note(fr: dict) -> str:
+    accs = [r["label_acc"] for c in fr["cases"] for r in c["rows"] if r["method"] == "full"]
+    if accs and max(accs) < 0.9:
+        return (f" **This model does not draw digits yet** (full-compute label accuracy {max(accs):.2f}; see "
+                "nodes/demo/README.md): its rows measure how closely each cache follows full compute, nothing more.")
+    return ""
 
 
 def plain_verdict(results: dict) -> str:
