@@ -237,9 +237,10 @@ def main(argv: list[str] | None = None) -> int:
         from .host_quality import run as run_host_quality
 
         log("[bench] in-host quality bench (trained digits models, real ComfyUI server)")
+        commit = git_commit()  # the code the numbers come from: taken before the run starts
         host_res = run_host_quality(quick=args.quick, log=log)
         host_res["info"] = dict(info)
-        host_res["commit"] = git_commit()
+        host_res["commit"] = commit
         write_json(host_json, host_res)
     elif host_json.exists():
         host_res = json.loads(host_json.read_text())
