@@ -11,8 +11,9 @@ setup:
 models: setup
 	$(PY) scripts/make_tiny_models.py --comfy $(COMFY)
 
-# Real ComfyUI, headless, runs api_workflows/pixart_alpha_procache.api.json with and without ProCache, prints the table.
-demo: models
+# Real ComfyUI, headless, runs the digits example workflows with and without ProCache, prints the table and
+# writes demo_output/demo.png (the bundled trained models need no model building).
+demo: setup
 	$(PY) scripts/run_demo.py
 
 # The whole suite: core (host-free), real-server tests and headless-browser tests.

@@ -153,6 +153,17 @@ def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_p
     return out
 
 
+def git_commit() -> str | None:
+    """The commit the bench ran on (with '+dirty' when the work tree had changes)."""
+    try:
+        root = HERE.parent
+        sha = subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=root).returncode != 0
+        return sha + ("+dirty" if dirty else "")
+    except Exception:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="CPU-sized settings (about 30 minutes)")
@@ -164,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deep-cases", default="dit,pixart",
                     help="with --deep: comma list of dit, pixart (or one case: dit:20, dit:50, pixart:20)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when available")
-    ap.add_argument("--only", choices=["speed", "quality"], default=None)
+    ap.add_argument("--only", choices=["speed", "quality", "host"], default=None,
+                    help="host = the in-host quality bench of the trained digits models (real ComfyUI server)")
     ap.add_argument("--out", type=Path, default=HERE / "results")
     ap.add_argument("--report-only", action="store_true",
                     help="rewrite README.md and plots from the raw JSON of the last runs (no benchmarking)")
@@ -219,6 +231,19 @@ def main(argv: list[str] | None = None) -> int:
                                                          and r.get("threshold") == 0.15)]
         plot_samples(quality_res, out / "samples.png", labs)
         write_json(quality_json, {k: v for k, v in quality_res.items() if k != "samples"})
+    host_json = out / "raw" / f"host_quality_{mode}.json"
+    host_res = None
+    if args.only in (None, "host"):
+        from .host_quality import run as run_host_quality
+
+        log("[bench] in-host quality bench (trained digits models, real ComfyUI server)")
+        commit = git_commit()  # the code the numbers come from: taken before the run starts
+        host_res = run_host_quality(quick=args.quick, log=log)
+        host_res["info"] = dict(info)
+        host_res["commit"] = commit
+        write_json(host_json, host_res)
+    elif host_json.exists():
+        host_res = json.loads(host_json.read_text())
     if args.only in (None, "speed"):
         log("[bench] speed bench")
         speed_res = run_speed(args.quick, device)
@@ -279,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
         plot_speed(deep, out / f"speed_deep_{device}.png")
     path = write_readme(out, info, mode, speed_res, quality_res, notes, qp, spp, sp,
                         medium=medium or None, medium_plot=f"speed_medium_{device}.png" if medium else None,
-                        deep=deep or None, deep_plot=f"speed_deep_{device}.png" if deep else None)
+                        deep=deep or None, deep_plot=f"speed_deep_{device}.png" if deep else None,
+                        host=host_res)
     log(f"[bench] wrote {path} ({round(time.time() - t0, 1)} s)")
     return 0
 

@@ -15,8 +15,9 @@ class ProCacheExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
         from .apply import ProCacheApply, ProCacheStats
         from .calibrate import ProCacheScheduleSearch
+        from .demo.nodes import NODES as DEMO_NODES
         from .schedule_loader import ProCacheScheduleLoader
         from .selective_settings import ProCacheSelectiveSettings
 
         return [ProCacheScheduleLoader, ProCacheSelectiveSettings, ProCacheApply, ProCacheStats,
-                ProCacheScheduleSearch]
+                ProCacheScheduleSearch, *DEMO_NODES]
