@@ -13,7 +13,8 @@ import requests
 pytestmark = [pytest.mark.browser, pytest.mark.host]
 
 ROOT = Path(__file__).resolve().parents[2]
-OURS = ["ProCacheApply", "ProCacheScheduleLoader", "ProCacheSelectiveSettings", "ProCacheStats",
+OURS = ["ProCacheApply", "ProCacheScheduleLoader", "ProCacheSelectiveSettings", "ProCacheStats", "ProCacheDemoDigitsModel",
+        "ProCacheDemoDigitPrompt", "ProCacheDemoEmptyLatent", "ProCacheDemoDigitsDecode", "ProCacheDemoDigitsEncode",
         "ProCacheScheduleSearch"]
 
 
