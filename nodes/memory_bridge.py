@@ -162,8 +162,12 @@ def prepare_sampling_wrapper(executor, model, noise_shape, conds, model_options=
     orig = base.memory_required
     batch = int(noise_shape[0])
 
+    active = [True]
+
     def memory_required(input_shape, *args, **kw):
         n = orig(input_shape, *args, **kw)
+        if not active[0]:  # after prepare_sampling: the host's own estimate, whoever still holds this
+            return n
         return n + (extra_req if int(input_shape[0]) > batch else extra_min)
 
     base.memory_required = memory_required
@@ -172,10 +176,14 @@ def prepare_sampling_wrapper(executor, model, noise_shape, conds, model_options=
                  _mib(extra_req), _mib(extra_min))
         return executor(model, noise_shape, conds, model_options=model_options, **kwargs)
     finally:
-        if own is not None:
-            base.memory_required = own
-        else:
-            base.__dict__.pop("memory_required", None)
+        active[0] = False
+        # Loading the model applies its object patches, and one of them may replace memory_required
+        # (keeping ours as its backup): then it must stay in place, and ours is a pass-through from now on.
+        if base.__dict__.get("memory_required") is memory_required:
+            if own is not None:
+                base.memory_required = own
+            else:
+                base.__dict__.pop("memory_required", None)
 
 
 def _free(device: torch.device) -> int | None:

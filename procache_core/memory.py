@@ -51,6 +51,7 @@ class BlockShape:
     width: int
     branches: int
     lane: Hashable = 0
+    aux_width: int = 0   # width of a kept token-mixing half (``Branch.aux``) deep blocks also cache
 
 
 def single_stream_layout(n_blocks: int, tokens: int, width: int, branches: int) -> list[BlockShape]:
@@ -65,7 +66,9 @@ def double_single_layout(n_double: int, n_single: int, img_tokens: int, txt_toke
     for _ in range(n_double):
         out.append(BlockShape(img_tokens, width, double_branches, "img"))
         out.append(BlockShape(txt_tokens, width, double_branches, "txt"))
-    out += [BlockShape(img_tokens + txt_tokens, width, single_branches, "joint") for _ in range(n_single)]
+    # a single block's selective steps keep its attention output (width wide) beside the fused output
+    out += [BlockShape(img_tokens + txt_tokens, width, single_branches, "joint", aux_width=width)
+            for _ in range(n_single)]
     return out
 
 
@@ -87,7 +90,7 @@ def estimate_bytes(layout: Sequence[BlockShape], rows: int, elem_bytes: int, fir
             continue
         total += rows * b.tokens * b.width * elem_bytes * b.branches
         if deep and track_tokens:
-            total += rows * b.tokens * 4
+            total += rows * b.tokens * 4 + rows * b.tokens * b.aux_width * elem_bytes
             if keep_input:
                 total += rows * b.tokens * b.width * elem_bytes
     total += sum(rows * b.tokens * b.width * elem_bytes for b in lanes.values())

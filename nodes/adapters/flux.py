@@ -190,8 +190,10 @@ class FluxAdapter(FamilyAdapter):
     def modulation_layers(self) -> dict[str, Any]:
         out = {}
         for i, b in enumerate(self.dm.double_blocks):
-            out[f"double_blocks.{i}.img_mod.lin"] = b.img_mod.lin
-            out[f"double_blocks.{i}.txt_mod.lin"] = b.txt_mod.lin
+            if b.modulation:  # Flux.2 / Chroma blocks take their modulation from outside the block
+                out[f"double_blocks.{i}.img_mod.lin"] = b.img_mod.lin
+                out[f"double_blocks.{i}.txt_mod.lin"] = b.txt_mod.lin
         for i, b in enumerate(self.dm.single_blocks):
-            out[f"single_blocks.{i}.modulation.lin"] = b.modulation.lin
+            if b.modulation:
+                out[f"single_blocks.{i}.modulation.lin"] = b.modulation.lin
         return out

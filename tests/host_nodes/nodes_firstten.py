@@ -36,7 +36,7 @@ class ProCacheTestTinySD3(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(node_id="ProCacheTestTinySD3", display_name="ProCache Test Tiny SD3 (random weights)",
+        return io.Schema(node_id="ProCacheTestExampleSD3", display_name="ProCache Test Tiny SD3 (random weights)",
                          category="ProCache/testing", inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
                          outputs=[io.Model.Output()])
 
@@ -58,7 +58,7 @@ class ProCacheTestTinyWan(io.ComfyNode):
 
     @classmethod
     def define_schema(cls) -> io.Schema:
-        return io.Schema(node_id="ProCacheTestTinyWan", display_name="ProCache Test Tiny Wan 2.1 (random weights)",
+        return io.Schema(node_id="ProCacheTestExampleWan", display_name="ProCache Test Tiny Wan 2.1 (random weights)",
                          category="ProCache/testing", inputs=[io.Int.Input("seed", default=0, min=0, max=2**31 - 1)],
                          outputs=[io.Model.Output()])
 

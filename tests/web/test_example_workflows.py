@@ -34,9 +34,9 @@ TINY = {
     "flux": {"model": {"class_type": "ProCacheTestTinyFlux",
                        "inputs": {"seed": 0, "depth": 2, "depth_single_blocks": 2, "context_in_dim": 64}},
              "text": (64, 768), "latent": (64, 64), "vae": None},
-    "sd3": {"model": {"class_type": "ProCacheTestTinySD3", "inputs": {"seed": 0}},
+    "sd3": {"model": {"class_type": "ProCacheTestExampleSD3", "inputs": {"seed": 0}},
             "text": (64, 2048), "latent": (64, 64), "vae": None},
-    "wan": {"model": {"class_type": "ProCacheTestTinyWan", "inputs": {"seed": 0}},
+    "wan": {"model": {"class_type": "ProCacheTestExampleWan", "inputs": {"seed": 0}},
             "text": (4096, 0), "latent": (64, 64), "vae": None},
 }
 STEPS = 2  # enough for a FULL step then a reused one

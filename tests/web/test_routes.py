@@ -243,14 +243,15 @@ def test_preview_follows_apply_settings(api):
 
 
 def test_help_pages_are_served_where_the_frontend_looks(api):
-    """The frontend fetches /extensions/<pack>/docs/<NodeId>.md for custom nodes (pack from python_module)."""
+    """The frontend fetches /extensions/<pack>/docs/<NodeId>/<locale>.md for custom nodes (pack from
+    python_module); the English page documents every input."""
     info = api.get("/object_info").json()
     ours = {k: v for k, v in info.items() if str(v.get("python_module", "")).startswith("custom_nodes.ProCache")
             and not str(v.get("python_module")).startswith("custom_nodes.ProCacheTestNodes")}
     assert "ProCacheScheduleLoader" in ours
     for node_id, spec in ours.items():
         pack = spec["python_module"].split(".")[1].split("@")[0]
-        r = api.get(f"/extensions/{pack}/docs/{node_id}.md")
+        r = api.get(f"/extensions/{pack}/docs/{node_id}/en.md")
         assert r.status_code == 200, node_id
         text = r.text
         assert text.startswith(f"# {spec['display_name']}"), node_id
