@@ -157,6 +157,9 @@ class HunyuanVideoAdapter(FamilyAdapter):
         p = tuple(int(v) for v in p) if isinstance(p, (list, tuple)) else (int(p), int(p))
         self.patch_size = (1,) * (3 - len(p)) + p  # HunyuanImage 2.1 patches in 2-D
 
+    def lanes(self) -> list | None:
+        return ["img", "txt"] * self.n_double + ["joint"] * self.n_single
+
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_double):
             model_patcher.set_model_patch_replace(HunyuanDoubleBlock(self, i, owner), "dit", "double_block", i)

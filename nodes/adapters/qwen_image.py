@@ -89,6 +89,9 @@ class QwenImageAdapter(FamilyAdapter):
         self.num_blocks = 2 * self.n_blocks
         self.patch_size = int(getattr(diffusion_model, "patch_size", 2))
 
+    def lanes(self) -> list | None:
+        return ["img", "txt"] * self.n_blocks  # engine blocks 2i (image stream) and 2i+1 (text stream)
+
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_blocks):
             model_patcher.set_model_patch_replace(QwenImageBlock(self, i, owner), "dit", "double_block", i)
