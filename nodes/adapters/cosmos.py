@@ -24,22 +24,26 @@ import torch
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import FamilyAdapter
+from . import ChainedForward, FamilyAdapter, install_forward_patch
 
 
-class CosmosBlockForward:
-    """Replacement of one block's ``forward`` (the host's when no run of ours is active)."""
-
-    def __init__(self, block: Any, index: int, owner: Any) -> None:
-        self.block, self.index, self.owner = block, index, owner
+class CosmosBlockForward(ChainedForward):
+    """Replacement of one block's ``forward`` (what was there before when no run of ours is active)."""
 
     def __call__(self, x_B_T_H_W_D, emb_B_T_D, crossattn_emb, rope_emb_L_1_1_D=None, adaln_lora_B_T_3D=None,
                  extra_per_block_pos_emb=None, transformer_options={}, **kwargs):
         block = self.block
         run = active_run(self.owner)
+        rest = (emb_B_T_D, crossattn_emb, rope_emb_L_1_1_D, adaln_lora_B_T_3D, extra_per_block_pos_emb,
+                transformer_options)
         if run is None:
-            return type(block).forward(block, x_B_T_H_W_D, emb_B_T_D, crossattn_emb, rope_emb_L_1_1_D,
-                                       adaln_lora_B_T_3D, extra_per_block_pos_emb, transformer_options, **kwargs)
+            return self.call_prev(x_B_T_H_W_D, *rest, **kwargs)
+        if self.prev is not None:  # cached as one residual, on the (B, T*H*W, D) layout the engine keeps
+            shape = x_B_T_H_W_D.shape
+            flat = (shape[0], -1, shape[-1])
+            out = self.prev_as_branch(run, x_B_T_H_W_D.reshape(flat),
+                                      lambda h: self.prev(h.reshape(shape), *rest, **kwargs).reshape(flat))
+            return out.reshape(shape)
         x = x_B_T_H_W_D
         if extra_per_block_pos_emb is not None:
             x = x + extra_per_block_pos_emb
@@ -83,7 +87,8 @@ class CosmosPredict2Adapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i, block in enumerate(self.dm.blocks):
-            model_patcher.add_object_patch(f"diffusion_model.blocks.{i}.forward", CosmosBlockForward(block, i, owner))
+            install_forward_patch(model_patcher, f"diffusion_model.blocks.{i}.forward",
+                                  lambda prev, b=block, i=i: CosmosBlockForward(b, i, owner, prev))
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         pt, ps = self.patch

@@ -24,7 +24,7 @@ from typing import Any, Callable
 import torch
 
 from ...procache_core.engine import Branch
-from . import DitBlockReplace, FamilyAdapter
+from . import DitBlockReplace, FamilyAdapter, install_dit_replace
 from .modulation import lazy_chunks
 
 
@@ -162,9 +162,9 @@ class HunyuanVideoAdapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_double):
-            model_patcher.set_model_patch_replace(HunyuanDoubleBlock(self, i, owner), "dit", "double_block", i)
+            install_dit_replace(model_patcher, HunyuanDoubleBlock(self, i, owner), "double_block", i)
         for i in range(self.n_single):
-            model_patcher.set_model_patch_replace(HunyuanSingleBlock(self, i, owner), "dit", "single_block", i)
+            install_dit_replace(model_patcher, HunyuanSingleBlock(self, i, owner), "single_block", i)
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         pt, ph, pw = self.patch_size

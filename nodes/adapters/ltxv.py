@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from ...procache_core.engine import Branch
-from . import DitBlockReplace, FamilyAdapter
+from . import DitBlockReplace, FamilyAdapter, install_dit_replace
 
 
 class LTXVBlock(DitBlockReplace):
@@ -64,7 +64,7 @@ class LTXVAdapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.num_blocks):
-            model_patcher.set_model_patch_replace(LTXVBlock(self, i, owner), "dit", "double_block", i)
+            install_dit_replace(model_patcher, LTXVBlock(self, i, owner), "double_block", i)
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 5:  # patch size 1: one token per latent pixel

@@ -23,7 +23,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import FamilyAdapter
+from . import ChainedForward, FamilyAdapter, install_forward_patch
 from .modulation import lazy_chunks
 
 
@@ -31,18 +31,17 @@ def _gate(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1).tanh()
 
 
-class LuminaBlockForward:
-    """Replacement of one main block's ``forward`` (the host's when no run of ours is active)."""
-
-    def __init__(self, block: Any, index: int, owner: Any) -> None:
-        self.block, self.index, self.owner = block, index, owner
+class LuminaBlockForward(ChainedForward):
+    """Replacement of one main block's ``forward`` (what was there before when no run of ours is active)."""
 
     def __call__(self, x, x_mask, freqs_cis, adaln_input=None, transformer_options={}, **kwargs):
         block = self.block
         run = active_run(self.owner)
         if run is None or not block.modulation or adaln_input is None:
-            return type(block).forward(block, x, x_mask, freqs_cis, adaln_input,
-                                       transformer_options=transformer_options, **kwargs)
+            return self.call_prev(x, x_mask, freqs_cis, adaln_input, transformer_options=transformer_options, **kwargs)
+        if self.prev is not None:
+            return self.prev_as_branch(run, x, lambda h: self.prev(h, x_mask, freqs_cis, adaln_input,
+                                                                   transformer_options=transformer_options, **kwargs))
         import torch.nn.functional as F
         from comfy.ldm.lumina.model import modulate
 
@@ -78,4 +77,5 @@ class LuminaAdapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i, block in enumerate(self.dm.layers):
-            model_patcher.add_object_patch(f"diffusion_model.layers.{i}.forward", LuminaBlockForward(block, i, owner))
+            install_forward_patch(model_patcher, f"diffusion_model.layers.{i}.forward",
+                                  lambda prev, b=block, i=i: LuminaBlockForward(b, i, owner, prev))

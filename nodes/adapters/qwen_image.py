@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ...procache_core.engine import Branch
-from . import DitBlockReplace, FamilyAdapter
+from . import DitBlockReplace, FamilyAdapter, install_dit_replace
 from .modulation import lazy_chunks
 
 
@@ -94,7 +94,7 @@ class QwenImageAdapter(FamilyAdapter):
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_blocks):
-            model_patcher.set_model_patch_replace(QwenImageBlock(self, i, owner), "dit", "double_block", i)
+            install_dit_replace(model_patcher, QwenImageBlock(self, i, owner), "double_block", i)
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) not in (4, 5):

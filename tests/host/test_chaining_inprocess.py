@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import types
 
+import pytest
 import torch
 
 from _inprocess import FakePatcher
@@ -77,3 +78,104 @@ def test_wan_runs_attn2_patch_hooks_on_computed_steps():
     assert len(calls) == len(dm.blocks)  # once per block on the FULL step, never on the cached one
     assert not torch.allclose(outs["hooked"][0], outs["plain"][0])
     assert torch.allclose(outs["hooked"][1], outs["hooked"][0], atol=1e-5, rtol=1e-4)  # reused with the hook
+
+
+# --- families added later: a second pack's block patch composes with ProCache, before or after Apply ---
+
+import importlib.util  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location(
+    "procache_test_nodes_families_chain", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_families.py")
+NF = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(NF)
+import test_adapter_families_more as M  # noqa: E402
+
+# family -> (builder, block patched with +offset: dit key or forward object-patch key, exact all-FULL)
+LATER = {"qwen_image": (NF.tiny_qwen_image_net, ("double_block", 0), False),
+         "z_image": (NF.tiny_lumina_net, "diffusion_model.layers.0.forward", True),
+         "cosmos_predict2": (NF.tiny_cosmos_predict2_net, "diffusion_model.blocks.0.forward", True)}
+
+
+def _install_offset(fp, dm, key, calls: list) -> None:
+    """Another pack's counting +0.05 patch on block 0 that itself chains what it finds (as a good pack does)."""
+    if isinstance(key, tuple):
+        prev = fp.model_options.get("transformer_options", {}).get("patches_replace", {}).get("dit", {}).get(key)
+
+        def dit(args, extra):
+            calls.append(1)
+            out = prev(args, extra) if prev is not None else extra["original_block"](args)
+            return {**out, "img": out["img"] + 0.05}
+        fp.set_model_patch_replace(dit, "dit", key[0], key[1])
+        return
+    prev = fp.object_patches.get(key)
+    block = dm.layers[0] if ".layers." in key else dm.blocks[0]
+
+    def fwd(*args, **kwargs):
+        calls.append(1)
+        out = prev(*args, **kwargs) if prev is not None else type(block).forward(block, *args, **kwargs)
+        return out + 0.05
+    fp.add_object_patch(key, fwd)
+
+
+def _run(family, dm, schedule, offset_order):
+    """Outputs of ``schedule`` through ProCache with the offset patch installed ``"before"`` / ``"after"``
+    Apply (or ``None``: no offset), plus how often the offset patch ran."""
+    fp, calls = FakePatcher(dm), []
+    key = LATER[family][1]
+    adapter = A.adapter_for(fp)
+    owner = types.SimpleNamespace()
+    if offset_order == "before":
+        _install_offset(fp, dm, key, calls)
+    adapter.install(fp, owner)
+    if offset_order == "after":
+        _install_offset(fp, dm, key, calls)
+    run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(), num_blocks=adapter.num_blocks)
+    state = types.SimpleNamespace(config=owner, run=run, closed=False)
+    outs = []
+    with fp.patched():
+        for step in range(len(schedule)):
+            run.begin_step(step)
+            run.set_stream((0, 1), chunks=2)
+            RB._ACTIVE.stack = [state]
+            try:
+                outs.append(M.call(family, dm, dict(fp.model_options.get("transformer_options", {}))))
+            finally:
+                RB._ACTIVE.stack = []
+    run.close()
+    return outs, calls
+
+
+def _offset_only(family, dm):
+    fp, calls = FakePatcher(dm), []
+    _install_offset(fp, dm, LATER[family][1], calls)
+    with fp.patched():
+        out = M.call(family, dm, dict(fp.model_options.get("transformer_options", {})))
+    assert calls == [1]
+    return out
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+@pytest.mark.parametrize("family", sorted(LATER))
+def test_later_families_compose_with_another_packs_block_patch(family, order):
+    build, _, exact = LATER[family]
+    dm = build(seed=1)[0].eval()
+    ref = _offset_only(family, dm)
+    full, calls = _run(family, dm, "FF", order)
+    assert len(calls) == 2  # the offset ran on both computed steps
+    # all-FULL: ProCache is transparent, the offset patch alone shapes the result (installed before, the patched
+    # block is kept as one residual x + (f(x) - x): equal to float rounding, not bit for bit)
+    for o in full:
+        if exact and order == "after":
+            assert torch.equal(o, ref), f"{family}/{order}: max diff {(o - ref).abs().max().item()}"
+        else:
+            torch.testing.assert_close(o, ref, rtol=1e-5, atol=1e-5)
+    fc, calls = _run(family, dm, "FC", order)
+    proc_only, _ = _run(family, dm, "FC", None)
+    # a forward patch installed before runs inside ProCache (only on the computed step); a dit patch installed
+    # before wraps ProCache's block (DitBlockReplace passes it as original_block), and one installed after
+    # wraps ProCache's patch, so those run each step
+    inside = order == "before" and not isinstance(LATER[family][1], tuple)
+    assert len(calls) == (1 if inside else 2)
+    assert not torch.allclose(fc[0], proc_only[0])  # the offset took effect under ProCache
+    assert not torch.allclose(fc[1], proc_only[1])  # and in the reused step (cached with it, or on top)
