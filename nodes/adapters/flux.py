@@ -49,10 +49,11 @@ def _lazy_mod(modulation, vec) -> LazyModulation:
                        modulation.multiplier)
 
 
-def _qkv(attn_mod, x, shift, scale, norm, num_heads):
+def _qkv(attn_mod, x, shift, scale, norm, num_heads, dims=None):
+    """q, k, v of one stream; ``dims`` is the host's per-token modulation layout (HunyuanVideo I2V)."""
     from comfy.ldm.flux.layers import apply_mod
 
-    h = apply_mod(norm(x), (1 + scale), shift, None)
+    h = apply_mod(norm(x), (1 + scale), shift, dims)
     qkv = attn_mod.qkv(h)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = attn_mod.norm(q, k, v)

@@ -25,19 +25,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace
-from .modulation import lazy_chunks
-
-
-def _lazy_mod(modulation: Any, vec: torch.Tensor):
-    """The host's ``Modulation(vec)`` as 3 or 6 chunks (shift, scale, gate, ...), gates computable alone."""
-    import torch.nn.functional as F
-
-    v = vec[:, None, :] if vec.ndim == 2 else vec
-
-    def full():
-        return [t for m in modulation(vec) if m is not None for t in (m.shift, m.scale, m.gate)]
-
-    return lazy_chunks(full, modulation.lin, lambda: F.silu(v), v, modulation.multiplier)
+from .flux import _lazy_mod, _qkv  # the same host Modulation and q/k/v layout as Flux
 
 
 def _gate_layout(dims: list | None, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -52,15 +40,6 @@ def _gate_layout(dims: list | None, n: int) -> Callable[[torch.Tensor], torch.Te
             parts.append(g[:, row:row + 1].expand(g.shape[0], stop - start, g.shape[-1]))
         return torch.cat(parts, dim=1)
     return layout
-
-
-def _qkv(attn_mod, x, shift, scale, norm, num_heads, dims):
-    from comfy.ldm.flux.layers import apply_mod
-
-    qkv = attn_mod.qkv(apply_mod(norm(x), (1 + scale), shift, dims))
-    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, num_heads, -1).permute(2, 0, 3, 1, 4)
-    q, k = attn_mod.norm(q, k, v)
-    return q, k, v
 
 
 class HunyuanDoubleBlock(DitBlockReplace):
