@@ -85,6 +85,15 @@ def _context_tokens(guider: Any) -> int | None:
     return None
 
 
+def _first_cond(guider: Any) -> dict | None:
+    """The first positive conditioning entry (reference latents, extra text inputs), if any."""
+    conds = getattr(guider, "conds", None) or {}
+    for c in conds.get("positive") or []:
+        if isinstance(c, dict):
+            return c
+    return None
+
+
 def _activation_dtype(model_patcher: Any) -> torch.dtype:
     base = getattr(model_patcher, "model", None)
     dt = getattr(base, "manual_cast_dtype", None)
@@ -97,7 +106,7 @@ def estimate(state: Any, guider: Any, noise_shape: tuple) -> Estimate | None:
     """Cache size for this run from shapes (None when the family gives no layout)."""
     config, run = state.config, state.run
     layout_fn = getattr(config.adapter, "cache_layout", None)
-    layout = layout_fn(tuple(noise_shape), _context_tokens(guider)) if layout_fn is not None else None
+    layout = layout_fn(tuple(noise_shape), _context_tokens(guider), _first_cond(guider)) if layout_fn is not None else None
     if not layout:
         return None
     req = request_of(config)

@@ -60,14 +60,18 @@ def single_stream_layout(n_blocks: int, tokens: int, width: int, branches: int) 
 
 
 def double_single_layout(n_double: int, n_single: int, img_tokens: int, txt_tokens: int, width: int,
-                         double_branches: int = 2, single_branches: int = 1) -> list[BlockShape]:
-    """Flux-like: each double block is an image and a text engine block, then single blocks on both."""
+                         double_branches: int = 2, single_branches: int = 1,
+                         single_aux: bool = True) -> list[BlockShape]:
+    """Flux-like: each double block is an image and a text engine block, then single blocks on both.
+
+    ``single_aux``: deep single blocks keep their attention output (``width`` wide) beside the fused
+    output, for selective steps (Flux.1/Flux.2/Chroma); False where single blocks are reused whole
+    (HunyuanVideo)."""
     out: list[BlockShape] = []
     for _ in range(n_double):
         out.append(BlockShape(img_tokens, width, double_branches, "img"))
         out.append(BlockShape(txt_tokens, width, double_branches, "txt"))
-    # a single block's selective steps keep its attention output (width wide) beside the fused output
-    out += [BlockShape(img_tokens + txt_tokens, width, single_branches, "joint", aux_width=width)
+    out += [BlockShape(img_tokens + txt_tokens, width, single_branches, "joint", aux_width=width if single_aux else 0)
             for _ in range(n_single)]
     return out
 

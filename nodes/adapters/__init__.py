@@ -83,9 +83,10 @@ class FamilyAdapter:
         """Residual stream of each engine block, for the memory-light cache; None: one stream."""
         return None
 
-    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
         """Engine blocks as ``procache_core.memory.BlockShape`` for model input ``x_shape`` (cache size
-        estimate before the first step); None when the family cannot tell."""
+        estimate before the first step); None when the family cannot tell. ``cond`` is the first
+        positive conditioning entry (reference latents, extra text tokens) when the host gives one."""
         return None
 
     def modulation_layers(self) -> dict[str, Any]:
@@ -113,6 +114,27 @@ class FamilyAdapter:
 
 
 log = logging.getLogger("ProCache")
+
+
+def ref_latent_tokens(cond: dict | None, patch: int) -> int:
+    """Image tokens the reference latents of an edit (Flux Kontext / Flux.2 / Qwen-Image-Edit) add to the
+    image stream: ``ceil(h / patch) * ceil(w / patch)`` per latent in ``cond["reference_latents"]``."""
+    refs = (cond or {}).get("reference_latents") or []
+    n = 0
+    for r in refs:
+        shape = getattr(r, "shape", None)
+        if shape is not None and len(shape) >= 3:
+            n += -(-int(shape[-2]) // patch) * -(-int(shape[-1]) // patch)
+    return n
+
+
+def cond_tokens(cond: dict | None, key: str, attr: str | None = None) -> int:
+    """Sequence length (dim 1) of ``cond[key]`` (or of its attribute ``attr``); 0 when absent."""
+    t = (cond or {}).get(key)
+    if t is not None and attr is not None:
+        t = getattr(t, attr, None)
+    shape = getattr(t, "shape", None)
+    return int(shape[1]) if shape is not None and len(shape) >= 3 else 0
 
 
 class DitBlockReplace:

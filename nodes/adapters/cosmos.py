@@ -90,6 +90,13 @@ class CosmosPredict2Adapter(FamilyAdapter):
             install_forward_patch(model_patcher, f"diffusion_model.blocks.{i}.forward",
                                   lambda prev, b=block, i=i: CosmosBlockForward(b, i, owner, prev))
 
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
+        """Tokens of the patchified (T, H, W) grid, three branches per block, ``model_channels`` wide."""
+        from ...procache_core.memory import single_stream_layout
+
+        hw = self.grid_hw(x_shape)
+        return single_stream_layout(self.num_blocks, hw[0] * hw[1], int(self.dm.model_channels), 3) if hw else None
+
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         pt, ps = self.patch
         if len(x_shape) == 5:

@@ -173,13 +173,15 @@ class FluxAdapter(FamilyAdapter):
     def lanes(self) -> list | None:
         return ["img", "txt"] * self.n_double + ["joint"] * self.n_single
 
-    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
         from ...procache_core.memory import double_single_layout
+        from . import ref_latent_tokens
 
         hw = self.grid_hw(x_shape)
         if hw is None:
             return None
-        return double_single_layout(self.n_double, self.n_single, hw[0] * hw[1], context_tokens or 512,
+        img = hw[0] * hw[1] + ref_latent_tokens(cond, self.patch_size)  # Kontext / Flux.2 reference images
+        return double_single_layout(self.n_double, self.n_single, img, context_tokens or 512,
                                     int(self.dm.hidden_size))
 
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:

@@ -69,6 +69,17 @@ class GenericAdapter(FamilyAdapter):
         model_patcher.remove_wrappers_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY)
         model_patcher.add_wrapper_with_key(pe.WrappersMP.APPLY_MODEL, WRAPPER_KEY, ModelCallWrapper(owner))
 
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
+        """One block holding the model's output: one row of ``prod(x_shape[1:])`` values per sample."""
+        from ...procache_core.memory import BlockShape
+
+        if len(x_shape) < 2:
+            return None
+        width = 1
+        for d in x_shape[1:]:
+            width *= int(d)
+        return [BlockShape(1, width, 1, 0)]
+
     def describe(self) -> str:
         return (f"{self.what}, which has no ProCache block adapter: schedule-only caching of the whole model "
                 f"call (a reused step returns the last computed clean-sample estimate), no selective compute")

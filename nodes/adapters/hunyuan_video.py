@@ -139,6 +139,24 @@ class HunyuanVideoAdapter(FamilyAdapter):
     def lanes(self) -> list | None:
         return ["img", "txt"] * self.n_double + ["joint"] * self.n_single
 
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
+        """Flux-like layout. Text stream: the prompt tokens, plus ByT5 glyph tokens (1.5 / Image 2.1) and
+        vision tokens (1.5 image-to-video) when the model has those inputs; single blocks keep no
+        attention half (reused whole on selective steps)."""
+        from ...procache_core.memory import double_single_layout
+        from . import cond_tokens
+
+        hw = self.grid_hw(x_shape)
+        if hw is None:
+            return None
+        txt = context_tokens or 256
+        if getattr(self.dm, "byt5_in", None) is not None:
+            txt += cond_tokens(cond, "conditioning_byt5small")
+        if getattr(self.dm, "vision_in", None) is not None:
+            txt += cond_tokens(cond, "clip_vision_output", "last_hidden_state")
+        return double_single_layout(self.n_double, self.n_single, hw[0] * hw[1], txt, int(self.dm.hidden_size),
+                                    single_aux=False)
+
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i in range(self.n_double):
             install_dit_replace(model_patcher, HunyuanDoubleBlock(self, i, owner), "double_block", i)

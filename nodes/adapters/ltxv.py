@@ -66,6 +66,13 @@ class LTXVAdapter(FamilyAdapter):
         for i in range(self.num_blocks):
             install_dit_replace(model_patcher, LTXVBlock(self, i, owner), "double_block", i)
 
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
+        """One token per latent voxel (patch size 1), three branches per block, ``inner_dim`` wide."""
+        from ...procache_core.memory import single_stream_layout
+
+        hw = self.grid_hw(x_shape)
+        return single_stream_layout(self.num_blocks, hw[0] * hw[1], int(self.dm.inner_dim), 3) if hw else None
+
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) != 5:  # patch size 1: one token per latent pixel
             return None

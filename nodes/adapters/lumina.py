@@ -75,6 +75,20 @@ class LuminaAdapter(FamilyAdapter):
         self.num_blocks = len(diffusion_model.layers)
         self.family = lumina_variant(diffusion_model)
 
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
+        """One sequence of caption then image tokens, each padded to the host's ``pad_tokens_multiple``
+        (Z-Image: 32), two branches per main block."""
+        from ...procache_core.memory import single_stream_layout
+
+        if len(x_shape) != 4:
+            return None
+        p = int(self.dm.patch_size)
+        img, cap = -(-x_shape[2] // p) * -(-x_shape[3] // p), context_tokens or 256
+        m = getattr(self.dm, "pad_tokens_multiple", None)
+        if m:
+            img, cap = img + (-img) % m, cap + (-cap) % m
+        return single_stream_layout(self.num_blocks, img + cap, int(self.dm.dim), 2)
+
     def install(self, model_patcher: Any, owner: Any) -> None:
         for i, block in enumerate(self.dm.layers):
             install_forward_patch(model_patcher, f"diffusion_model.layers.{i}.forward",

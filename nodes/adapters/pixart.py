@@ -59,7 +59,7 @@ class PixArtAdapter(FamilyAdapter):
             install_forward_patch(model_patcher, f"diffusion_model.blocks.{i}.forward",
                                   lambda prev, b=block, i=i: PixArtBlockForward(b, i, owner, prev))
 
-    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
         from ...procache_core.memory import single_stream_layout
 
         hw = self.grid_hw(x_shape)

@@ -96,6 +96,19 @@ class QwenImageAdapter(FamilyAdapter):
         for i in range(self.n_blocks):
             install_dit_replace(model_patcher, QwenImageBlock(self, i, owner), "double_block", i)
 
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
+        """Per block an image (latent tokens + reference-image tokens of an edit) and a text engine
+        block, two branches each, ``inner_dim`` wide."""
+        from ...procache_core.memory import BlockShape
+        from . import ref_latent_tokens
+
+        hw = self.grid_hw(x_shape)
+        if hw is None:
+            return None
+        img = hw[0] * hw[1] + ref_latent_tokens(cond, self.patch_size)
+        width, txt = int(self.dm.inner_dim), context_tokens or 256
+        return [s for _ in range(self.n_blocks) for s in (BlockShape(img, width, 2, "img"), BlockShape(txt, width, 2, "txt"))]
+
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
         if len(x_shape) not in (4, 5):
             return None

@@ -137,7 +137,7 @@ class SD3Adapter(FamilyAdapter):
         # ends at a block that runs
         return ["img", "txt"] * (self.n_joint - 1) + ["img", "txt_unused"]
 
-    def cache_layout(self, x_shape: tuple, context_tokens: int | None) -> list | None:
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
         from ...procache_core.memory import BlockShape
 
         hw = self.grid_hw(x_shape)

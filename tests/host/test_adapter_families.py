@@ -13,15 +13,12 @@ import types
 import pytest
 import torch
 
+from _families import patched_run as shared_patched_run
 from _inprocess import FakePatcher, load_pack
 
 pack = load_pack()
 from procache_pack.nodes import adapters as A  # noqa: E402
-from procache_pack.nodes import runtime_bridge as RB  # noqa: E402
-from procache_pack.procache_core.engine import CacheRun  # noqa: E402
 from procache_pack.procache_core.errors import UnsupportedModelError  # noqa: E402
-from procache_pack.procache_core.schedule import Schedule  # noqa: E402
-from procache_pack.procache_core.settings import SelectiveSettings  # noqa: E402
 
 
 def _init(model: torch.nn.Module, seed: int) -> torch.nn.Module:
@@ -101,26 +98,7 @@ BUILDERS = {"pixart": tiny_pixart, "flux": tiny_flux, "sd3": tiny_sd3, "wan": ti
 
 def patched_run(family, dm, schedule: str, ratio: float = 0.5):
     """Outputs of every step of `schedule`, evaluated on the same inputs through the adapter."""
-    fp = FakePatcher(dm)
-    adapter = A.adapter_for(fp)
-    assert adapter.family == family
-    owner = types.SimpleNamespace()
-    adapter.install(fp, owner)
-    run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(ratio=ratio, depth_fraction=1.0),
-                   num_blocks=adapter.num_blocks)
-    state = types.SimpleNamespace(config=owner, run=run, closed=False)
-    outs = []
-    to = fp.model_options["transformer_options"]
-    with fp.patched():
-        for step in range(len(schedule)):
-            run.begin_step(step)
-            run.set_stream((0, 1), chunks=2)
-            RB._ACTIVE.stack = [state]
-            try:
-                outs.append(call(family, dm, dict(to)))
-            finally:
-                RB._ACTIVE.stack = []
-    run.close()
+    outs, run = shared_patched_run(family, dm, schedule, call, ratio=ratio)
     return outs, run.stats
 
 

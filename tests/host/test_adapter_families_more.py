@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from _families import patched_run as shared_patched_run
 from _inprocess import FakePatcher, load_pack
 
 pack = load_pack()
 from procache_pack.nodes import adapters as A  # noqa: E402
-from procache_pack.nodes import runtime_bridge as RB  # noqa: E402
+from procache_pack.nodes import memory_bridge as MB  # noqa: E402
 from procache_pack.procache_core.engine import CacheRun  # noqa: E402
+from procache_pack.procache_core.memory import CacheMemory  # noqa: E402
 from procache_pack.procache_core.schedule import Schedule  # noqa: E402
 from procache_pack.procache_core.settings import SelectiveSettings  # noqa: E402
 
@@ -35,6 +37,9 @@ FAMILIES = {"qwen_image": (NF.tiny_qwen_image_net, False), "flux2": (NF.tiny_flu
             "ltxv": (NF.tiny_ltxv_net, False), "cosmos_predict2": (NF.tiny_cosmos_predict2_net, True)}
 
 
+BYT5, VISION = 5, 4   # extra text-stream tokens of the HunyuanVideo 1.5 inputs below
+
+
 def call(family: str, dm, to: dict):
     g = torch.Generator().manual_seed(7)
     t = torch.tensor([0.5, 0.5])
@@ -47,6 +52,11 @@ def call(family: str, dm, to: dict):
             # for batch 1 only (apply_mod indexes the gate rows per range without a token axis)
             return dm(torch.randn(1, 16, 2, 8, 8, generator=g), t[:1], ctx[:1], y=torch.randn(1, 16, generator=g),
                       guiding_frame_index=torch.tensor([0.0]), transformer_options=to)
+        if family == "hunyuan_video15":  # ByT5 glyph tokens and vision tokens join the text stream
+            return dm(torch.randn(2, 16, 2, 8, 8, generator=g), t, ctx, txt_byt5=torch.randn(2, BYT5, 1472, generator=g),
+                      clip_fea=torch.randn(2, VISION, 40, generator=g), transformer_options=to)
+        if family == "hunyuan_image21":
+            return dm(torch.randn(2, 64, 8, 8, generator=g), t, ctx, transformer_options=to)
         if family == "cosmos_predict2":
             return dm(torch.randn(2, 16, 1, 8, 8, generator=g), t, ctx, transformer_options=to)
         if family == "ltxv":
@@ -61,25 +71,7 @@ def call(family: str, dm, to: dict):
 
 
 def patched_run(family: str, dm, schedule: str, ratio: float = 0.5):
-    fp = FakePatcher(dm)
-    adapter = A.adapter_for(fp)
-    assert adapter.family == family
-    owner = types.SimpleNamespace()
-    adapter.install(fp, owner)
-    run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(ratio=ratio, depth_fraction=1.0),
-                   num_blocks=adapter.num_blocks)
-    state = types.SimpleNamespace(config=owner, run=run, closed=False)
-    outs = []
-    with fp.patched():
-        for step in range(len(schedule)):
-            run.begin_step(step)
-            run.set_stream((0, 1), chunks=2)
-            RB._ACTIVE.stack = [state]
-            try:
-                outs.append(call(family, dm, dict(fp.model_options["transformer_options"])))
-            finally:
-                RB._ACTIVE.stack = []
-    run.close()
+    outs, run = shared_patched_run(family, dm, schedule, call, ratio=ratio)
     return outs, run.stats
 
 
@@ -115,3 +107,70 @@ def test_cached_and_selective_steps(family):
 def test_detection_names():
     for family, (build, _) in FAMILIES.items():
         assert A.detect_family(FakePatcher(build(seed=0)[0])) == family
+
+
+# -- cache size estimate ------------------------------------------------------------------------------
+
+ESTIMATED = {**{f: b for f, (b, _) in FAMILIES.items()}, "hunyuan_video15": NF.tiny_hunyuan_video15_net,
+             "hunyuan_image21": NF.tiny_hunyuan_image21_net}
+# without the host's model config, 1.5 and Image 2.1 are detected by their network class alone
+DETECTED = {"hunyuan_video15": "hunyuan_video", "hunyuan_image21": "hunyuan_video"}
+
+
+def _cond(family: str, batch: int) -> dict:
+    """The first positive conditioning entry as the sampler holds it (what the estimate reads)."""
+    cond = {"cross_attn": torch.zeros(batch, 6, 48), "model_conds": {}}
+    if family == "hunyuan_video15":
+        cond["conditioning_byt5small"] = torch.zeros(batch, BYT5, 1472)
+        cond["clip_vision_output"] = types.SimpleNamespace(last_hidden_state=torch.zeros(batch, VISION, 40))
+    return cond
+
+
+def _estimate(adapter, run, x_shape: tuple, family: str, streams: int = 1):
+    """memory_bridge.estimate for a run of `adapter` on input `x_shape` (float32, CFG when streams 2)."""
+    state = types.SimpleNamespace(config=types.SimpleNamespace(adapter=adapter, memory_request=MB.MemoryRequest()),
+                                  run=run, memory_estimate=None, model_patcher=None)
+    conds = {"positive": [_cond(family, x_shape[0])]}
+    if streams == 2:
+        conds["negative"] = [_cond(family, x_shape[0])]
+    model = types.SimpleNamespace(manual_cast_dtype=None, get_dtype=lambda: torch.float32)
+    guider = types.SimpleNamespace(conds=conds, cfg=2.0, model_patcher=types.SimpleNamespace(model=model))
+    return MB.estimate(state, guider, x_shape), state
+
+
+@pytest.mark.parametrize("family", sorted(ESTIMATED))
+def test_cache_estimate_equals_bytes_held(family, monkeypatch):
+    """The size logged before the first step (from shapes and the family's block layout) is the peak the
+    cache then holds on the tiny model, for the full and the light cache (half the blocks deep, a
+    selective step: kept inputs, refresh steps and Flux single blocks' attention halves included);
+    ``auto`` placement moves a cache the test's free-memory figure cannot hold to CPU memory."""
+    dm = ESTIMATED[family](seed=1)[0].eval()
+    held = {}
+    for light in (False, True):
+        outs, run = shared_patched_run(family, dm, "FCSC", call, depth_fraction=0.5, memory=CacheMemory(light=light),
+                                       expect=DETECTED.get(family, family))
+        assert run.stats.steps_selective == 1
+        est, _ = _estimate(run.adapter, run, tuple(outs[0].shape), family)
+        assert est is not None, f"{family}: no estimate"
+        held[light] = run.stats.peak_cache_bytes
+        assert (est.light_bytes if light else est.full_bytes) == held[light] > 0, (family, light, est, held)
+    assert held[True] < held[False]
+
+    # auto placement against a free-memory figure set by the test (CFG: two rows per sample)
+    adapter = run.adapter
+    fresh = CacheRun(Schedule.from_string("FCSC"), SelectiveSettings(ratio=0.5, depth_fraction=0.5),
+                     num_blocks=adapter.num_blocks, lanes=adapter.lanes())
+    est, state = _estimate(adapter, fresh, tuple(outs[0].shape), family, streams=2)
+    assert est.rows == 2 * outs[0].shape[0] and est.full_bytes == 2 * held[False]
+    x = torch.empty(est.rows, *outs[0].shape[1:], device="meta")
+    monkeypatch.setattr(MB, "_free", lambda dev: 2 * est.full_bytes if dev.type != "cpu" else 10 ** 12)
+    MB.decide(state, x)
+    assert fresh.memory.placement == "device" and not fresh.memory.light
+    est.decided = False
+    monkeypatch.setattr(MB, "_free", lambda dev: est.full_bytes if dev.type != "cpu" else 10 ** 12)
+    MB.decide(state, x)   # 90 % of the free memory is the limit: the full cache does not fit
+    assert fresh.memory.placement == "cpu" and not fresh.memory.light
+    est.decided = False
+    monkeypatch.setattr(MB, "_free", lambda dev: est.full_bytes)
+    MB.decide(state, x)   # nor in CPU memory: the light cache
+    assert fresh.memory.placement == "cpu" and fresh.memory.light

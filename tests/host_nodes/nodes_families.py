@@ -155,6 +155,37 @@ def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
     return net, cfg
 
 
+def tiny_hunyuan_video15_net(seed: int = 0, context_dim: int = 48):
+    """HunyuanVideo 1.5 layout: ByT5 glyph-text mapper (the host fixes its 1472 -> 2048 widths), vision
+    tokens (``vision_in``), condition-type embeddings, no pooled vector; width 64, 2 double + 2 single."""
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    cfg = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": None,
+           "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
+           "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+           "qkv_bias": True, "guidance_embed": False, "byt5": True, "meanflow": False,
+           "use_cond_type_embedding": True, "vision_in_dim": 40}
+    net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+def tiny_hunyuan_image21_net(seed: int = 0, context_dim: int = 48):
+    """HunyuanImage 2.1 layout (2-D 1x1 patches on 64 latent channels, no pooled vector), width 64."""
+    import comfy.ops
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+    cfg = {"image_model": "hunyuan_video", "in_channels": 64, "out_channels": 64, "vec_in_dim": None,
+           "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
+           "depth_single_blocks": 2, "axes_dim": [16, 16], "theta": 256, "patch_size": [1, 1],
+           "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
+           "use_cond_type_embedding": False, "vision_in_dim": None}
+    net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
 def tiny_ltxv_net(seed: int = 0, context_dim: int = 48):
     """LTXVModel (128 latent channels, patch 1), width 64 (2 heads of 32), 2 blocks."""
     import comfy.ops

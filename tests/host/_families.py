@@ -1,0 +1,47 @@
+"""Drive a family adapter in process the way the runtime bridge does (shared by the adapter tests).
+
+``patched_run`` installs the adapter's patches on a :class:`FakePatcher` of a tiny host network, then
+for every step of a schedule: ``CacheRun.begin_step`` + ``set_stream``, the run state pushed on the
+active stack, and one forward call of the network through ``call(family, dm, transformer_options)``.
+"""
+from __future__ import annotations
+
+import types
+from typing import Any, Callable
+
+from _inprocess import FakePatcher, load_pack
+
+load_pack()
+from procache_pack.nodes import adapters as A  # noqa: E402
+from procache_pack.nodes import runtime_bridge as RB  # noqa: E402
+from procache_pack.procache_core.engine import CacheRun  # noqa: E402
+from procache_pack.procache_core.schedule import Schedule  # noqa: E402
+from procache_pack.procache_core.settings import SelectiveSettings  # noqa: E402
+
+
+def patched_run(family: str, dm: Any, schedule: str, call: Callable[[str, Any, dict], Any], ratio: float = 0.5,
+                depth_fraction: float = 1.0, memory: Any = None, expect: str | None = None):
+    """Outputs of every step of ``schedule`` on the same inputs through the adapter, and the closed
+    ``CacheRun`` (``run.stats``, ``run.adapter``). ``expect``: the detected family when it is not
+    ``family`` (the name ``call`` knows the inputs by)."""
+    fp = FakePatcher(dm)
+    adapter = A.adapter_for(fp)
+    assert adapter.family == (expect or family)
+    owner = types.SimpleNamespace()
+    adapter.install(fp, owner)
+    run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(ratio=ratio, depth_fraction=depth_fraction),
+                   num_blocks=adapter.num_blocks, memory=memory, lanes=adapter.lanes())
+    run.adapter = adapter
+    state = types.SimpleNamespace(config=owner, run=run, closed=False)
+    outs = []
+    with fp.patched():
+        for step in range(len(schedule)):
+            run.begin_step(step)
+            run.set_stream((0, 1), chunks=2)
+            RB._ACTIVE.stack = [state]
+            try:
+                outs.append(call(family, dm, dict(fp.model_options["transformer_options"])))
+            finally:
+                RB._ACTIVE.stack = []
+    run.close()
+    return outs, run
