@@ -47,6 +47,9 @@ def call(family: str, dm, to: dict):
     with torch.no_grad():
         if family == "qwen_image":
             return dm(torch.randn(2, 16, 1, 8, 8, generator=g), t, ctx, transformer_options=to)
+        if family == "qwen_image_edit":  # a 6x10 reference image joins the image stream (15 tokens)
+            return dm(torch.randn(2, 16, 1, 8, 8, generator=g), t, ctx, ref_latents=[torch.randn(2, 16, 1, 6, 10, generator=g)],
+                      transformer_options=to)
         if family == "hunyuan_video":
             # image-to-video token replacement: per-range adaLN (modulation_dims); the host supports it
             # for batch 1 only (apply_mod indexes the gate rows per range without a token axis)
@@ -112,9 +115,9 @@ def test_detection_names():
 # -- cache size estimate ------------------------------------------------------------------------------
 
 ESTIMATED = {**{f: b for f, (b, _) in FAMILIES.items()}, "hunyuan_video15": NF.tiny_hunyuan_video15_net,
-             "hunyuan_image21": NF.tiny_hunyuan_image21_net}
+             "hunyuan_image21": NF.tiny_hunyuan_image21_net, "qwen_image_edit": NF.tiny_qwen_image_net}
 # without the host's model config, 1.5 and Image 2.1 are detected by their network class alone
-DETECTED = {"hunyuan_video15": "hunyuan_video", "hunyuan_image21": "hunyuan_video"}
+DETECTED = {"hunyuan_video15": "hunyuan_video", "hunyuan_image21": "hunyuan_video", "qwen_image_edit": "qwen_image"}
 
 
 def _cond(family: str, batch: int) -> dict:
@@ -123,6 +126,8 @@ def _cond(family: str, batch: int) -> dict:
     if family == "hunyuan_video15":
         cond["conditioning_byt5small"] = torch.zeros(batch, BYT5, 1472)
         cond["clip_vision_output"] = types.SimpleNamespace(last_hidden_state=torch.zeros(batch, VISION, 40))
+    if family == "qwen_image_edit":
+        cond["reference_latents"] = [torch.zeros(1, 16, 1, 6, 10)]
     return cond
 
 
