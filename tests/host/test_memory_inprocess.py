@@ -64,3 +64,40 @@ def test_loader_sees_the_cache_during_prepare_sampling():
     seen.clear()
     mb.prepare_sampling_wrapper(executor, model, (1, 4, 16, 16), {}, model_options=opts)
     assert seen == [(1000 + est.full_bytes, 1000)]                      # auto: other models make room
+
+
+def test_hint_steps_aside_for_a_later_object_patch_of_memory_required():
+    """Loading the model inside prepare_sampling applies its object patches; one may replace
+    ``memory_required`` and keep ours as its backup (comfy.utils.get_attr/set_attr, as ModelPatcher
+    does). That patch stays in place after the wrapper returns, and ours, still reachable as its
+    backup, adds nothing any more; the host's unpatch then restores a plain pass-through."""
+    import comfy.utils
+
+    pack = load_pack()
+    mb, state, est = _state(pack, placement="device")
+
+    class Base:
+        def memory_required(self, input_shape, cond_shapes={}):
+            return 1000
+
+    base = Base()
+    model = types.SimpleNamespace(model=base)
+    backup = {}
+
+    def other(input_shape, cond_shapes={}):   # another pack's object patch: 7 bytes on top of what it wraps
+        return backup["memory_required"](input_shape, cond_shapes) + 7
+
+    seen = []
+
+    def executor(model, noise_shape, conds, model_options=None):
+        seen.append(base.memory_required([2, 4, 16, 16]))
+        backup["memory_required"] = comfy.utils.get_attr(base, "memory_required")   # ModelPatcher.patch_model
+        comfy.utils.set_attr(base, "memory_required", other)
+        seen.append(base.memory_required([2, 4, 16, 16]))
+
+    mb.prepare_sampling_wrapper(executor, model, (1, 4, 16, 16), {},
+                                model_options={"transformer_options": {"procache_run": state}})
+    assert seen == [1000 + est.full_bytes, 1000 + est.full_bytes + 7]
+    assert base.memory_required is other and base.memory_required([2, 4, 16, 16]) == 1007   # kept, ours inert
+    comfy.utils.set_attr(base, "memory_required", backup["memory_required"])              # the host's unpatch
+    assert base.memory_required([2, 4, 16, 16]) == 1000
