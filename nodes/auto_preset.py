@@ -24,6 +24,7 @@ FAMILY_PRESETS: dict[str, str] = {
     "z_image": "flux-28-balanced",
     "lumina2": "flux-28-balanced",
     "hunyuan_image21": "flux-28-balanced",
+    "hidream": "flux-28-balanced",
     "hunyuan_video": "wan-30-balanced",
     "hunyuan_video15": "wan-30-balanced",
     "ltxv": "wan-30-balanced",

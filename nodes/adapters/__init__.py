@@ -14,7 +14,7 @@ wan        ``comfy.ldm.wan.model.WanModel`` and subclasses          object patch
 generic    any other model the host samples (UNets included)       ``APPLY_MODEL`` wrapper: the whole model call
 =========  ======================================================  ===================================
 
-Later families (flux2, chroma, qwen_image, z_image/lumina2, hunyuan_*, ltxv, cosmos_predict2) are
+Later families (flux2, chroma, qwen_image, z_image/lumina2, hunyuan_*, hidream, ltxv, cosmos_predict2) are
 detected in ``_detect_more``; ``docs/families.md`` has the full table.
 
 A patched block that finds no ProCache run of its own in progress (see
@@ -53,6 +53,7 @@ SUPPORTED_FAMILIES = {
     "hunyuan_video": "HunyuanVideo 1.0",
     "hunyuan_video15": "HunyuanVideo 1.5",
     "hunyuan_image21": "HunyuanImage 2.1",
+    "hidream": "HiDream-I1",
     "ltxv": "LTX-Video",
     "cosmos_predict2": "Cosmos Predict2",
 }
@@ -276,6 +277,17 @@ def _detect_more(dm: Any, model_config: Any = None) -> str:
     except ImportError:
         pass
     try:
+        from comfy.ldm.hidream.model import (HiDreamImageBlock, HiDreamImageSingleTransformerBlock,
+                                             HiDreamImageTransformer2DModel, HiDreamImageTransformerBlock)
+        if isinstance(dm, HiDreamImageTransformer2DModel) and \
+                all(type(b) is HiDreamImageBlock and type(b.block) is HiDreamImageTransformerBlock
+                    for b in dm.double_stream_blocks) and \
+                all(type(b) is HiDreamImageBlock and type(b.block) is HiDreamImageSingleTransformerBlock
+                    for b in dm.single_stream_blocks):
+            return "hidream"
+    except ImportError:
+        pass
+    try:
         from comfy.ldm.lightricks.model import BasicTransformerBlock, LTXVModel
         if type(dm) is LTXVModel and all(type(b) is BasicTransformerBlock for b in dm.transformer_blocks):
             return "ltxv"
@@ -320,6 +332,8 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
         from .ltxv import LTXVAdapter as cls
     elif family == "cosmos_predict2":
         from .cosmos import CosmosPredict2Adapter as cls
+    elif family == "hidream":
+        from .hidream import HiDreamAdapter as cls
     elif family.startswith("hunyuan_"):
         from .hunyuan_video import HunyuanVideoAdapter
 

@@ -34,10 +34,12 @@ _spec.loader.exec_module(NF)
 FAMILIES = {"qwen_image": (NF.tiny_qwen_image_net, False), "flux2": (NF.tiny_flux2_net, True),
             "chroma": (NF.tiny_chroma_net, True), "z_image": (NF.tiny_lumina_net, True),
             "lumina2": (NF.tiny_lumina2_net, True), "hunyuan_video": (NF.tiny_hunyuan_video_net, True),
-            "ltxv": (NF.tiny_ltxv_net, False), "cosmos_predict2": (NF.tiny_cosmos_predict2_net, True)}
+            "ltxv": (NF.tiny_ltxv_net, False), "cosmos_predict2": (NF.tiny_cosmos_predict2_net, True),
+            "hidream": (NF.tiny_hidream_net, True)}
 
 
 BYT5, VISION = 5, 4   # extra text-stream tokens of the HunyuanVideo 1.5 inputs below
+LLAMA = 7             # Llama tokens per layer of the HiDream inputs
 
 
 def call(family: str, dm, to: dict, t0: float = 0.5, dx: float = 0.0):
@@ -61,6 +63,9 @@ def call(family: str, dm, to: dict, t0: float = 0.5, dx: float = 0.0):
                       clip_fea=torch.randn(2, VISION, 40, generator=g), transformer_options=to)
         if family == "hunyuan_image21":
             return dm(dx + torch.randn(2, 64, 8, 8, generator=g), t, ctx, transformer_options=to)
+        if family == "hidream":  # T5 context, 4 Llama layers of 7 tokens, pooled vector
+            return dm(dx + torch.randn(2, 16, 8, 8, generator=g), t, y=torch.randn(2, 32, generator=g), context=ctx,
+                      encoder_hidden_states_llama3=torch.randn(2, 4, LLAMA, 40, generator=g), transformer_options=to)
         if family == "cosmos_predict2":
             return dm(dx + torch.randn(2, 16, 1, 8, 8, generator=g), t, ctx, transformer_options=to)
         if family == "ltxv":
@@ -127,6 +132,8 @@ def _cond(family: str, batch: int) -> dict:
     if family == "hunyuan_video15":
         cond["conditioning_byt5small"] = torch.zeros(batch, BYT5, 1472)
         cond["clip_vision_output"] = types.SimpleNamespace(last_hidden_state=torch.zeros(batch, VISION, 40))
+    if family == "hidream":
+        cond["conditioning_llama3"] = torch.zeros(batch, 4, LLAMA, 40)
     if family == "qwen_image_edit":
         cond["reference_latents"] = [torch.zeros(1, 16, 1, 6, 10)]
     return cond
@@ -190,7 +197,7 @@ def _stepping(steps: list[tuple[float, float]]):
     return lambda family, dm, to: call(family, dm, to, *next(it))
 
 
-@pytest.mark.parametrize("family", ["qwen_image", "hunyuan_video"])
+@pytest.mark.parametrize("family", ["qwen_image", "hunyuan_video", "hidream"])
 def test_light_cache_differs_only_by_the_gates(family):
     """Light mode on an image/text double-stream family (lanes from ``adapter.lanes()``): the shallow
     blocks of each stream are reused as one residual, the deep half as usual. Its documented difference
@@ -213,7 +220,7 @@ def test_light_cache_differs_only_by_the_gates(family):
         fresh = call(family, dm, {}, *same_gates[step])
         assert (full[step] - fresh).abs().max() > 1e-3          # the reused step really reused something
     assert light_run.stats.tokens_recomputed == full_run.stats.tokens_recomputed
-    if family == "qwen_image":  # (HunyuanVideo here runs I2V token replacement: MLPs reused, see its adapter)
+    if family != "hunyuan_video":  # (HunyuanVideo here runs I2V token replacement: MLPs reused, see its adapter)
         assert full_run.stats.tokens_recomputed > 0
     assert 0 < light_run.stats.peak_cache_bytes < full_run.stats.peak_cache_bytes
 

@@ -215,7 +215,25 @@ def tiny_cosmos_predict2_net(seed: int = 0, context_dim: int = 48):
     return net, cfg
 
 
-TINY = {"ltxv": ("LTXV", tiny_ltxv_net), "cosmos_predict2": ("CosmosT2IPredict2", tiny_cosmos_predict2_net), "z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
+def tiny_hidream_net(seed: int = 0, context_dim: int = 48, llama_dim: int = 40, pooled_dim: int = 32):
+    """HiDream-I1 layout (mixture-of-experts SwiGLU with 4 routed experts, 2 active, one Llama layer per
+    block), width 64 (2 heads of 32), 2 double + 2 single blocks. The host's detection fixes 20 heads of
+    128; the text inputs are a T5 context (``context_dim``), Llama hidden states of 4 layers
+    (``conditioning_llama3``: batch, layer, token, ``llama_dim``) and a pooled vector (``pooled_dim``)."""
+    import comfy.ops
+    from comfy.ldm.hidream.model import HiDreamImageTransformer2DModel
+
+    cfg = {"image_model": "hidream", "patch_size": 2, "in_channels": 16, "out_channels": 16, "num_layers": 2,
+           "num_single_layers": 2, "attention_head_dim": 32, "num_attention_heads": 2,
+           "caption_channels": [context_dim, llama_dim], "text_emb_dim": pooled_dim, "num_routed_experts": 4,
+           "num_activated_experts": 2, "axes_dims_rope": [16, 8, 8], "max_resolution": [128, 128],
+           "llama_layers": [0, 1, 2, 3]}
+    net = HiDreamImageTransformer2DModel(operations=comfy.ops.disable_weight_init, **cfg)
+    seeded_(net, seed)
+    return net, cfg
+
+
+TINY = {"hidream": ("HiDream", tiny_hidream_net), "ltxv": ("LTXV", tiny_ltxv_net), "cosmos_predict2": ("CosmosT2IPredict2", tiny_cosmos_predict2_net), "z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
         "qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
         "chroma": ("Chroma", tiny_chroma_net)}
 
