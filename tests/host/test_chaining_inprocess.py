@@ -8,8 +8,9 @@ import types
 import pytest
 import torch
 
+from _families import A, RB, CacheRun, Schedule, SelectiveSettings
 from _inprocess import FakePatcher
-from test_adapter_families import A, RB, CacheRun, Schedule, SelectiveSettings, call, tiny_flux, tiny_pixart, tiny_wan
+from test_adapter_families import call, tiny_flux, tiny_pixart, tiny_wan
 
 
 def _foreign(args, extra):
@@ -94,7 +95,8 @@ import test_adapter_families_more as M  # noqa: E402
 # family -> (builder, block patched with +offset: dit key or forward object-patch key, exact all-FULL)
 LATER = {"qwen_image": (NF.tiny_qwen_image_net, ("double_block", 0), False),
          "z_image": (NF.tiny_lumina_net, "diffusion_model.layers.0.forward", True),
-         "cosmos_predict2": (NF.tiny_cosmos_predict2_net, "diffusion_model.blocks.0.forward", True)}
+         "cosmos_predict2": (NF.tiny_cosmos_predict2_net, "diffusion_model.blocks.0.forward", True),
+         "hidream": (NF.tiny_hidream_net, "diffusion_model.double_stream_blocks.0.forward", True)}
 
 
 def _install_offset(fp, dm, key, calls: list) -> None:
@@ -108,12 +110,16 @@ def _install_offset(fp, dm, key, calls: list) -> None:
             return {**out, "img": out["img"] + 0.05}
         fp.set_model_patch_replace(dit, "dit", key[0], key[1])
         return
+    import comfy.utils
+
     prev = fp.object_patches.get(key)
-    block = dm.layers[0] if ".layers." in key else dm.blocks[0]
+    block = comfy.utils.get_attr(dm, key[len("diffusion_model."):-len(".forward")])
 
     def fwd(*args, **kwargs):
         calls.append(1)
         out = prev(*args, **kwargs) if prev is not None else type(block).forward(block, *args, **kwargs)
+        if isinstance(out, tuple):  # a double-stream block (HiDream): (image, text)
+            return (out[0] + 0.05, *out[1:])
         return out + 0.05
     fp.add_object_patch(key, fwd)
 
