@@ -200,7 +200,11 @@ def tiny_dit(family: str):
         if family == "ltxv":  # the T5 text mask LTX-Video's forward requires
             extra["guid"] = {"class_type": "ProCacheTestAttentionMask", "inputs": {"conditioning": ["pos", 0]}}
             extra["negm"] = {"class_type": "ProCacheTestAttentionMask", "inputs": {"conditioning": ["neg", 0]}}
-        pooled = 16 if family in ("flux2", "chroma") else 0  # Flux-based models read a pooled_output (unused)
+        if family == "hidream":  # the per-layer Llama states HiDream's blocks read (one layer per block)
+            extra["guid"] = {"class_type": "ProCacheTestLlamaLayers", "inputs": {"conditioning": ["pos", 0], "seed": 5, "layers": 4, "tokens": 7, "dim": 40}}
+            extra["negm"] = {"class_type": "ProCacheTestLlamaLayers", "inputs": {"conditioning": ["neg", 0], "seed": 6, "layers": 4, "tokens": 7, "dim": 40}}
+        # Flux-based models read a pooled_output (unused); HiDream's is its pooled CLIP vector
+        pooled = {"flux2": 16, "chroma": 16, "hidream": 32}.get(family, 0)
         p = prompt(model, lat, cond_dim=48, pooled_dim=pooled, extra=extra, **kw)
         if extra:
             p["sampler"]["inputs"]["positive"] = ["guid", 0]
@@ -211,7 +215,8 @@ def tiny_dit(family: str):
 
 
 @pytest.mark.parametrize("family,exact", [("qwen_image", False), ("flux2", True), ("chroma", True),
-                                          ("z_image", True), ("ltxv", False), ("cosmos_predict2", True)])
+                                          ("z_image", True), ("ltxv", False), ("cosmos_predict2", True),
+                                          ("hidream", True)])
 def test_dit_family(comfy_server, family, exact):
     """Per family: all-FULL equals unpatched (Qwen-Image: to float rounding, see its adapter), a
     selective schedule recomputes tokens and changes the output (CFG 2), then batch 2 at another

@@ -291,4 +291,33 @@ class ProCacheTestAttentionMask(io.ComfyNode):
         return io.NodeOutput(out)
 
 
-NODES = [ProCacheTestTinySDXL, ProCacheTestTinyDiT, ProCacheTestAttentionMask]
+class ProCacheTestLlamaLayers(io.ComfyNode):
+    """Adds seeded ``conditioning_llama3`` (batch, layers, tokens, dim): the per-layer Llama hidden states
+    HiDream's text encoder attaches and its blocks read one layer each."""
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="ProCacheTestLlamaLayers",
+            display_name="ProCache Test Llama Layers",
+            category="ProCache/testing",
+            inputs=[io.Conditioning.Input("conditioning"),
+                    io.Int.Input("seed", default=0, min=0, max=2**31 - 1),
+                    io.Int.Input("layers", default=4, min=1, max=64),
+                    io.Int.Input("tokens", default=7, min=1, max=512),
+                    io.Int.Input("dim", default=40, min=8, max=4096)],
+            outputs=[io.Conditioning.Output()],
+        )
+
+    @classmethod
+    def execute(cls, conditioning, seed: int, layers: int, tokens: int, dim: int) -> io.NodeOutput:
+        gen = torch.Generator().manual_seed(seed)
+        out = []
+        for emb, extra in conditioning:
+            extra = dict(extra)
+            extra["conditioning_llama3"] = torch.randn((emb.shape[0], layers, tokens, dim), generator=gen)
+            out.append([emb, extra])
+        return io.NodeOutput(out)
+
+
+NODES = [ProCacheTestTinySDXL, ProCacheTestTinyDiT, ProCacheTestAttentionMask, ProCacheTestLlamaLayers]
