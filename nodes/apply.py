@@ -27,8 +27,8 @@ APPLY_DESCRIPTION = (
     "float rounding); Z-Image, Lumina 2 (MLPs of the main blocks; refiners run every step); HunyuanVideo 1.0/1.5, "
     "HunyuanImage 2.1 (double-block MLPs; with I2V token replacement reused); LTX-Video (cross-attention, and "
     "the MLP when the timestep is per sample; all-FULL equal to float rounding); Cosmos Predict2 "
-    "(cross-attention, MLP with per-sample adaLN). "
-    "Any other model the host samples (SD1.x/SDXL UNets, HiDream, Cosmos 1.0, ...) gets schedule-only "
+    "(cross-attention, MLP with per-sample adaLN); HiDream-I1 (image mixture-of-experts MLPs, text MLPs). "
+    "Any other model the host samples (SD1.x/SDXL UNets, Cosmos 1.0, HunyuanDiT, ...) gets schedule-only "
     "caching of the whole model call: a reused step returns the last computed clean-sample estimate, which the "
     "sampler turns into a step from the current input and noise level; no selective compute (selective steps "
     "act as cached). The stats line names the family used.")
