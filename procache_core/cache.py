@@ -205,7 +205,7 @@ class BlockCache:
         """Bytes held per device (``"cuda:0"``, ``"cpu"``, ...), loads in flight not included."""
         out: dict[str, int] = {}
         for entry in self.entries():
-            for t in (*entry.outputs.values(), entry.input_ref, entry.last_refresh):
+            for t in (*entry.outputs.values(), *entry.aux.values(), entry.input_ref, entry.last_refresh):
                 if t is not None:
                     out[str(t.device)] = out.get(str(t.device), 0) + t.nbytes
         return out

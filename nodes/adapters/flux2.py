@@ -17,3 +17,7 @@ from .flux import FluxAdapter
 
 class Flux2Adapter(FluxAdapter):
     family = "flux2"
+
+    def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
+        # the host's model_base.Flux2 pads the prompt to 512 tokens before the network sees it
+        return super().cache_layout(x_shape, max(context_tokens or 0, 512), cond)

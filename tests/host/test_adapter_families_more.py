@@ -72,7 +72,8 @@ def call(family: str, dm, to: dict, t0: float = 0.5, dx: float = 0.0):
             return dm(dx + torch.randn(2, 128, 2, 2, 4, generator=g), t, ctx, None, transformer_options=to)
         if family in ("z_image", "lumina2"):
             return dm(dx + torch.randn(2, 16, 8, 8, generator=g), t, ctx, 6, transformer_options=to)
-        if family == "flux2":
+        if family == "flux2":  # the prompt padded in front to 512 tokens, as the host's model_base.Flux2 does
+            ctx = torch.nn.functional.pad(ctx, (0, 0, 512 - ctx.shape[1], 0))
             return dm(dx + torch.randn(2, 128, 8, 8, generator=g), t, ctx, guidance=torch.tensor([3.5, 3.5]),
                       transformer_options=to)
         return dm(dx + torch.randn(2, 16, 8, 8, generator=g), t, ctx, guidance=torch.tensor([0.0, 0.0]),
@@ -167,6 +168,7 @@ def test_cache_estimate_equals_bytes_held(family, monkeypatch):
         assert est is not None, f"{family}: no estimate"
         held[light] = run.stats.peak_cache_bytes
         assert (est.light_bytes if light else est.full_bytes) == held[light] > 0, (family, light, est, held)
+        assert run.stats.peak_cache_bytes_by_device == {"cpu": held[light]}  # what ProCache Stats reports
     assert held[True] < held[False]
 
     # auto placement against a free-memory figure set by the test (CFG: two rows per sample)

@@ -87,6 +87,12 @@ def check_family(client, family: str, make, *, steps: int = 4, cached: str = "FC
     n_reused = cached.count("C") + cached.count("S")
     m = re.search(r"\((\d+) full / (\d+) selective / (\d+) cached\)", text)
     assert m and int(m.group(1)) == cached.count("F") and int(m.group(2)) + int(m.group(3)) == n_reused, text
+    # the size logged before the first step (bridge: latent shape, the sampler's conds, the family's
+    # layout) is what the cache then held (ProCache Stats; both to 0.1 MiB)
+    est = re.findall(r"ProCache: cache estimate ([\d.]+) MiB full / ([\d.]+) MiB light \((\d+) rows",
+                     client.server.log() if client.server else "")
+    peak = re.search(r"cache peak ([\d.]+) MiB", text)
+    assert est and peak and est[-1][0] == peak.group(1) and est[-1][2] == "2", (family, est[-1:], text)
     err = rel_l2(lat, plain)
     print(f"{family}: rel L2 {cached} vs plain {err:.5f}")
     assert torch.isfinite(lat).all() and 0.0 < err < 1.0, err
@@ -229,3 +235,5 @@ def test_dit_family(comfy_server, family, exact):
     else:
         plain = check_batch_and_resolution(comfy_server, family, make, width=96, height=64, batch=2)
     assert plain.shape[0] == 2
+    log = comfy_server.server.log() if comfy_server.server else ""
+    assert "ProCache: cache estimate" in log and "no cache size estimate" not in log  # every family has a layout
