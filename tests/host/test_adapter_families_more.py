@@ -233,3 +233,20 @@ def test_light_cache_differs_only_by_the_gates(family):
     rel = float((light[1] - full[1]).norm() / full[1].norm())
     print(f"{family}: light vs full with new gates, rel L2 {rel:.2e}")
     assert rel > 1e-4, rel                                        # step-0 gates in the shallow residual
+
+
+def test_hidream_reused_step_evaluates_only_gate_rows():
+    """A cached HiDream step needs the gates alone: the blocks' full adaLN modules run on the computed
+    step only, and the cached step still reproduces it (same inputs)."""
+    dm = FAMILIES["hidream"][0](seed=1)[0].eval()
+    mods = [b.block.adaLN_modulation for b in (*dm.double_stream_blocks, *dm.single_stream_blocks)]
+    calls = []
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in mods]
+    try:
+        outs, _ = patched_run("hidream", dm, "FC")
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(calls) == len(mods)  # step 0 only
+    assert A.adapter_for(FakePatcher(dm)).unsplit_report() is None  # plain host linears: sliced
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-4, atol=1e-5)
