@@ -102,11 +102,25 @@ def _activation_dtype(model_patcher: Any) -> torch.dtype:
     return dt if isinstance(dt, torch.dtype) and dt.is_floating_point and dt.itemsize >= 2 else torch.float32
 
 
+def _call_layout(layout_fn: Any, shape: tuple, context_tokens: int | None, cond: dict | None) -> list | None:
+    """``layout_fn(shape, context_tokens, cond)``; adapters written before ``cond`` existed get two arguments."""
+    import inspect
+
+    try:
+        params = inspect.signature(layout_fn).parameters.values()
+    except (TypeError, ValueError):
+        params = ()
+    takes_cond = any(p.kind == p.VAR_POSITIONAL for p in params) or \
+        sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params) >= 3
+    return layout_fn(shape, context_tokens, cond) if takes_cond else layout_fn(shape, context_tokens)
+
+
 def estimate(state: Any, guider: Any, noise_shape: tuple) -> Estimate | None:
     """Cache size for this run from shapes (None when the family gives no layout)."""
     config, run = state.config, state.run
     layout_fn = getattr(config.adapter, "cache_layout", None)
-    layout = layout_fn(tuple(noise_shape), _context_tokens(guider), _first_cond(guider)) if layout_fn is not None else None
+    layout = _call_layout(layout_fn, tuple(noise_shape), _context_tokens(guider), _first_cond(guider)) \
+        if layout_fn is not None else None
     if not layout:
         return None
     req = request_of(config)

@@ -17,7 +17,7 @@ def _state(pack, mode: str = "auto", placement: str = "auto"):
     single_stream_layout = importlib.import_module("procache_pack.procache_core.memory").single_stream_layout
     Schedule = importlib.import_module("procache_pack.procache_core.schedule").Schedule
 
-    adapter = types.SimpleNamespace(cache_layout=lambda shape, ctx, cond=None: single_stream_layout(4, 64, 32, 2),
+    adapter = types.SimpleNamespace(cache_layout=lambda shape, ctx: single_stream_layout(4, 64, 32, 2),
                                     num_blocks=4)
     config = types.SimpleNamespace(adapter=adapter, memory_request=mb.MemoryRequest(placement, mode, None))
     state = types.SimpleNamespace(config=config, run=CacheRun(Schedule.from_string("FCFC"), None, num_blocks=4),
