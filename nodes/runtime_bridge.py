@@ -439,6 +439,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     try:
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
         state = start_run(config, sigmas, guider.model_patcher, sampler)
+        _note_compile(config, orig_options)
         guider.model_options["transformer_options"][RUN_KEY] = state
         try:
             memory_bridge.estimate(state, guider, tuple(args[0].shape))
@@ -452,6 +453,15 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = orig_options
         if state is not None:
             finish_run(state, interrupted=not ok, output=out)
+
+
+def _note_compile(config: ProCacheConfig, model_options: dict) -> None:
+    """One log line per config when the host's TorchCompileModel is on the model (see outside_compile)."""
+    kw = model_options.get("torch_compile_kwargs")
+    if kw and "torch-compile" not in config.noted and not getattr(config.adapter, "schedule_only", False):
+        config.noted.add("torch-compile")
+        log.info("ProCache: torch.compile (%s) is on this model; ProCache's patched blocks run outside the "
+                 "compiled graph (eager), the rest of the model runs compiled.", kw.get("backend", "?"))
 
 
 def _with_step_callback(state: RunState, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

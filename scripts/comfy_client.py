@@ -56,34 +56,64 @@ class ComfyServer:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 240.0) -> "ComfyServer":
+        """Launch the server and wait until it answers as itself.
+
+        Without a fixed ``port`` a free one is picked; if another process takes it before ComfyUI binds
+        (parallel test runs), a new port is tried. The server that answers must be this process: its
+        ``/system_stats`` argv must name this server's own output folder, so a fixture never attaches to
+        someone else's server on the same port."""
         if not (COMFY_DIR / "main.py").exists():
             raise RuntimeError("ComfyUI is not installed: run `bash scripts/setup_host.sh` first")
-        self.port = self.port or free_port()
+        fixed = bool(self.port)
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="procache-comfy-"))
         for sub in ("output", "user", "temp", "input"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "server.log"
+        deadline = time.monotonic() + timeout
+        for _attempt in range(1 if fixed else 5):
+            if not fixed:
+                self.port = free_port()
+            self._launch()
+            if self._wait_ready(deadline):
+                return self
+            self.stop()
+            if fixed:
+                raise RuntimeError(f"port {self.port} is taken by another process (another server answered there)")
+        raise RuntimeError(f"no free port after 5 tries; last log:\n{self.log()[-4000:]}")
+
+    def _launch(self) -> None:
         cmd = [*self.launcher, str(VENV_PY), "main.py", *(["--cpu"] if self.cpu else []), "--listen", "127.0.0.1", "--port", str(self.port),
                "--disable-auto-launch", "--output-directory", str(self.workdir / "output"),
                "--user-directory", str(self.workdir / "user"), "--temp-directory", str(self.workdir / "temp"),
                "--input-directory", str(self.workdir / "input"),
                "--database-url", "sqlite:///:memory:", *self.extra_args]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        log = open(self.log_path, "w")
-        self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     start_new_session=True)
-        deadline = time.monotonic() + timeout
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(cmd, cwd=COMFY_DIR, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+
+    def _is_ours(self, stats: dict) -> bool:
+        argv = stats.get("system", {}).get("argv") or []
+        return str(self.workdir / "output") in argv
+
+    def _wait_ready(self, deadline: float) -> bool:
+        """True once this process answers; False when the port turned out to belong to another process."""
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                if "address already in use" in self.log().lower():
+                    return False
                 raise RuntimeError(f"ComfyUI exited during start-up:\n{self.log()[-4000:]}")
             try:
-                if requests.get(self.base_url + "/system_stats", timeout=2).ok:
-                    return self
-            except requests.RequestException:
+                r = requests.get(self.base_url + "/system_stats", timeout=2)
+                if r.ok:
+                    if self._is_ours(r.json()):
+                        return True
+                    return False  # someone else's server on this port: ours cannot bind it
+            except (requests.RequestException, ValueError):
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeError(f"ComfyUI did not answer within {timeout:.0f}s:\n{self.log()[-4000:]}")
+        raise RuntimeError(f"ComfyUI did not answer in time:\n{self.log()[-4000:]}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""

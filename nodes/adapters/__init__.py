@@ -138,6 +138,19 @@ def cond_tokens(cond: dict | None, key: str, attr: str | None = None) -> int:
     return int(shape[1]) if shape is not None and len(shape) >= 3 else 0
 
 
+def outside_compile(fn: Callable) -> Callable:
+    """Run a patched block's entry point outside ``torch.compile`` (the host's TorchCompileModel).
+
+    The block reads ProCache's per-run Python state (step action, cache dicts, lazy modulation), which
+    dynamo would turn into guards that fail on every step and block: 44 graphs for 4 steps of a tiny
+    Flux, growing with steps. Excluded, the patched block runs eagerly and the compiled model breaks
+    its graph once per block call: the number of graphs is fixed by the model, not by the steps.
+    """
+    import torch
+
+    return torch.compiler.disable(fn, recursive=True)
+
+
 class DitBlockReplace:
     """A ``dit`` replace patch: the adapter's branch split while a ProCache run of ``owner`` is active,
     the host's own block otherwise (a patch left on a shared model is then harmless).
@@ -150,6 +163,7 @@ class DitBlockReplace:
         self.adapter, self.index, self.owner = adapter, index, owner
         self.prev = prev
 
+    @outside_compile
     def __call__(self, args: dict, extra: dict) -> dict:
         run = active_run(self.owner)
         if self.prev is not None:

@@ -24,12 +24,13 @@ import torch
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import ChainedForward, FamilyAdapter, install_forward_patch
+from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 
 
 class CosmosBlockForward(ChainedForward):
     """Replacement of one block's ``forward`` (what was there before when no run of ours is active)."""
 
+    @outside_compile
     def __call__(self, x_B_T_H_W_D, emb_B_T_D, crossattn_emb, rope_emb_L_1_1_D=None, adaln_lora_B_T_3D=None,
                  extra_per_block_pos_emb=None, transformer_options={}, **kwargs):
         block = self.block

@@ -26,7 +26,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import ChainedForward, FamilyAdapter, install_forward_patch, log
+from . import ChainedForward, FamilyAdapter, install_forward_patch, log, outside_compile
 from .modulation import lazy_chunks
 
 
@@ -49,6 +49,7 @@ def _modulate(norm: Any, h: torch.Tensor, shift: torch.Tensor, scale: torch.Tens
 class HiDreamDoubleForward(ChainedForward):
     """Replacement of one double-stream block's ``forward``."""
 
+    @outside_compile
     def __call__(self, image_tokens, image_tokens_masks=None, text_tokens=None, adaln_input=None, rope=None,
                  transformer_options={}, **kwargs):
         run = active_run(self.owner)
@@ -103,6 +104,7 @@ class HiDreamSingleForward(ChainedForward):
     """Replacement of one single-stream block's ``forward`` (``index``: its engine block, after the
     double blocks' two streams)."""
 
+    @outside_compile
     def __call__(self, image_tokens, image_tokens_masks=None, text_tokens=None, adaln_input=None, rope=None,
                  transformer_options={}, **kwargs):
         run = active_run(self.owner)

@@ -23,7 +23,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import ChainedForward, FamilyAdapter, install_forward_patch
+from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 from .modulation import lazy_chunks
 
 
@@ -34,6 +34,7 @@ def _gate(t: torch.Tensor) -> torch.Tensor:
 class LuminaBlockForward(ChainedForward):
     """Replacement of one main block's ``forward`` (what was there before when no run of ours is active)."""
 
+    @outside_compile
     def __call__(self, x, x_mask, freqs_cis, adaln_input=None, transformer_options={}, **kwargs):
         block = self.block
         run = active_run(self.owner)

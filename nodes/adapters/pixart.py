@@ -18,12 +18,13 @@ from typing import Any
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import ChainedForward, FamilyAdapter, install_forward_patch
+from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 
 
 class PixArtBlockForward(ChainedForward):
     """Replacement of one block's ``forward`` (what was there before when no run of ours is active)."""
 
+    @outside_compile
     def __call__(self, x, y, t, mask=None, HW=None, **kwargs):
         block = self.block
         run = active_run(self.owner)

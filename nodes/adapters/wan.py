@@ -23,10 +23,11 @@ import torch
 
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
-from . import ChainedForward, FamilyAdapter, install_forward_patch
+from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 
 
 class WanBlockForward(ChainedForward):
+    @outside_compile
     def __call__(self, x, e, freqs, context, context_img_len=257, transformer_options={}, **kwargs):
         block = self.block
         run = active_run(self.owner)

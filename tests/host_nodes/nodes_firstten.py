@@ -1,34 +1,14 @@
 """Tiny SD3 and Wan 2.1 MODELs loaded through the host's real detection (comfy.sd), for the example tests.
 
-They build the host's own network classes at a small width, seed the weights, and hand the state dict
-to ``comfy.sd.load_diffusion_model_state_dict`` exactly as UNETLoader does with a file, so detection,
-model config, ModelPatcher and sampling are the user's path; only the size differs.
+Built by ``tiny_models`` (shared with the selective-compute nodes, other sizes): the host's own network
+classes at a small width, loaded the way UNETLoader loads a file.
 """
 from __future__ import annotations
 
 import torch
 from comfy_api.latest import io
 
-
-def _seeded(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, p in sorted(net.named_parameters()):
-            scale = p[0].numel() ** -0.5 if p.ndim >= 2 else 0.02
-            p.copy_(torch.randn(p.shape, generator=gen) * scale)
-        for _, b in sorted(net.named_buffers()):
-            if b.is_floating_point():
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-    return {k: v.contiguous() for k, v in net.state_dict().items()}
-
-
-def _load(sd: dict[str, torch.Tensor]):
-    import comfy.sd
-
-    model = comfy.sd.load_diffusion_model_state_dict(sd, model_options={"dtype": torch.float32})
-    if model is None:
-        raise RuntimeError("the host did not detect the tiny model")
-    return model
+from .tiny_models import tiny_sd3, tiny_wan
 
 
 class ProCacheTestTinySD3(io.ComfyNode):
@@ -42,15 +22,7 @@ class ProCacheTestTinySD3(io.ComfyNode):
 
     @classmethod
     def execute(cls, seed: int) -> io.NodeOutput:
-        import comfy.ops
-        from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
-
-        net = OpenAISignatureMMDITWrapper(
-            input_size=None, patch_size=2, in_channels=16, depth=2, adm_in_channels=2048, out_channels=16,
-            pos_embed_max_size=16, num_patches=256,
-            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 64, "out_features": 128}},
-            operations=comfy.ops.disable_weight_init)
-        return io.NodeOutput(_load(_seeded(net, 10 + seed)))
+        return io.NodeOutput(tiny_sd3(10 + seed, context_dim=64, pos_embed_max_size=16))
 
 
 class ProCacheTestTinyWan(io.ComfyNode):
@@ -64,12 +36,7 @@ class ProCacheTestTinyWan(io.ComfyNode):
 
     @classmethod
     def execute(cls, seed: int) -> io.NodeOutput:
-        import comfy.ops
-        from comfy.ldm.wan.model import WanModel
-
-        net = WanModel(model_type="t2v", patch_size=(1, 2, 2), in_dim=16, dim=256, ffn_dim=512, freq_dim=256,
-                       text_dim=4096, out_dim=16, num_heads=2, num_layers=2, operations=comfy.ops.disable_weight_init)
-        return io.NodeOutput(_load(_seeded(net, 20 + seed)))
+        return io.NodeOutput(tiny_wan(20 + seed, dim=256, ffn_dim=512, num_heads=2, num_layers=2))
 
 
 class Int8Linear(torch.nn.Module):

@@ -1,7 +1,7 @@
 """Test-only nodes for selective compute, stale caches and composition (never shipped).
 
-* ProCacheTestTinySD3 / ProCacheTestTinyWan: seeded tiny MODELs of the host's MMDiT / WanModel, built
-  from the config the host's own detection derives from their state dict (like ProCacheTestTinyFlux).
+* ProCacheTestTinySD3 / ProCacheTestTinyWan: seeded tiny MODELs of the host's MMDiT / WanModel
+  (``tiny_models``, shared with the example-workflow nodes at other sizes), loaded like UNETLoader.
 * ProCacheTestRowCounter + ProCacheTestRowCounts: wrap named submodules (object patches) so every call
   records how many token rows it received; the counts node reports them after the sampler ran.
 * ProCacheTestBlockOffset: another pack's block patch on block 0 (``dit`` replace for Flux/SD3, a
@@ -19,36 +19,10 @@ import threading
 import torch
 from comfy_api.latest import io
 
+from .tiny_models import tiny_sd3, tiny_wan
+
 _COUNTS: dict[str, list] = {}
 _LOCK = threading.Lock()
-
-
-def _seeded(net: torch.nn.Module, seed: int) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, prm in sorted(net.named_parameters()):
-            if prm.ndim >= 2:
-                prm.copy_(torch.randn(prm.shape, generator=gen) / prm[0].numel() ** 0.5)
-            else:
-                prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
-        for _, b in sorted(net.named_buffers()):
-            if b.is_floating_point():
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-
-
-def _patcher_from(net: torch.nn.Module):
-    """The host's detection + model class + ModelPatcher for ``net``'s state dict."""
-    import comfy.model_detection
-    import comfy.model_management as mm
-    import comfy.model_patcher
-
-    sd = {"model.diffusion_model." + k: v for k, v in net.state_dict().items()}
-    config = comfy.model_detection.model_config_from_unet(sd, "model.diffusion_model.")
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model(sd, "model.diffusion_model.")
-    model.load_model_weights(sd, "model.diffusion_model.")
-    return comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
-                                            offload_device=mm.unet_offload_device())
 
 
 class ProCacheTestTinySD3(io.ComfyNode):
@@ -62,16 +36,7 @@ class ProCacheTestTinySD3(io.ComfyNode):
 
     @classmethod
     def execute(cls, seed: int) -> io.NodeOutput:
-        import comfy.ops
-        from comfy.ldm.modules.diffusionmodules.mmdit import OpenAISignatureMMDITWrapper
-
-        net = OpenAISignatureMMDITWrapper(
-            input_size=None, patch_size=2, in_channels=16, depth=2, adm_in_channels=2048, out_channels=16,
-            pos_embed_max_size=32, num_patches=1024,
-            context_embedder_config={"target": "torch.nn.Linear", "params": {"in_features": 4096, "out_features": 128}},
-            operations=comfy.ops.disable_weight_init)
-        _seeded(net, seed)
-        return io.NodeOutput(_patcher_from(net))
+        return io.NodeOutput(tiny_sd3(seed, context_dim=4096, pos_embed_max_size=32))
 
 
 class ProCacheTestTinyWan(io.ComfyNode):
@@ -85,14 +50,7 @@ class ProCacheTestTinyWan(io.ComfyNode):
 
     @classmethod
     def execute(cls, seed: int) -> io.NodeOutput:
-        import comfy.ops
-        from comfy.ldm.wan.model import WanModel
-
-        net = WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=512, in_dim=16, dim=128, ffn_dim=256,
-                       freq_dim=256, text_dim=4096, out_dim=16, num_heads=1, num_layers=4,
-                       operations=comfy.ops.disable_weight_init)
-        _seeded(net, seed)
-        return io.NodeOutput(_patcher_from(net))
+        return io.NodeOutput(tiny_wan(seed, dim=128, ffn_dim=256, num_heads=1, num_layers=4))
 
 
 class _RowCounter(torch.nn.Module):

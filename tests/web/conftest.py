@@ -6,7 +6,6 @@ installed by scripts/setup_browser.sh (never `playwright install`).
 from __future__ import annotations
 
 import os
-import socket
 import sys
 from pathlib import Path
 
@@ -24,8 +23,6 @@ CHROMIUM = os.environ.get("PROCACHE_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
                  "--disable-dev-shm-usage"]
-# Ports this suite may use (other suites running in parallel use other ranges).
-PORT_RANGE = range(int(os.environ.get("PROCACHE_WEB_PORT_MIN", 8180)), int(os.environ.get("PROCACHE_WEB_PORT_MAX", 8189)) + 1)
 
 # Settings that keep first-run dialogs and tours out of the way of the tests.
 UI_SETTINGS = {
@@ -42,17 +39,6 @@ UI_SETTINGS = {
     "Comfy.NodeBadge.NodeSourceBadgeMode": "None",
     "Comfy.Graph.CanvasInfo": False,
 }
-
-
-def _free_port() -> int:
-    for port in PORT_RANGE:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    pytest.skip(f"no free port in {PORT_RANGE.start}-{PORT_RANGE.stop - 1}")
 
 
 # The front ends every web test runs against: the host's bundled one and the newest package
@@ -78,7 +64,8 @@ def web_server(request, tmp_path_factory):
     settings = work / "user" / "default" / "comfy.settings.json"
     settings.parent.mkdir(parents=True, exist_ok=True)
     settings.write_text(json.dumps(UI_SETTINGS))
-    srv = ComfyServer(port=_free_port(), workdir=work, extra_args=extra).start()
+    # no fixed port: ComfyServer picks a free one and checks that the server answering there is its own
+    srv = ComfyServer(workdir=work, extra_args=extra).start()
     srv.frontend = request.param  # type: ignore[attr-defined]
     try:
         yield srv

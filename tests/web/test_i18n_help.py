@@ -58,9 +58,14 @@ def test_node_title_translated_in_zh(page, web_server, artifacts):
             return {title: n.title, preset: (n.inputs.find(i => i.name === 'preset') ?? {}).label ?? null}; }""")
         page.screenshot(path=str(artifacts / "web_zh_apply.png"))
         if web_server.frontend == "bundled" and got["title"] == "ProCache Apply":
-            # seen with the host's 1.32.9: its own nodes are translated, custom nodes' titles are not
-            # (the /i18n data above is served the same way 1.58.1 applies it)
-            pytest.xfail("front end 1.32.9 does not apply custom-node title translations")
+            # Our layout is the one the host serves (locales/zh/nodeDefs.json -> /i18n, checked above) and
+            # 1.58.1 applies it. 1.32.9 merges /i18n into vue-i18n before the settings load, then its
+            # loadLocale("zh") (assets/index-*.js) lazily loads its own zh messages with
+            # i18n.global.setLocaleMessage("zh", ...), which replaces the merged custom-node messages;
+            # 1.58.1's loadLocale merges them again after setLocaleMessage. 1.32.9 exposes no i18n handle
+            # to extensions (window.comfyAPI has none), so a pack cannot re-merge them there.
+            pytest.xfail("front end 1.32.9 drops custom-node translations when it lazy-loads the zh locale "
+                         "(setLocaleMessage replaces what /i18n merged; fixed in later front ends)")
         assert got["title"] == "ProCache 应用", got
     finally:
         requests.post(base + "/settings/Comfy.Locale", json=before, timeout=30)
