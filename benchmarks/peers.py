@@ -221,12 +221,17 @@ def matched(row: dict, curve: list[tuple[float, float, float]]) -> dict:
     return out
 
 
-def peer_summary(rows: list[dict], peer: str) -> dict | None:
-    """A peer's best-quality row that saves compute (highest PSNR among its rows with block ratio < 1), the
-    speed-up ProCache reaches at that PSNR, and the rows where the peer beats ProCache at matched speed-up."""
+MIN_USEFUL_SPEEDUP = 1.5
+
+
+def peer_summary(rows: list[dict], peer: str, min_speedup: float = MIN_USEFUL_SPEEDUP) -> dict | None:
+    """A peer's best-quality row (highest PSNR among its rows with a compute speed-up of at least
+    `min_speedup`, or among all rows that save compute when none does), the speed-up ProCache reaches at
+    that PSNR, and the rows where either beats the other at matched speed-up."""
     curve = procache_curve(rows)
     mine = [r for r in rows if r["method"] == peer]
     saving = [r for r in mine if r["block_eval_fraction"] < 1.0 - 1e-9]
+    saving = [r for r in saving if compute_speedup(r) >= min_speedup - 1e-9] or saving
     if not mine:
         return None
     out: dict[str, Any] = {"peer": peer, "rows": len(mine), "saving_rows": len(saving)}
@@ -234,6 +239,7 @@ def peer_summary(rows: list[dict], peer: str) -> dict | None:
         best = max(saving, key=lambda r: (r["psnr"], -r["fd_full"]))
         out.update(best_label=best["label"], best_psnr=best["psnr"], best_fd_full=best["fd_full"],
                    best_speedup=compute_speedup(best), best_wall=best.get("wall_speedup"),
+                   best_cpu=best.get("cpu_speedup"),
                    procache_speedup_at_best=speedup_at_quality(curve, best["psnr"]))
     out["peer_wins"] = [r["label"] for r in mine if matched(r, curve)["winner"] == "peer"]
     out["procache_wins"] = [r["label"] for r in mine if matched(r, curve)["winner"] == "procache"]
@@ -269,6 +275,20 @@ def import_failures(log_text: str, found: list[tuple[Peer, Path, dict]], node_na
                 why = (errs[0] if errs else ln).strip()
         out[p.name] = why
     return out
+
+
+def server_cpu_seconds(srv) -> float:
+    """User + system CPU time of the server process so far (all its threads), from /proc. Far less
+    sensitive than the wall clock to other processes on a shared machine."""
+    fields = Path(f"/proc/{srv.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def server_console(client) -> str:
+    """What the server printed lately, as its log interceptor holds it (GET /internal/logs/raw)."""
+    r = client.get("/internal/logs/raw")
+    r.raise_for_status()
+    return "".join(str(e.get("m", "")) for e in r.json().get("entries", []))
 
 
 def _count_line(entry: dict) -> dict | None:
@@ -391,17 +411,22 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     def sample(prefix: str, prompt: dict, runs: int = timing_runs) -> tuple[torch.Tensor, dict, float]:
         """The first run's output and entry, and the median host-reported time over `runs` runs (the
         counter's token makes every run execute from the loader on)."""
-        times, first = [], None
+        times, cpu, first = [], [], None
         for _ in range(runs):
+            c0 = server_cpu_seconds(srv)
             entry = client.run(with_counter(prompt, uuid.uuid4().hex), timeout=1800)
+            cpu.append(server_cpu_seconds(srv) - c0)
             times.append(hd.exec_seconds(entry))
             first = first or entry
         x = hd.decode_latent_file(client.output_files(first, "latents")[0])
+        cpu_s[id(first)] = statistics.median(cpu)
         return x, first, statistics.median(times)
 
+    cpu_s: dict[int, float] = {}
     log(f"[bench-peers] {fam} {case['name']}")
     x_full, e_full, t_full0 = sample("full", hd.digits_prompt(fam, prefix="full", **base))
     counts_full = _count_line(e_full)
+    cpu_full0 = cpu_s[id(e_full)]
     f_full = features(featnet, x_full).numpy()
 
     def evaluate(x: torch.Tensor) -> dict:
@@ -419,15 +444,15 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": f"procache {preset}", "setting": preset,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, **evaluate(x)})
-    for budget in (None, round(0.7 * steps)):
+                     "seconds": t, "cpu_seconds": cpu_s[id(e)], **evaluate(x)})
+    for budget in (None, round(0.7 * steps), round(0.85 * steps)):
         sched = paper_schedule(fam, steps, budget)
         label = "procache paper-style" + (f" B={budget}" if budget else "")
         x, e, t = sample("pcp", hd.digits_prompt(fam, prefix="pcp", procache={"actions": sched}, **base))
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": label, "setting": sched,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, **evaluate(x)})
+                     "seconds": t, "cpu_seconds": cpu_s[id(e)], **evaluate(x)})
     plain = hd.digits_prompt(fam, prefix="peer", **base)
     for p, _path, _src in found:
         if p.name in failures:
@@ -448,29 +473,34 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 try:
                     x, e, t = sample(p.name.lower(), with_peer(plain, p.node, p.inputs(fam, setting), extra))
                 except PromptError as exc:
-                    rows.append(_blank_row(p, f"error: {str(exc)[:300]}", label=label, setting=setting))
+                    rows.append(_blank_row(p, f"error: {str(exc)[:300]}", label=label, setting=setting,
+                                           method=p.name.lower() + ("+ourratios" if suffix else "")))
                     log(f"    {label}: {str(exc)[:200]}")
                     continue
                 c = _count_line(e)
                 frac = c["block_calls"] / counts_full["block_calls"] if c and counts_full else float("nan")
-                rows.append({"method": p.name.lower(), "label": label, "setting": setting,
-                             "variant": suffix.strip(" ()") or "released ratios" if p.name == "MagCache" else None,
+                rows.append({"method": p.name.lower() + ("+ourratios" if suffix else ""), "label": label,
+                             "setting": setting,
                              "block_eval_fraction": frac, "model_evals": c and c["model_calls"],
-                             "seconds": t, **evaluate(x)})
-    _, _, t_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
+                             "seconds": t, "cpu_seconds": cpu_s[id(e)], **evaluate(x)})
+    _, e_full1, t_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
     t_full = (t_full0 + t_full1) / 2
+    cpu_full = (cpu_full0 + cpu_s[id(e_full1)]) / 2
     for r in rows:
         r["wall_speedup"] = t_full / r["seconds"] if r.get("seconds") else float("nan")
+        r["cpu_speedup"] = cpu_full / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
     full_row = {"method": "full", "label": "full", "block_eval_fraction": 1.0,
                 "model_evals": counts_full and counts_full["model_calls"], "seconds": t_full,
-                "seconds_runs": [t_full0, t_full1], "wall_speedup": 1.0, **evaluate(x_full)}
+                "seconds_runs": [t_full0, t_full1], "cpu_seconds": cpu_full,
+                "cpu_seconds_runs": [cpu_full0, cpu_s[id(e_full1)]], "wall_speedup": 1.0, "cpu_speedup": 1.0,
+                **evaluate(x_full)}
     for r in [full_row] + rows:
         if r.get("psnr") is None:
             log(f"    {r['label']:<44s} {r.get('note')}")
             continue
         log(f"    {r['label']:<44s} blocks {r['block_eval_fraction']:.3f}  PSNR {r['psnr']:6.2f}  "
             f"SSIM {r['ssim']:.4f}  FD-full {r['fd_full']:8.3f}  acc {r['label_acc']:.3f}  "
-            f"wall {r['wall_speedup']:.2f}x")
+            f"wall {r['wall_speedup']:.2f}x  cpu {r['cpu_speedup']:.2f}x")
     return {**case, "counts_full": counts_full, "rows": [full_row] + rows}
 
 
@@ -488,8 +518,9 @@ def paper_schedule(family: str, steps: int, budget: int | None = None) -> str:
     return sched.to_string().replace("S", "C")
 
 
-def _blank_row(p: Peer, note: str, label: str | None = None, setting: dict | None = None) -> dict:
-    return {"method": p.name.lower(), "label": label or p.name.lower(), "setting": setting, "note": note,
+def _blank_row(p: Peer, note: str, label: str | None = None, setting: dict | None = None,
+               method: str | None = None) -> dict:
+    return {"method": method or p.name.lower(), "label": label or p.name.lower(), "setting": setting, "note": note,
             "block_eval_fraction": None, "psnr": None, "ssim": None, "fd_full": None, "fd_real": None,
             "label_acc": None, "seconds": None}
 
@@ -503,11 +534,8 @@ def _mag_calibrate(client, srv, fam, base, plain, fam_res, log, PromptError) -> 
     except PromptError as exc:
         log(f"    MagCache calibration failed: {str(exc)[:200]}")
         return None
-    deadline = time.monotonic() + 20   # the host's stdout interceptor may flush the print late
-    ratios = parse_mag_ratios(srv.log())
-    while ratios is None and time.monotonic() < deadline:
-        time.sleep(0.5)
-        ratios = parse_mag_ratios(srv.log())
+    # the print sits in the host's block-buffered stdout, but its log interceptor keeps every write at once
+    ratios = parse_mag_ratios(server_console(client))
     if ratios is None:
         log("    MagCache calibration printed no mag_ratios")
         return None
@@ -535,9 +563,11 @@ def markdown(results: dict, commit: str | None = None) -> str:
              f"Trained digits models of the pack (`nodes/demo`), {results['steps']} steps, CFG {results['cfg']}, "
              f"{results['n_samples']} samples (digits 0-9, seed 0), one KSampler run per row on one server. "
              "*blocks* = block-evaluation ratio (ProCache Stats; peers: host block-module calls counted by "
-             "forward pre-hooks / those of full compute), *speed-up* = 1 / blocks, *wall* = full-compute "
+             "forward pre-hooks / those of full compute), *speed-up* = 1 / blocks, *CPU* = the server process's CPU "
+             "time (user + system, /proc) for full compute / the row's, *wall* = full-compute "
              "execution time (mean of a run before and after) / the row's, as the host reports it; at this model "
-             "size the sampler's and the server's per-step overhead is a large, noisy share of it, so the "
+             "size the sampler's and the server's per-step overhead is a large, noisy share of both (the machine is "
+             "shared with other jobs; each time is the median of the runs per row), so the "
              "comparison is made at matched compute speed-up. ProCache rows: its flux presets (quality, balanced, "
              "fast; picked from the dropdown, remapped to the sampler's steps) and the paper-style schedule.", "",
              "## Peers", ""]
@@ -561,7 +591,7 @@ def markdown(results: dict, commit: str | None = None) -> str:
             rows = []
             for r in case["rows"]:
                 if r.get("psnr") is None:
-                    rows.append([r["label"], "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "",
+                    rows.append([r["label"], "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "",
                                  r.get("note", "")])
                     continue
                 m = matched(r, curve) if r["method"] not in ("full", "procache") else None
@@ -572,9 +602,9 @@ def markdown(results: dict, commit: str | None = None) -> str:
                     if m["winner"] is None and m.get("note") == "metrics disagree":
                         vs += ", metrics disagree"
                 rows.append([r["label"], _fmt(r["block_eval_fraction"], 3), _fmt(compute_speedup(r)),
-                             _fmt(r["wall_speedup"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4), _fmt(r["fd_full"], 3),
+                             _fmt(r.get("cpu_speedup")), _fmt(r["wall_speedup"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4), _fmt(r["fd_full"], 3),
                              _fmt(r["fd_real"], 1), _fmt(r["label_acc"], 2), vs, r.get("note", "")])
-            lines.append(md_table(["method", "blocks", "speed-up", "wall", "PSNR", "SSIM", "FD-full", "FD-real",
+            lines.append(md_table(["method", "blocks", "speed-up", "CPU", "wall", "PSNR", "SSIM", "FD-full", "FD-real",
                                    "label acc", "better at matched speed-up (ProCache PSNR there)", "note"], rows))
             lines.append("")
         if fr.get("mag_ratios"):
@@ -605,7 +635,7 @@ def summary_lines(results: dict) -> list[str]:
                     continue
                 rows.append([fam, case["name"], m,
                              f"{s['best_label']}: {_fmt(s['best_psnr'])} dB at {_fmt(s['best_speedup'])}x "
-                             f"(wall {_fmt(s['best_wall'])}x)",
+                             f"(CPU {_fmt(s['best_cpu'])}x, wall {_fmt(s['best_wall'])}x)",
                              _fmt(s["procache_speedup_at_best"]) + ("x" if s["procache_speedup_at_best"] else
                                                                      " (no ProCache budget reaches it)"),
                              f"{len(s['procache_wins'])} / {len(s['peer_wins'])} of {s['rows']}",
@@ -613,7 +643,9 @@ def summary_lines(results: dict) -> list[str]:
     if not rows:
         return []
     return ["## Summary: speed-up at each peer's best quality", "",
-            "The peer's best row is its highest PSNR among rows that skip any compute; ProCache's speed-up at that "
+            f"The peer's best row is its highest PSNR among its rows with a compute speed-up of at least "
+            f"{MIN_USEFUL_SPEEDUP}x (a setting that saves less is not one a user picks for speed; among all rows "
+            "that skip any compute when none reaches it); ProCache's speed-up at that "
             "PSNR is read off its curve (linear between its budgets). *wins* counts the peer's rows where ProCache, "
             "interpolated at the same compute speed-up, has higher PSNR and lower FD-full (ProCache) or both worse "
             "(peer).", "",
@@ -636,7 +668,7 @@ def plot(results: dict, path: Path) -> None:
         for r in case["rows"]:
             if r.get("psnr") is None or r["method"] == "full":
                 continue
-            key = r["method"] + (" (our ratios)" if "our ratios" in r["label"] else "")
+            key = r["method"]
             groups.setdefault(key, []).append((compute_speedup(r), r["psnr"]))
         for key, pts in groups.items():
             pts.sort()

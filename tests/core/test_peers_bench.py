@@ -105,6 +105,10 @@ def test_peer_summary_takes_the_best_row_that_saves_compute():
     assert s["procache_speedup_at_best"] == pytest.approx(3.25)   # 38 -> 30 dB over 2x -> 4x
     assert s["peer_wins"] == ["b"] and s["procache_wins"] == ["a"]
     assert bp.peer_summary(rows, "teacache") is None
+    # a near-lossless setting that hardly saves anything is not the peer's "best quality" for speed
+    slight = rows + [_row("magcache", 0.95, 70.0, 0.01, "slight")]
+    assert bp.peer_summary(slight, "magcache")["best_label"] == "a"
+    assert bp.peer_summary(slight, "magcache", min_speedup=1.0)["best_label"] == "slight"
 
 
 def test_readme_block_replaced_in_place(tmp_path):
