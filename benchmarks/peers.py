@@ -106,7 +106,8 @@ def discover(peers_dir: Path | None, peers: list[Peer] = PEERS) -> tuple[list[tu
     for p in peers:
         path = Path(peers_dir) / p.folder if peers_dir else None
         if path is None or not path.is_dir():
-            skipped.append(f"[bench-peers] skip {p.name}: no folder {p.folder} in {peers_dir}")
+            where = f"in {peers_dir}" if peers_dir else "(no PEERS folder given)"
+            skipped.append(f"[bench-peers] skip {p.name}: no folder {p.folder} {where}")
             continue
         found.append((p, path.resolve(), peer_source(path)))
     return found, skipped
@@ -714,7 +715,7 @@ def update_readme(results: dict, readme: Path = RESULTS / "README.md") -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--peers", type=Path, default=None, help="folder holding the peer checkouts")
+    ap.add_argument("--peers", default="", help="folder holding the peer checkouts")
     ap.add_argument("--families", default="flux", help="comma-separated: flux,pixart")
     ap.add_argument("--cases", default="euler/normal,dpmpp_2m/karras")
     ap.add_argument("--steps", type=int, default=20)
@@ -728,8 +729,14 @@ def main(argv: list[str] | None = None) -> int:
         res = json.loads(raw.read_text())
         commit = res.get("commit")
     else:
+        peers_dir = Path(args.peers) if args.peers else None
+        found, skipped = discover(peers_dir)
+        if not found:
+            print("\n".join(skipped + ["[bench-peers] no peer checkout found: nothing to compare, results left as "
+                                       "they are (clone the peers into a folder and pass PEERS=<folder>)"]))
+            return 0
         cases = [c for c in CASES if c["name"] in args.cases.split(",")]
-        res = run(args.peers, families=tuple(args.families.split(",")), cases=cases, steps=args.steps,
+        res = run(peers_dir, families=tuple(args.families.split(",")), cases=cases, steps=args.steps,
                   repeat=args.repeat, timing_runs=args.timing_runs)
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                                 cwd=ROOT).stdout.strip()

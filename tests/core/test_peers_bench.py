@@ -34,6 +34,17 @@ def test_missing_peer_folders_are_skipped_with_one_line_each(tmp_path):
     assert found == [] and len(skipped) == len(bp.PEERS)
 
 
+def test_no_peer_found_runs_nothing_and_keeps_results(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    assert bp.main(["--peers", str(tmp_path / "nowhere"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == len(bp.PEERS) + 1 and "nothing to compare" in printed[-1]
+    assert list(out.iterdir()) == []
+    assert bp.main(["--out", str(out)]) == 0
+    assert "no PEERS folder given" in capsys.readouterr().out
+
+
 def test_peer_node_and_counter_wrap_the_model():
     from benchmarks import host_digits as hd
 
