@@ -328,15 +328,17 @@ def with_peer(prompt: dict, node: str, inputs: dict, extra: list[tuple[str, dict
 
 
 def parse_mag_ratios(log_text: str) -> list[float] | None:
-    """The last `mag_ratios` list MagCacheCalibration printed to the server log."""
-    lines = log_text.splitlines()
-    for i in range(len(lines) - 2, -1, -1):
-        if lines[i].strip() == "mag_ratios":
-            try:
-                return [float(v) for v in json.loads(lines[i + 1].strip())]
-            except ValueError:
-                return None
-    return None
+    """The last `mag_ratios` list MagCacheCalibration printed (the print may share its line with a progress
+    bar, so the label is matched anywhere on its line)."""
+    import re
+
+    found = re.findall(r"mag_ratios[ \t]*\r?\n[ \t]*(\[[^\]\n]*\])", log_text)
+    if not found:
+        return None
+    try:
+        return [float(v) for v in json.loads(found[-1])]
+    except ValueError:
+        return None
 
 
 # ------------------------------------------------------------------------------------------------ run

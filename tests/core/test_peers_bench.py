@@ -66,6 +66,8 @@ def test_mag_ratios_parsed_from_the_last_calibration_print():
     log = "got prompt\nmag_ratios\n[0.5, 0.6]\nmag_ratio_std\n[0.1]\n...\nmag_ratios\n[0.97, 0.91, 1.02]\nmag_ratio_std\n"
     assert bp.parse_mag_ratios(log) == [0.97, 0.91, 1.02]
     assert bp.parse_mag_ratios("Prompt executed in 1 s\n") is None
+    bar = "\r 90%|#########  | 18/20 [00:01<00:00]mag_ratios\n[0.97, 0.92]\nmag_ratio_std\n[0.01, 0.02]\n"
+    assert bp.parse_mag_ratios(bar) == [0.97, 0.92]
 
 
 def test_requirement_check_sees_installed_and_missing_packages(tmp_path):
