@@ -61,6 +61,7 @@ class Peer:
     sweep: list[dict]
     families: dict[str, str | None]
     unsupported: dict[str, str] = field(default_factory=dict)
+    caveats: dict[str, str] = field(default_factory=dict)
     fixed: Callable[[str | None], dict] = lambda model_type: {}
 
     def inputs(self, family: str, setting: dict) -> dict:
@@ -73,10 +74,11 @@ PEERS = [
          {"flux": "flux"},
          {"pixart": "no PixArt model_type in the TeaCache node (its choices: flux, ltxv, lumina_2, hunyuan_video, "
                     "hidream, wan2.1)"},
+         {"flux": "rescaling polynomial fit to the released FLUX.1 weights, not ours; the node cannot refit it"},
          lambda mt: {"model_type": mt, "start_percent": 0.0, "end_percent": 1.0, "cache_device": "cpu"}),
     Peer("FBCache", "Comfy-WaveSpeed", "ApplyFBCacheOnModel", "residual_diff_threshold",
          [{"residual_diff_threshold": t} for t in (0.12, 0.25, 0.3, 0.4, 0.5, 0.7)],
-         {"flux": None, "pixart": None}, {},
+         {"flux": None, "pixart": None}, {}, {},
          lambda mt: {"object_to_patch": "diffusion_model", "start": 0.0, "end": 1.0,
                      "max_consecutive_cache_hits": -1}),
     Peer("MagCache", "ComfyUI-MagCache", "MagCache", "magcache_thresh/magcache_K",
@@ -84,6 +86,7 @@ PEERS = [
          {"flux": "flux"},
          {"pixart": "no PixArt model_type in the MagCache node (its choices: flux, chroma, qwen_image, "
                     "hunyuan_video, wan2.1)"},
+         {"flux": "magnitude ratios of the released FLUX.1 weights (28 steps, interpolated)"},
          lambda mt: {"model_type": mt, "retention_ratio": 0.2, "start_step": 0, "end_step": -1}),
 ]
 
@@ -483,8 +486,10 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                     break
                 c = _count_line(e)
                 frac = c["block_calls"] / counts_full["block_calls"] if c and counts_full else float("nan")
+                note = ("ratios from MagCacheCalibration on this model and sampler" if suffix
+                        else p.caveats.get(fam, ""))
                 rows.append({"method": p.name.lower() + ("+ourratios" if suffix else ""), "label": label,
-                             "setting": setting,
+                             "setting": setting, "note": note,
                              "block_eval_fraction": frac, "model_evals": c and c["model_calls"],
                              "seconds": t, "cpu_seconds": cpu_s[id(e)], **evaluate(x)})
     _, e_full1, t_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
@@ -558,6 +563,13 @@ def _fmt(x, nd=2) -> str:
     return f"{x:.{nd}f}"
 
 
+def _caveat(row: dict, family: str) -> str:
+    """What the peer's spec says about running it on this family (e.g. coefficients fit to other weights)."""
+    if row["method"].endswith("+ourratios"):
+        return "ratios from MagCacheCalibration on this model and sampler"
+    return next((p.caveats.get(family, "") for p in PEERS if p.name.lower() == row["method"]), "")
+
+
 def markdown(results: dict, commit: str | None = None) -> str:
     from .common import md_table
 
@@ -612,7 +624,7 @@ def markdown(results: dict, commit: str | None = None) -> str:
                         vs += ", metrics disagree"
                 rows.append([r["label"], _fmt(r["block_eval_fraction"], 3), _fmt(compute_speedup(r)),
                              _fmt(r.get("cpu_speedup")), _fmt(r["wall_speedup"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4), _fmt(r["fd_full"], 3),
-                             _fmt(r["fd_real"], 1), _fmt(r["label_acc"], 2), vs, r.get("note", "")])
+                             _fmt(r["fd_real"], 1), _fmt(r["label_acc"], 2), vs, r.get("note") or _caveat(r, fam)])
             lines.append(md_table(["method", "blocks", "speed-up", "CPU", "wall", "PSNR", "SSIM", "FD-full", "FD-real",
                                    "label acc", "better at matched speed-up (ProCache PSNR there)", "note"], rows))
             lines.append("")
@@ -702,6 +714,17 @@ def readme_block(results: dict) -> str:
             "the same server, in the same run; full tables, sources (repository and commit of each peer) and "
             "notes in [peers_cpu.md](peers_cpu.md).", "", "![peers](peers_cpu.png)", ""]
     body += summary_lines(results)
+    notes = []
+    if "pixart" not in results["families"]:
+        notes.append("PixArt is not in these numbers: the PixArt digits weights are being retrained. The script "
+                     "runs it with `--families flux,pixart`; TeaCache and MagCache have no PixArt model type and "
+                     "First Block Cache refuses the host's PixArtMS (\"No double blocks found\"), so only ProCache "
+                     "has PixArt rows there.")
+    notes.append("TeaCache's rescaling polynomial and MagCache's built-in ratios are fit to the released FLUX.1 "
+                 "weights, not to this model; neither node lets a user refit them. MagCache's own calibration node "
+                 "was run on our model and its ratios fed back (rows *magcache+ourratios*); TeaCache ships no "
+                 "calibration node for ComfyUI. First Block Cache needs no calibration.")
+    body += [f"- {n}" for n in notes] + [""]
     return "\n".join([README_START] + body + [README_END])
 
 
