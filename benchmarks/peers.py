@@ -174,8 +174,27 @@ def compute_speedup(row: dict) -> float:
 
 
 def procache_curve(rows: list[dict]) -> list[tuple[float, float, float]]:
-    """(compute speed-up, PSNR, FD-full) of the ProCache rows, by speed-up."""
-    return sorted((compute_speedup(r), r["psnr"], r["fd_full"]) for r in rows if r["method"] == "procache")
+    """(compute speed-up, PSNR, FD-full) of ProCache's settings on their upper envelope, by speed-up: a
+    setting for which another one is both faster and higher in PSNR is left out (see `dominated`)."""
+    pts = sorted(((compute_speedup(r), r["psnr"], r["fd_full"]) for r in rows if r["method"] == "procache"),
+                 reverse=True)
+    out, best = [], -math.inf
+    for s, p, f in pts:
+        if p > best:
+            out.append((s, p, f))
+            best = p
+    return out[::-1]
+
+
+def dominated(rows: list[dict]) -> dict[str, str]:
+    """ProCache rows off the envelope -> the label of a ProCache row that is faster and higher in PSNR."""
+    pc = [r for r in rows if r["method"] == "procache"]
+    out = {}
+    for r in pc:
+        better = [q for q in pc if compute_speedup(q) > compute_speedup(r) and q["psnr"] > r["psnr"]]
+        if better:
+            out[r["label"]] = max(better, key=lambda q: q["psnr"])["label"]
+    return out
 
 
 def _interp(points: list[tuple[float, float]], x: float) -> float | None:
@@ -584,7 +603,8 @@ def markdown(results: dict, commit: str | None = None) -> str:
              "execution time (mean of a run before and after) / the row's, as the host reports it; at this model "
              "size the sampler's and the server's per-step overhead is a large, noisy share of both (the machine is "
              "shared with other jobs; each time is the median of the runs per row), so the "
-             "comparison is made at matched compute speed-up. ProCache rows: its flux presets (quality, balanced, "
+             "comparison is made at matched compute speed-up (ProCache's PSNR and FD-full interpolated linearly "
+             "between its settings on their upper envelope). ProCache rows: its flux presets (quality, balanced, "
              "fast; picked from the dropdown, remapped to the sampler's steps) and the paper-style schedule.", "",
              "## Peers", ""]
     prow = []
@@ -609,6 +629,7 @@ def markdown(results: dict, commit: str | None = None) -> str:
         for case in fr["cases"]:
             lines += [f"### {fam} — {case['name']}", ""]
             curve = procache_curve(case["rows"])
+            dom = dominated(case["rows"])
             rows = []
             for r in case["rows"]:
                 if r.get("psnr") is None:
@@ -624,7 +645,9 @@ def markdown(results: dict, commit: str | None = None) -> str:
                         vs += ", metrics disagree"
                 rows.append([r["label"], _fmt(r["block_eval_fraction"], 3), _fmt(compute_speedup(r)),
                              _fmt(r.get("cpu_speedup")), _fmt(r["wall_speedup"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4), _fmt(r["fd_full"], 3),
-                             _fmt(r["fd_real"], 1), _fmt(r["label_acc"], 2), vs, r.get("note") or _caveat(r, fam)])
+                             _fmt(r["fd_real"], 1), _fmt(r["label_acc"], 2), vs, r.get("note") or _caveat(r, fam)
+                             or (f"off ProCache's envelope: {dom[r['label']]} is faster and higher in PSNR"
+                                 if r["label"] in dom else "")])
             lines.append(md_table(["method", "blocks", "speed-up", "CPU", "wall", "PSNR", "SSIM", "FD-full", "FD-real",
                                    "label acc", "better at matched speed-up (ProCache PSNR there)", "note"], rows))
             lines.append("")
@@ -667,7 +690,8 @@ def summary_lines(results: dict) -> list[str]:
             f"The peer's best row is its highest PSNR among its rows with a compute speed-up of at least "
             f"{MIN_USEFUL_SPEEDUP}x (a setting that saves less is not one a user picks for speed; among all rows "
             "that skip any compute when none reaches it); ProCache's speed-up at that "
-            "PSNR is read off its curve (linear between its budgets). *wins* counts the peer's rows where ProCache, "
+            "PSNR is read off its curve (linear between its settings on their upper envelope: a ProCache setting "
+            "beaten by a faster one on PSNR is left out of the curve and marked in the tables). *wins* counts the peer's rows where ProCache, "
             "interpolated at the same compute speed-up, has higher PSNR and lower FD-full (ProCache) or both worse "
             "(peer).", "",
             md_table(["model", "case", "peer", "peer's best quality", "ProCache speed-up at that PSNR",
@@ -687,15 +711,15 @@ def plot(results: dict, path: Path) -> None:
     for ax, (fam, case) in zip(axes[0], panels):
         groups: dict[str, list] = {}
         for r in case["rows"]:
-            if r.get("psnr") is None or r["method"] == "full":
-                continue
+            if r.get("psnr") is None or r["method"] == "full" or r["block_eval_fraction"] >= 1.0 - 1e-9:
+                continue   # settings that skipped nothing are full compute (PSNR capped at 100)
             key = r["method"]
             groups.setdefault(key, []).append((compute_speedup(r), r["psnr"]))
         for key, pts in groups.items():
             pts.sort()
             style = "o-" if key == "procache" else ".--"
             ax.plot([a for a, _ in pts], [b for _, b in pts], style, label=key, lw=2 if key == "procache" else 1)
-        ax.set_title(f"{fam} {case['name']}")
+        ax.set_title(f"{fam} {case['name']} (settings that skip something)")
         ax.set_xlabel("compute speed-up (1 / block-evaluation ratio)")
         ax.set_ylabel("PSNR to full compute (dB)")
         ax.grid(alpha=0.3)

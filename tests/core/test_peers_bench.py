@@ -105,9 +105,12 @@ def test_speedup_at_quality_reads_the_curve():
     assert bp.speedup_at_quality(curve, 34.0) == pytest.approx(3.0)
     assert bp.speedup_at_quality(curve, 20.0) == pytest.approx(4.0)
     assert bp.speedup_at_quality(curve, 40.0) is None
-    bumpy = bp.procache_curve(CURVE_ROWS[:1] + [_row("procache", 1 / 3, 30.0, 9.0), _row("procache", 0.25, 35.0, 5.0)])
+    bumpy_rows = CURVE_ROWS[:1] + [_row("procache", 1 / 3, 30.0, 9.0, "slow-bad"), _row("procache", 0.25, 35.0, 5.0)]
+    bumpy = bp.procache_curve(bumpy_rows)
+    assert [round(s, 6) for s, _, _ in bumpy] == [2.0, 4.0]      # 3x / 30 dB is beaten by 4x / 35 dB
+    assert bp.dominated(bumpy_rows) == {"slow-bad": "procache 0.25"}
     assert bp.speedup_at_quality(bumpy, 34.0) == pytest.approx(4.0)
-    assert bp.speedup_at_quality(bumpy, 36.0) == pytest.approx(2.25)
+    assert bp.speedup_at_quality(bumpy, 36.0) == pytest.approx(2 + 2 * 2 / 3)
 
 
 def test_peer_summary_takes_the_best_row_that_saves_compute():
