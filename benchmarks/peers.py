@@ -659,7 +659,7 @@ def markdown(results: dict, commit: str | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary_lines(results: dict) -> list[str]:
+def summary_lines(results: dict, level: str = "##") -> list[str]:
     """Per family, case and peer: the peer's best quality, the speed-up ProCache reaches there, and losses."""
     from .common import md_table
 
@@ -686,7 +686,7 @@ def summary_lines(results: dict) -> list[str]:
                              "; ".join(s["peer_wins"]) or "none"])
     if not rows:
         return []
-    return ["## Summary: speed-up at each peer's best quality", "",
+    return [f"{level} Summary: speed-up at each peer's best quality", "",
             f"The peer's best row is its highest PSNR among its rows with a compute speed-up of at least "
             f"{MIN_USEFUL_SPEEDUP}x (a setting that saves less is not one a user picks for speed; among all rows "
             "that skip any compute when none reaches it); ProCache's speed-up at that "
@@ -696,6 +696,57 @@ def summary_lines(results: dict) -> list[str]:
             "(peer).", "",
             md_table(["model", "case", "peer", "peer's best quality", "ProCache speed-up at that PSNR",
                       "wins ProCache / peer", "peer rows better than ProCache"], rows), ""]
+
+
+def cpu_efficiency(results: dict) -> dict[str, float]:
+    """Per method: median of CPU speed-up / compute speed-up over its rows that skip something."""
+    vals: dict[str, list[float]] = {}
+    for fr in results["families"].values():
+        for case in fr["cases"]:
+            for r in case["rows"]:
+                if r.get("psnr") is None or r["method"] == "full" or r["block_eval_fraction"] >= 1.0 - 1e-9:
+                    continue
+                if r.get("cpu_speedup") and not math.isnan(r["cpu_speedup"]):
+                    vals.setdefault(r["method"], []).append(r["cpu_speedup"] / compute_speedup(r))
+    return {k: statistics.median(v) for k, v in vals.items()}
+
+
+def losses_lines(results: dict) -> list[str]:
+    """Where ProCache loses, read off the rows: peer rows better at matched speed-up, peer rows where the
+    two metrics disagree, and ProCache settings beaten by a faster ProCache setting."""
+    out = []
+    for fam, fr in results["families"].items():
+        for case in fr["cases"]:
+            rows = [r for r in case["rows"] if r.get("psnr") is not None]
+            curve = procache_curve(rows)
+            where = f"{fam} {case['name']}"
+            for r in rows:
+                if r["method"] in ("full", "procache"):
+                    continue
+                m = matched(r, curve)
+                if m["winner"] == "peer":
+                    out.append(f"{where}: **{r['label']}** ({_fmt(r['psnr'])} dB, FD-full {_fmt(r['fd_full'], 3)} at "
+                               f"{_fmt(m['speedup'])}x) beats ProCache there ({_fmt(m['procache_psnr'])} dB, "
+                               f"FD-full {_fmt(m['procache_fd_full'], 3)})" if m["procache_psnr"] is not None else
+                               f"{where}: **{r['label']}** ({_fmt(r['psnr'])} dB at {_fmt(m['speedup'])}x) is faster "
+                               "and better than ProCache's fastest setting")
+                elif m.get("note") == "metrics disagree":
+                    out.append(f"{where}: {r['label']} has "
+                               + ("the lower FD-full" if r["fd_full"] < m["procache_fd_full"] else "the higher PSNR")
+                               + f" at {_fmt(m['speedup'])}x ({_fmt(r['psnr'])} dB / {_fmt(r['fd_full'], 3)} against "
+                               f"ProCache's {_fmt(m['procache_psnr'])} dB / {_fmt(m['procache_fd_full'], 3)})")
+            for label, better in dominated(rows).items():
+                out.append(f"{where}: ProCache's own **{label}** is beaten by its {better} (faster and higher PSNR)")
+    eff = cpu_efficiency(results)
+    peers_eff = {k: v for k, v in eff.items() if k != "procache"}
+    if "procache" in eff and peers_eff and eff["procache"] < min(peers_eff.values()):
+        out.append(f"time: ProCache turns saved block evaluations into saved CPU time least well (median CPU / compute "
+                   f"speed-up {eff['procache']:.2f} against {min(peers_eff.values()):.2f}-"
+                   f"{max(peers_eff.values()):.2f} for the peers): its per-step work outside the blocks costs more "
+                   "on this small model")
+    if not out:
+        return ["### Where ProCache loses", "", "Nowhere in these rows.", ""]
+    return ["### Where ProCache loses", ""] + [f"- {o}" for o in out] + [""]
 
 
 def plot(results: dict, path: Path) -> None:
@@ -737,7 +788,8 @@ def readme_block(results: dict) -> str:
             "TeaCache, First Block Cache (Comfy-WaveSpeed) and MagCache on the same trained digits model, through "
             "the same server, in the same run; full tables, sources (repository and commit of each peer) and "
             "notes in [peers_cpu.md](peers_cpu.md).", "", "![peers](peers_cpu.png)", ""]
-    body += summary_lines(results)
+    body += summary_lines(results, "###")
+    body += losses_lines(results)
     notes = []
     if "pixart" not in results["families"]:
         notes.append("PixArt is not in these numbers: the PixArt digits weights are being retrained. The script "
@@ -745,9 +797,16 @@ def readme_block(results: dict) -> str:
                      "First Block Cache refuses the host's PixArtMS (\"No double blocks found\"), so only ProCache "
                      "has PixArt rows there.")
     notes.append("TeaCache's rescaling polynomial and MagCache's built-in ratios are fit to the released FLUX.1 "
-                 "weights, not to this model; neither node lets a user refit them. MagCache's own calibration node "
-                 "was run on our model and its ratios fed back (rows *magcache+ourratios*); TeaCache ships no "
+                 "weights, not to this model, and neither cache node takes other values as an input. MagCache's "
+                 "calibration node prints ratios for the model at hand (a user would paste them into its source); "
+                 "the bench feeds them back through a bench-only node (rows *magcache+ourratios*). TeaCache ships no "
                  "calibration node for ComfyUI. First Block Cache needs no calibration.")
+    eff = cpu_efficiency(results)
+    if eff:
+        notes.append("Timings come from a shared 2-core machine running other jobs, so CPU and wall speed-ups are "
+                     "noisy; the comparison uses compute speed-up. Median CPU speed-up / compute speed-up over the "
+                     "rows that skip something: " + ", ".join(f"{k} {v:.2f}" for k, v in eff.items())
+                     + " (below 1: per-step overhead of the sampler and server that no cache removes at this size).")
     body += [f"- {n}" for n in notes] + [""]
     return "\n".join([README_START] + body + [README_END])
 
