@@ -152,7 +152,7 @@ def ensure_peer_deps(paths: list[Path], target: Path = PEER_DEPS, log=print) -> 
     following each installed package's own requirements, never replacing one the venv already has."""
     from importlib import metadata
 
-    todo = _missing([r for p in paths for r in _requirements(p)], target)
+    todo = list(dict.fromkeys(_missing([r for p in paths for r in _requirements(p)], target)))
     installed: list[str] = []
     for _ in range(5):
         if not todo:
@@ -162,7 +162,7 @@ def ensure_peer_deps(paths: list[Path], target: Path = PEER_DEPS, log=print) -> 
                         str(target), "--no-deps", *todo], check=True)
         installed += todo
         reqs = [r for d in metadata.distributions(path=[str(target)]) for r in (d.requires or [])]
-        todo = _missing(reqs, target)
+        todo = list(dict.fromkeys(_missing(reqs, target)))
     return installed
 
 
@@ -284,18 +284,16 @@ def _bench_nodes_dir(workdir: Path, found: list[tuple[Peer, Path, dict]]) -> Pat
 
 
 def import_failures(log_text: str, found: list[tuple[Peer, Path, dict]], node_names: set[str]) -> dict[str, str]:
-    """Per peer whose node the server does not list: the last error line the host logged for its folder."""
+    """Per peer whose node the server does not list: the exception the host logged when importing its folder."""
     out = {}
     lines = log_text.splitlines()
     for p, path, _ in found:
         if p.node in node_names:
             continue
         why = "its node is not listed by /object_info"
-        for i, ln in enumerate(lines):
+        for ln in lines:   # the host logs the traceback, then "Cannot import <path> module for custom nodes: <e>"
             if "Cannot import" in ln and path.name in ln:
-                tail = [x for x in lines[i + 1:i + 40] if x.strip()]
-                errs = [x for x in tail if "Error" in x or "error" in x]
-                why = (errs[0] if errs else ln).strip()
+                why = ln.split("module for custom nodes:", 1)[-1].strip() or ln.strip()
         out[p.name] = why
     return out
 

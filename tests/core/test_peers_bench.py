@@ -135,3 +135,17 @@ def test_readme_block_replaced_in_place(tmp_path):
     bp.update_readme(res, readme)
     text = readme.read_text()
     assert text.count(bp.README_START) == 1 and text.startswith("# results\n\nbefore\n")
+
+
+def test_import_failure_reason_read_from_the_server_log(tmp_path):
+    tea = next(p for p in bp.PEERS if p.name == "TeaCache")
+    mag = next(p for p in bp.PEERS if p.name == "MagCache")
+    found = [(tea, tmp_path / "ComfyUI-TeaCache", {}), (mag, tmp_path / "ComfyUI-MagCache", {})]
+    log = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+           "ModuleNotFoundError: No module named 'diffusers'\n"
+           f"Cannot import {tmp_path}/ComfyUI-TeaCache module for custom nodes: No module named 'diffusers'\n"
+           "sqlite3.ProgrammingError: SQLite objects created in a thread can only be used in that same thread\n")
+    # the host prints the traceback before its "Cannot import" line; the reason is on that line
+    fails = bp.import_failures(log, found, {"MagCache"})
+    assert fails == {"TeaCache": "No module named 'diffusers'"}
+    assert bp.import_failures("", found, {"TeaCache"}) == {"MagCache": "its node is not listed by /object_info"}
