@@ -364,7 +364,8 @@ def parse_mag_ratios(log_text: str) -> list[float] | None:
 # ------------------------------------------------------------------------------------------------ run
 
 def run(peers_dir: Path | None, families=("flux",), cases=None, steps: int = 20, repeat: int = 3,
-        cfg: float | None = None, log=print, workdir: Path | None = None, timing_runs: int = 3) -> dict[str, Any]:
+        cfg: float | None = None, log=print, workdir: Path | None = None, timing_runs: int = 3,
+        paired: bool = True) -> dict[str, Any]:
     from . import host_digits as hd
     from .data import features, load_digits_images, load_or_train_featnet
 
@@ -386,7 +387,7 @@ def run(peers_dir: Path | None, families=("flux",), cases=None, steps: int = 20,
     workdir = Path(workdir or tempfile.mkdtemp(prefix="procache-peers-"))
     extra_cfg = _bench_nodes_dir(workdir, found)
     results: dict[str, Any] = {
-        "steps": steps, "cfg": cfg, "n_samples": len(labels), "timing_runs": timing_runs, "skipped": skipped, "installed_deps": deps,
+        "steps": steps, "cfg": cfg, "n_samples": len(labels), "timing_runs": timing_runs, "paired": paired, "skipped": skipped, "installed_deps": deps,
         "peers": {p.name: {"folder": p.folder, "node": p.node, "knob": p.knob, **src} for p, _, src in found},
         "families": {}, "featnet": feat_info}
     t_start = time.time()
@@ -409,7 +410,7 @@ def run(peers_dir: Path | None, families=("flux",), cases=None, steps: int = 20,
                 for case in cases:
                     fam_res["cases"].append(_run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels,
                                                       featnet, f_real, found, live, failures, fam_res, log,
-                                                      PromptError, timing_runs))
+                                                      PromptError, timing_runs, paired))
                 results["families"][fam] = fam_res
     finally:
         if old_pp is None:
@@ -421,7 +422,7 @@ def run(peers_dir: Path | None, families=("flux",), cases=None, steps: int = 20,
 
 
 def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featnet, f_real, found, live, failures,
-              fam_res, log, PromptError, timing_runs: int = 3) -> dict:
+              fam_res, log, PromptError, timing_runs: int = 3, paired: bool = True) -> dict:
     import torch
 
     from . import host_digits as hd
@@ -431,20 +432,36 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     base = dict(digits=digits, repeat=repeat, steps=steps, cfg=cfg, sampler=case["sampler"],
                 scheduler=case["scheduler"], denoise=case["denoise"], seed=0)
 
+    full_prompt = hd.digits_prompt(fam, prefix="fullref", **base)
+
+    def timed(prompt: dict) -> tuple[dict, float, float]:
+        c0 = server_cpu_seconds(srv)
+        entry = client.run(with_counter(prompt, uuid.uuid4().hex), timeout=1800)
+        return entry, hd.exec_seconds(entry), server_cpu_seconds(srv) - c0
+
     def sample(prefix: str, prompt: dict, runs: int = timing_runs) -> tuple[torch.Tensor, dict, float]:
         """The first run's output and entry, and the median host-reported time over `runs` runs (the
-        counter's token makes every run execute from the loader on)."""
-        times, cpu, first = [], [], None
+        counter's token makes every run execute from the loader on). With `paired`, a full-compute run
+        precedes each run and the row's speed-ups are the medians of the per-pair ratios, so load from
+        other processes that drifts during the bench hits both sides of each ratio alike."""
+        times, cpu, walls, cpus, first = [], [], [], [], None
         for _ in range(runs):
-            c0 = server_cpu_seconds(srv)
-            entry = client.run(with_counter(prompt, uuid.uuid4().hex), timeout=1800)
-            cpu.append(server_cpu_seconds(srv) - c0)
-            times.append(hd.exec_seconds(entry))
+            if paired:
+                _, tf, cf = timed(full_prompt)
+            entry, t, c = timed(prompt)
+            times.append(t)
+            cpu.append(c)
+            if paired:
+                walls.append(tf / t if t > 0 else float("nan"))
+                cpus.append(cf / c if c > 0 else float("nan"))
             first = first or entry
         x = hd.decode_latent_file(client.output_files(first, "latents")[0])
         cpu_s[id(first)] = statistics.median(cpu)
+        if paired:
+            ratios[id(first)] = (statistics.median(walls), statistics.median(cpus))
         return x, first, statistics.median(times)
 
+    ratios: dict[int, tuple[float, float]] = {}
     cpu_s: dict[int, float] = {}
     log(f"[bench-peers] {fam} {case['name']}")
     x_full, e_full, t_full0 = sample("full", hd.digits_prompt(fam, prefix="full", **base))
@@ -467,7 +484,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": f"procache {preset}", "setting": preset,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, "cpu_seconds": cpu_s[id(e)], **evaluate(x)})
+                     "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
     for budget in (None, round(0.7 * steps), round(0.85 * steps)):
         sched = paper_schedule(fam, steps, budget)
         label = "procache paper-style" + (f" B={budget}" if budget else "")
@@ -475,7 +492,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": label, "setting": sched,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, "cpu_seconds": cpu_s[id(e)], **evaluate(x)})
+                     "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
     plain = hd.digits_prompt(fam, prefix="peer", **base)
     for p, _path, _src in found:
         if p.name in failures:
@@ -508,13 +525,17 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 rows.append({"method": p.name.lower() + ("+ourratios" if suffix else ""), "label": label,
                              "setting": setting, "note": note,
                              "block_eval_fraction": frac, "model_evals": c and c["model_calls"],
-                             "seconds": t, "cpu_seconds": cpu_s[id(e)], **evaluate(x)})
+                             "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
     _, e_full1, t_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
     t_full = (t_full0 + t_full1) / 2
     cpu_full = (cpu_full0 + cpu_s[id(e_full1)]) / 2
     for r in rows:
         r["wall_speedup"] = t_full / r["seconds"] if r.get("seconds") else float("nan")
         r["cpu_speedup"] = cpu_full / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
+        key = r.pop("_entry", None)
+        if key in ratios:   # paired: medians of the per-pair ratios
+            r["wall_speedup"], r["cpu_speedup"] = ratios[key]
+            r["timing"] = "paired"
     full_row = {"method": "full", "label": "full", "block_eval_fraction": 1.0,
                 "model_evals": counts_full and counts_full["model_calls"], "seconds": t_full,
                 "seconds_runs": [t_full0, t_full1], "cpu_seconds": cpu_full,
@@ -597,9 +618,12 @@ def markdown(results: dict, commit: str | None = None) -> str:
              f"{results['n_samples']} samples (digits 0-9, seed 0), {results.get('timing_runs', 1)} KSampler runs per row "
              "(images of the first, median times) on one server. "
              "*blocks* = block-evaluation ratio (ProCache Stats; peers: host block-module calls counted by "
-             "forward pre-hooks / those of full compute), *speed-up* = 1 / blocks, *CPU* = the server process's CPU "
-             "time (user + system, /proc) for full compute / the row's, *wall* = full-compute "
-             "execution time (mean of the medians before and after the other rows) / the row's, as the host reports it; at this model "
+             "forward pre-hooks / those of full compute), *speed-up* = 1 / blocks, *CPU* = full-compute CPU time of the "
+             "server process (user + system, /proc) / the row's, *wall* = the same with the execution time the "
+             "host reports ("
+             + ("median over the runs of the ratio to a full-compute run just before each"
+                if results.get("paired") else "mean of the full-compute medians before and after the other rows")
+             + "); at this model "
              "size the sampler's and the server's per-step overhead is a large, noisy share of both (the machine is "
              "shared with other jobs), so the "
              "comparison is made at matched compute speed-up (ProCache's PSNR and FD-full interpolated linearly "
@@ -828,6 +852,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3, help="samples per digit (10 digits)")
     ap.add_argument("--timing-runs", type=int, default=3, help="runs per row; the median time counts")
+    ap.add_argument("--unpaired", action="store_true",
+                    help="time full compute only before and after a case, not before every run (half the time)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--report-only", action="store_true", help="rewrite the tables and plot from raw/peers_cpu.json")
     args = ap.parse_args(argv)
@@ -844,7 +870,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cases = [c for c in CASES if c["name"] in args.cases.split(",")]
         res = run(peers_dir, families=tuple(args.families.split(",")), cases=cases, steps=args.steps,
-                  repeat=args.repeat, timing_runs=args.timing_runs)
+                  repeat=args.repeat, timing_runs=args.timing_runs, paired=not args.unpaired)
         commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                                 cwd=ROOT).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
