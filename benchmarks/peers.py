@@ -458,10 +458,10 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         x = hd.decode_latent_file(client.output_files(first, "latents")[0])
         cpu_s[id(first)] = statistics.median(cpu)
         if paired:
-            ratios[id(first)] = (statistics.median(walls), statistics.median(cpus))
+            pair_ratios[id(first)] = (statistics.median(walls), statistics.median(cpus))
         return x, first, statistics.median(times)
 
-    ratios: dict[int, tuple[float, float]] = {}
+    pair_ratios: dict[int, tuple[float, float]] = {}
     cpu_s: dict[int, float] = {}
     log(f"[bench-peers] {fam} {case['name']}")
     x_full, e_full, t_full0 = sample("full", hd.digits_prompt(fam, prefix="full", **base))
@@ -533,8 +533,8 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         r["wall_speedup"] = t_full / r["seconds"] if r.get("seconds") else float("nan")
         r["cpu_speedup"] = cpu_full / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
         key = r.pop("_entry", None)
-        if key in ratios:   # paired: medians of the per-pair ratios
-            r["wall_speedup"], r["cpu_speedup"] = ratios[key]
+        if key in pair_ratios:   # paired: medians of the per-pair ratios
+            r["wall_speedup"], r["cpu_speedup"] = pair_ratios[key]
             r["timing"] = "paired"
     full_row = {"method": "full", "label": "full", "block_eval_fraction": 1.0,
                 "model_evals": counts_full and counts_full["model_calls"], "seconds": t_full,
