@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick bench-deep bench-load bench-faults clean
+.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick bench-deep bench-load bench-faults bench-peers clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -54,6 +54,12 @@ bench-load: models
 # faults injected through the real server, counted in benchmarks/results/faults_cpu.md
 bench-faults: models
 	$(PY) -m benchmarks.faults
+
+# ProCache beside TeaCache, First Block Cache and MagCache (checkouts in PEERS=<folder>, missing ones skipped)
+# on the trained digits models, one real server with its own custom-nodes folder; the peers' missing
+# requirements go into .host/peer-deps (pip --target), never into the venv. About 10 minutes on 2 cores.
+bench-peers: models
+	nice -n 10 $(PY) -m benchmarks.peers --peers "$(PEERS)"
 
 clean:
 	rm -rf .host .venv demo_output tests/artifacts

@@ -399,9 +399,11 @@ def write_readme(out_dir: Path, info: dict, mode: str, speed: list[dict] | None,
         lines += section(host, host.get("commit"))
     path = out_dir / "README.md"
     old = path.read_text() if path.exists() else ""
-    start, end = "<!-- reliability:start -->", "<!-- reliability:end -->"
-    if start in old and end in old:  # the section benchmarks/load.py and faults.py keep
-        lines += ["", start + old.split(start, 1)[1].split(end, 1)[0] + end, ""]
+    # the sections benchmarks/peers.py and benchmarks/load.py + faults.py keep
+    for name in ("peers", "reliability"):
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        if start in old and end in old:
+            lines += ["", start + old.split(start, 1)[1].split(end, 1)[0] + end, ""]
     path.write_text("\n".join(lines))
     return path
 

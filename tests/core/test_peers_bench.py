@@ -1,0 +1,151 @@
+"""`make bench-peers` logic that runs without the peer packs: finding the checkouts (a missing one is one
+skip line), the prompt wiring around a peer's node, MagCache's printed ratios, the requirement check, and
+the matched-speed-up comparison on rows with known answers."""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from benchmarks import peers as bp
+
+
+def _git_checkout(path: Path, url: str) -> str:
+    path.mkdir(parents=True)
+    (path / "__init__.py").write_text("")
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin"}
+    for cmd in (["init", "-q"], ["remote", "add", "origin", url], ["add", "-A"], ["commit", "-qm", "x"]):
+        subprocess.run(["git", "-C", str(path), *cmd], check=True, env=env)
+    return subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_missing_peer_folders_are_skipped_with_one_line_each(tmp_path):
+    commit = _git_checkout(tmp_path / "Comfy-WaveSpeed", "https://example.invalid/fbcache")
+    found, skipped = bp.discover(tmp_path)
+    assert [p.name for p, _, _ in found] == ["FBCache"]
+    assert found[0][2] == {"url": "https://example.invalid/fbcache", "commit": commit, "dirty": False}
+    assert len(skipped) == 2
+    assert "skip TeaCache" in skipped[0] and "ComfyUI-TeaCache" in skipped[0] and "\n" not in skipped[0]
+    assert "skip MagCache" in skipped[1] and "ComfyUI-MagCache" in skipped[1]
+    found, skipped = bp.discover(tmp_path / "nowhere")
+    assert found == [] and len(skipped) == len(bp.PEERS)
+
+
+def test_no_peer_found_runs_nothing_and_keeps_results(tmp_path, capsys):
+    out = tmp_path / "results"
+    out.mkdir()
+    assert bp.main(["--peers", str(tmp_path / "nowhere"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == len(bp.PEERS) + 1 and "nothing to compare" in printed[-1]
+    assert list(out.iterdir()) == []
+    assert bp.main(["--out", str(out)]) == 0
+    assert "no PEERS folder given" in capsys.readouterr().out
+
+
+def test_peer_node_and_counter_wrap_the_model():
+    from benchmarks import host_digits as hd
+
+    plain = hd.digits_prompt("flux", steps=4)
+    p = bp.with_counter(bp.with_peer(plain, "MagCache", {"magcache_thresh": 0.1},
+                                     [("ProCacheBenchMagRatios", {"ratios": "1,0.9"})]), "tok")
+    # loader -> count -> peer -> ratio override -> sampler; report reads the sampler's output
+    assert p["count"]["inputs"]["model"] == ["model", 0]
+    assert p["peer"]["inputs"]["model"] == ["count", 0]
+    assert p["peer_extra0"]["inputs"]["model"] == ["peer", 0]
+    assert p["sampler"]["inputs"]["model"] == ["peer_extra0", 0]
+    assert p["report"]["inputs"]["samples"] == ["sampler", 0]
+    refs = [k for k, n in p.items() if n["inputs"].get("model") == ["model", 0]]
+    assert refs == ["count"]
+    assert "count" not in plain and plain["sampler"]["inputs"]["model"] == ["model", 0]  # input left alone
+
+
+def test_mag_ratios_parsed_from_the_last_calibration_print():
+    log = "got prompt\nmag_ratios\n[0.5, 0.6]\nmag_ratio_std\n[0.1]\n...\nmag_ratios\n[0.97, 0.91, 1.02]\nmag_ratio_std\n"
+    assert bp.parse_mag_ratios(log) == [0.97, 0.91, 1.02]
+    assert bp.parse_mag_ratios("Prompt executed in 1 s\n") is None
+    bar = "\r 90%|#########  | 18/20 [00:01<00:00]mag_ratios\n[0.97, 0.92]\nmag_ratio_std\n[0.01, 0.02]\n"
+    assert bp.parse_mag_ratios(bar) == [0.97, 0.92]
+
+
+def test_requirement_check_sees_installed_and_missing_packages(tmp_path):
+    assert bp._missing(["packaging>=1.0"], tmp_path) == []
+    assert bp._missing(["packaging>=999"], tmp_path) == ["packaging>=999"]
+    assert bp._missing(["procache-no-such-package-xyz"], tmp_path) == ["procache-no-such-package-xyz"]
+    assert bp._missing(['procache-no-such-package-xyz; extra == "test"'], tmp_path) == []
+
+
+def _row(method, blocks, psnr, fd, label=None):
+    return {"method": method, "label": label or f"{method} {blocks}", "block_eval_fraction": blocks, "psnr": psnr,
+            "fd_full": fd}
+
+
+CURVE_ROWS = [_row("procache", 0.5, 38.0, 4.0), _row("procache", 0.25, 30.0, 14.0)]  # 2x and 4x
+
+
+@pytest.mark.parametrize("row, winner", [
+    (_row("teacache", 1 / 3, 33.0, 10.0), "procache"),     # at 3x ProCache has 34 dB, FD 9
+    (_row("teacache", 1 / 3, 36.0, 5.0), "peer"),
+    (_row("teacache", 1 / 3, 36.0, 12.0), None),           # better PSNR, worse FD: no verdict
+    (_row("fbcache", 1 / 1.5, 35.0, 6.0), "procache"),     # slower than all ProCache budgets and worse
+    (_row("fbcache", 1 / 1.5, 39.0, 3.0), None),           # slower but better: outside the range
+    (_row("magcache", 0.2, 31.0, 10.0), "peer"),           # faster than all ProCache budgets and better
+])
+def test_matched_speedup_verdicts(row, winner):
+    m = bp.matched(row, bp.procache_curve(CURVE_ROWS))
+    assert m["winner"] == winner
+    if abs(m["speedup"] - 3.0) < 1e-9:
+        assert m["procache_psnr"] == pytest.approx(34.0) and m["procache_fd_full"] == pytest.approx(9.0)
+
+
+def test_speedup_at_quality_reads_the_curve():
+    curve = bp.procache_curve(CURVE_ROWS)
+    assert bp.speedup_at_quality(curve, 34.0) == pytest.approx(3.0)
+    assert bp.speedup_at_quality(curve, 20.0) == pytest.approx(4.0)
+    assert bp.speedup_at_quality(curve, 40.0) is None
+    bumpy_rows = CURVE_ROWS[:1] + [_row("procache", 1 / 3, 30.0, 9.0, "slow-bad"), _row("procache", 0.25, 35.0, 5.0)]
+    bumpy = bp.procache_curve(bumpy_rows)
+    assert [round(s, 6) for s, _, _ in bumpy] == [2.0, 4.0]      # 3x / 30 dB is beaten by 4x / 35 dB
+    assert bp.dominated(bumpy_rows) == {"slow-bad": "procache 0.25"}
+    assert bp.speedup_at_quality(bumpy, 34.0) == pytest.approx(4.0)
+    assert bp.speedup_at_quality(bumpy, 36.0) == pytest.approx(2 + 2 * 2 / 3)
+
+
+def test_peer_summary_takes_the_best_row_that_saves_compute():
+    rows = CURVE_ROWS + [_row("magcache", 1.0, 100.0, 0.0, "no-op"), _row("magcache", 0.5, 33.0, 8.0, "a"),
+                         _row("magcache", 0.2, 31.0, 10.0, "b")]
+    s = bp.peer_summary(rows, "magcache")
+    assert s["best_label"] == "a" and s["best_speedup"] == pytest.approx(2.0)
+    assert s["procache_speedup_at_best"] == pytest.approx(3.25)   # 38 -> 30 dB over 2x -> 4x
+    assert s["peer_wins"] == ["b"] and s["procache_wins"] == ["a"]
+    assert bp.peer_summary(rows, "teacache") is None
+    # a near-lossless setting that hardly saves anything is not the peer's "best quality" for speed
+    slight = rows + [_row("magcache", 0.95, 70.0, 0.01, "slight")]
+    assert bp.peer_summary(slight, "magcache")["best_label"] == "a"
+    assert bp.peer_summary(slight, "magcache", min_speedup=1.0)["best_label"] == "slight"
+
+
+def test_readme_block_replaced_in_place(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("# results\n\nbefore\n")
+    res = {"families": {}, "peers": {}}
+    bp.update_readme(res, readme)
+    bp.update_readme(res, readme)
+    text = readme.read_text()
+    assert text.count(bp.README_START) == 1 and text.startswith("# results\n\nbefore\n")
+
+
+def test_import_failure_reason_read_from_the_server_log(tmp_path):
+    tea = next(p for p in bp.PEERS if p.name == "TeaCache")
+    mag = next(p for p in bp.PEERS if p.name == "MagCache")
+    found = [(tea, tmp_path / "ComfyUI-TeaCache", {}), (mag, tmp_path / "ComfyUI-MagCache", {})]
+    log = ("Traceback (most recent call last):\n  File \"x.py\", line 1\n"
+           "ModuleNotFoundError: No module named 'diffusers'\n"
+           f"Cannot import {tmp_path}/ComfyUI-TeaCache module for custom nodes: No module named 'diffusers'\n"
+           "sqlite3.ProgrammingError: SQLite objects created in a thread can only be used in that same thread\n")
+    # the host prints the traceback before its "Cannot import" line; the reason is on that line
+    fails = bp.import_failures(log, found, {"MagCache"})
+    assert fails == {"TeaCache": "No module named 'diffusers'"}
+    assert bp.import_failures("", found, {"TeaCache"}) == {"MagCache": "its node is not listed by /object_info"}
