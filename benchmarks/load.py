@@ -111,6 +111,8 @@ def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
                 except Exception as exc:  # a refused connection or a timeout is an error too
                     rec.update(status=None, ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
                 rec["ms"] = (time.perf_counter() - t0) * 1e3
+                if rec.get("status") is not None:
+                    rec.update(server_timing(r.headers.get("Server-Timing", "")))
                 with lock:
                     records.append(rec)
 
@@ -133,6 +135,18 @@ def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
     return records
 
 
+def server_timing(header: str) -> dict[str, float]:
+    """{"handler_ms", "cpu_ms", "runqueue_ms"} from the routes' Server-Timing header (what is there)."""
+    out: dict[str, float] = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        try:
+            out[f"{name}_ms"] = float(rest)
+        except ValueError:
+            continue
+    return out
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -147,6 +161,18 @@ def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
         ms = [r["ms"] for r in records if r["kind"] == kind]
         out[kind] = {"n": len(ms), "errors": sum(not r["ok"] for r in records if r["kind"] == kind),
                      "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else None}
+        # where the time of a request went: the handler itself (wall, CPU of the event-loop thread in it,
+        # its wait for a CPU) and everything outside the handler (queued in the loop, transport, client)
+        for part in ("handler", "cpu", "runqueue"):
+            v = [r[f"{part}_ms"] for r in records if r["kind"] == kind and f"{part}_ms" in r]
+            out[kind][f"{part}_p50_ms"], out[kind][f"{part}_p99_ms"] = pct(v, 50), pct(v, 99)
+        outside = [r["ms"] - r["handler_ms"] for r in records if r["kind"] == kind and "handler_ms" in r]
+        out[kind]["outside_p50_ms"], out[kind]["outside_p99_ms"] = pct(outside, 50), pct(outside, 99)
+        # the slowest 1 %: how much of it was the handler
+        slow = sorted((r for r in records if r["kind"] == kind and "handler_ms" in r), key=lambda r: -r["ms"])
+        slow = slow[:max(1, len(slow) // 100)]
+        out[kind]["slowest"] = [{k: round(r[k], 2) for k in ("ms", "handler_ms", "cpu_ms", "runqueue_ms", "late_ms")
+                                 if k in r} for r in slow]
     out["error_samples"] = [r["error"] for r in records if not r["ok"]][:5]
     return out
 
@@ -174,6 +200,8 @@ def cpu_seconds(pid: int) -> float:
 
 def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) -> dict[str, Any]:
     subprocess.run([str(VENV_PY), str(ROOT / "scripts" / "make_tiny_models.py"), "--comfy", str(COMFY_DIR)], check=True)
+    os.environ["PROCACHE_ROUTE_TIMING"] = "1"  # the routes add their run-queue wait to Server-Timing
+    load_start = os.getloadavg()
     with ComfyServer() as srv:
         base = srv.base_url
         timed_run(srv, 2, 999)  # warm-up: model load, first-call costs
@@ -186,8 +214,12 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
         # what serving costs the server, whatever else the machine does: CPU time per request
         idle["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(srv.proc.pid) - cpu0) / max(1, idle["requests"])
         quiet, loaded, during = [], [], []
+        cpu = {"quiet_server_s": [], "loaded_server_s": [], "loaded_client_s": []}
         for k in range(pairs):
+            c0 = cpu_seconds(srv.proc.pid)
             quiet.append(timed_run(srv, steps, 2 * k))
+            cpu["quiet_server_s"].append(cpu_seconds(srv.proc.pid) - c0)
+            c0, cc0 = cpu_seconds(srv.proc.pid), time.process_time()
             stop = threading.Event()
             box: dict[str, Any] = {}
             th = threading.Thread(target=lambda: box.update(recs=run_traffic(base, rate, stop, workers)))
@@ -197,13 +229,16 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
             finally:
                 stop.set()
                 th.join()
+            cpu["loaded_server_s"].append(cpu_seconds(srv.proc.pid) - c0)
+            cpu["loaded_client_s"].append(time.process_time() - cc0)
             during += box.get("recs", [])
             print(f"pair {k + 1}/{pairs}: quiet {quiet[-1]:.2f} s, with traffic {loaded[-1]:.2f} s", flush=True)
         alive = requests.get(base + "/system_stats", timeout=30).ok
     q, l_ = statistics.median(quiet), statistics.median(loaded)
     return {"steps": steps, "schedule": SCHEDULE, "pairs": pairs, "rate_per_s": rate, "workers": workers,
             "quiet_s": quiet, "loaded_s": loaded, "quiet_median_s": q, "loaded_median_s": l_,
-            "slowdown": l_ / q - 1.0, "during": summarize_traffic(during), "idle": idle, "server_alive_after": alive}
+            "slowdown": l_ / q - 1.0, "during": summarize_traffic(during), "idle": idle, "server_alive_after": alive,
+            "cpu": cpu, "loadavg_start": [round(x, 2) for x in load_start]}
 
 
 # -- report -----------------------------------------------------------------------------------------

@@ -26,7 +26,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -525,18 +527,47 @@ def _json(status: int, payload: dict[str, Any]) -> web.Response:
     return web.json_response(payload, status=status)
 
 
+# PROCACHE_ROUTE_TIMING=1 (set by benchmarks/load.py) adds the event-loop thread's run-queue wait to the
+# Server-Timing header: with it, a slow answer splits into work, waiting for a CPU and the rest
+# (waiting for the interpreter lock, I/O).
+_TIMING_DETAIL = os.environ.get("PROCACHE_ROUTE_TIMING") == "1"
+
+
+def _runqueue_wait_ms() -> float | None:
+    """Time this thread has spent runnable but not running (Linux schedstat), or None."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _server_timing(t0: float, c0: float, rq0: float | None) -> str:
+    """``Server-Timing`` value: the handler's wall time and the event-loop thread's CPU time in it."""
+    parts = [f"handler;dur={(time.perf_counter() - t0) * 1e3:.2f}", f"cpu;dur={(time.thread_time() - c0) * 1e3:.2f}"]
+    if rq0 is not None:
+        rq1 = _runqueue_wait_ms()
+        if rq1 is not None:
+            parts.append(f"runqueue;dur={rq1 - rq0:.2f}")
+    return ", ".join(parts)
+
+
 def _guard(fn):
     async def handler(request: web.Request) -> web.Response:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        rq0 = _runqueue_wait_ms() if _TIMING_DETAIL else None
         try:
-            return await fn(request)
+            resp = await fn(request)
         except RouteError as exc:
-            return _json(exc.status, exc.body)
+            resp = _json(exc.status, exc.body)
         except ProCacheError as exc:
-            return _json(400, RouteError.from_procache(exc).body)
+            resp = _json(400, RouteError.from_procache(exc).body)
         except Exception as exc:  # never leak a traceback page to the UI
             log.exception("ProCache route %s failed", request.path)
-            return _json(500, {"error": scrub_paths(f"ProCache: internal error ({type(exc).__name__}: {exc})",
+            resp = _json(500, {"error": scrub_paths(f"ProCache: internal error ({type(exc).__name__}: {exc})",
                                                     any_path=True), "field": "server"})
+        resp.headers["Server-Timing"] = _server_timing(t0, c0, rq0)
+        return resp
     handler.__name__ = fn.__name__
     return handler
 
