@@ -35,7 +35,8 @@ from typing import Any
 from aiohttp import web
 
 from ..procache_core.errors import ProCacheError
-from .schedule_loader import available_presets, load_listed_preset, user_presets_dir
+from .preset_index import PresetIndex
+from .schedule_loader import available_presets, load_listed_preset, read_listed_preset, user_presets_dir
 
 log = logging.getLogger("ProCache")
 
@@ -271,36 +272,50 @@ def _parse_steps(value: Any) -> int | None:
 
 
 # -- handlers' logic (plain functions, easy to test) ---------------------------------------------
-_LIST_CACHE: dict[tuple[str, str], tuple[tuple, dict[str, Any]]] = {}
-_LIST_CACHE_MAX = 1024
+class _Parsed:
+    """One preset file as parsed: the Preset, the text it was parsed from, and its list entry's JSON
+    (made on first use; the list answer is these fragments joined)."""
+
+    __slots__ = ("preset", "text", "item_json")
+
+    def __init__(self, preset, text: str) -> None:
+        self.preset, self.text, self.item_json = preset, text, None
 
 
-def _file_key(path: Path) -> tuple | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+def _parse_listed(name: str, path: Path, raw: bytes) -> _Parsed:
+    preset = _presets_mod().parse_preset_text(raw, f"preset {name}")
+    return _Parsed(preset, raw.decode("utf-8"))  # parsing proved it UTF-8
+
+
+_INDEX = PresetIndex()
+
+
+def cached_preset(name: str, path: Path) -> _Parsed:
+    """A listed preset as it is on disk now, parsed once per version of the file (nodes/preset_index.py);
+    raises the ProCacheError of load_listed_preset for a broken or vanished file."""
+    return _INDEX.get(name, path, _parse_listed, read_listed_preset)
+
+
+def list_body() -> str:
+    """The JSON text of ``GET /procache/presets`` (what ``json.dumps(list_payload())`` gives): each unchanged
+    file's entry is reused as JSON text, so a list costs a directory read and a stat per file."""
+    listed = sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0]))
+    parts = []
+    for name, path in listed:
+        try:
+            parsed = cached_preset(name, path)
+        except Exception:  # a broken file is listed with its error (not cached: it is read again next time)
+            parts.append(json.dumps(_list_item(name, path)))
+            continue
+        if parsed.item_json is None:
+            parsed.item_json = json.dumps(summarize(parsed.preset, name, _source_of(name)))
+        parts.append(parsed.item_json)
+    return '{"presets": [' + ", ".join(parts) + "]}"
 
 
 def list_payload() -> dict[str, Any]:
-    """Every listed preset's summary. Parsed summaries are reused while the file is unchanged (same
-    mtime, size, inode, ctime): the UI lists often, and a list must stay cheap while a run samples."""
-    items = []
-    listed = sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0]))
-    if len(_LIST_CACHE) > _LIST_CACHE_MAX:
-        _LIST_CACHE.clear()
-    for name, path in listed:
-        key = _file_key(path)
-        hit = _LIST_CACHE.get((name, str(path)))
-        if key is not None and hit is not None and hit[0] == key:
-            items.append(json.loads(json.dumps(hit[1])))  # a copy: callers may change it
-            continue
-        item = _list_item(name, path)
-        if key is not None and key == _file_key(path):
-            _LIST_CACHE[(name, str(path))] = (key, item)
-        items.append(item)
-    return {"presets": items}
+    """Every listed preset's summary (a broken user file is listed with its error)."""
+    return json.loads(list_body())
 
 
 def _list_item(name: str, path: Path) -> dict[str, Any]:
@@ -323,19 +338,17 @@ def get_payload(name: str) -> dict[str, Any]:
                          "use a name from GET /procache/presets.")
     path = presets[name]
     try:
-        preset = load_listed_preset(name, path)
-        # parsing proved the file UTF-8 (and at most MAX_PRESET_BYTES); read what was parsed
-        text = path.read_bytes().decode("utf-8")
+        parsed = cached_preset(name, path)  # the text is exactly what was parsed
     except FileNotFoundError:  # removed between listing and reading
         raise RouteError(404, f"ProCache: preset {name[:80]!r} not found.", "name",
                          "use a name from GET /procache/presets.") from None
-    except (UnicodeDecodeError, OSError):  # replaced between parsing and reading: ask again
+    except (UnicodeDecodeError, OSError):
         raise RouteError(409, f"ProCache: preset {name[:80]!r} changed while it was read.", "name",
                          "request it again.") from None
     except ProCacheError as exc:
         raise RouteError(422, str(exc), getattr(exc, "field", None), getattr(exc, "fix", None)) from None
-    summary = summarize(preset, name, _source_of(name))
-    return {"name": name, "source": summary["source"], "yaml": text, "actions": summary["actions"],
+    summary = summarize(parsed.preset, name, _source_of(name))
+    return {"name": name, "source": summary["source"], "yaml": parsed.text, "actions": summary["actions"],
             "summary": summary}
 
 
@@ -408,7 +421,7 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
         raise _write_refusal(exc) from None
     listed = USER_PREFIX + name
     try:
-        summary = summarize(load_listed_preset(listed, path), listed, "user")
+        summary = summarize(cached_preset(listed, path).preset, listed, "user")
     except ProCacheError as exc:  # should not happen: dump -> load must round-trip
         path.unlink(missing_ok=True)
         raise RouteError(500, f"ProCache: the saved preset did not load back ({exc}); nothing was kept.") from None
@@ -440,7 +453,7 @@ def preview_payload(data: dict[str, Any]) -> dict[str, Any]:
             if pname not in presets:
                 raise RouteError(404, f"ProCache: preset {pname[:80]!r} not found.", "preset",
                                  "use a name from GET /procache/presets.")
-            preset = load_listed_preset(pname, presets[pname])
+            preset = cached_preset(pname, presets[pname]).preset
             actions = _actions_of(preset)
         elif data.get("text") not in (None, ""):
             text = str(data["text"])
@@ -597,7 +610,7 @@ async def _read_json(request: web.Request) -> Any:
 
 @_guard
 async def handle_list(request: web.Request) -> web.Response:
-    return _json(200, list_payload())
+    return web.Response(text=list_body(), content_type="application/json")
 
 
 @_guard
