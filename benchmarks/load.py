@@ -166,6 +166,10 @@ def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
         for part in ("handler", "cpu", "runqueue"):
             v = [r[f"{part}_ms"] for r in records if r["kind"] == kind and f"{part}_ms" in r]
             out[kind][f"{part}_p50_ms"], out[kind][f"{part}_p99_ms"] = pct(v, 50), pct(v, 99)
+        # neither working nor waiting for a CPU inside the handler: waiting for the GIL (or I/O)
+        other = [r["handler_ms"] - r["cpu_ms"] - r["runqueue_ms"] for r in records
+                 if r["kind"] == kind and "runqueue_ms" in r and "cpu_ms" in r]
+        out[kind]["gil_or_io_p50_ms"], out[kind]["gil_or_io_p99_ms"] = pct(other, 50), pct(other, 99)
         outside = [r["ms"] - r["handler_ms"] for r in records if r["kind"] == kind and "handler_ms" in r]
         out[kind]["outside_p50_ms"], out[kind]["outside_p99_ms"] = pct(outside, 50), pct(outside, 99)
         # the slowest 1 %: how much of it was the handler
@@ -214,6 +218,7 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
         # what serving costs the server, whatever else the machine does: CPU time per request
         idle["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(srv.proc.pid) - cpu0) / max(1, idle["requests"])
         quiet, loaded, during = [], [], []
+        loads: list[float] = []
         cpu = {"quiet_server_s": [], "loaded_server_s": [], "loaded_client_s": []}
         for k in range(pairs):
             c0 = cpu_seconds(srv.proc.pid)
@@ -232,13 +237,14 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
             cpu["loaded_server_s"].append(cpu_seconds(srv.proc.pid) - c0)
             cpu["loaded_client_s"].append(time.process_time() - cc0)
             during += box.get("recs", [])
+            loads.append(round(os.getloadavg()[0], 2))
             print(f"pair {k + 1}/{pairs}: quiet {quiet[-1]:.2f} s, with traffic {loaded[-1]:.2f} s", flush=True)
         alive = requests.get(base + "/system_stats", timeout=30).ok
     q, l_ = statistics.median(quiet), statistics.median(loaded)
     return {"steps": steps, "schedule": SCHEDULE, "pairs": pairs, "rate_per_s": rate, "workers": workers,
             "quiet_s": quiet, "loaded_s": loaded, "quiet_median_s": q, "loaded_median_s": l_,
             "slowdown": l_ / q - 1.0, "during": summarize_traffic(during), "idle": idle, "server_alive_after": alive,
-            "cpu": cpu, "loadavg_start": [round(x, 2) for x in load_start]}
+            "cpu": cpu, "loadavg_start": [round(x, 2) for x in load_start], "loadavg_1min_after_pairs": loads}
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -288,13 +294,41 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
         f"{res['idle']['server_cpu_ms_per_request']:.1f} ms of CPU time per request (all kinds, process CPU time), "
         f"i.e. {res['rate_per_s'] * res['idle']['server_cpu_ms_per_request'] / 10.0:.1f} % of one core at this rate.", "",
         "| when | request | served | errors | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|", *rows, "",
-        f"Machine: {info['cpu_count']} CPU cores, load average {info['loadavg_1_5_15']} (1/5/15 min) at the end, "
+        "Where the time of a request went during sampling (from the routes' Server-Timing header: the handler's "
+        "wall time, the event-loop thread's CPU time and run-queue wait inside it; outside = client-measured "
+        "time minus handler time: waiting in the event loop, HTTP, the client's own scheduling), p50 / p99 in ms:", "",
+        "| request | total | handler | handler CPU | run-queue wait | rest of handler (GIL, I/O) | outside handler |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {k} | {_f(d[k]['p50_ms'])} / {_f(d[k]['p99_ms'])} | {_f(d[k].get('handler_p50_ms'))} / "
+          f"{_f(d[k].get('handler_p99_ms'))} | {_f(d[k].get('cpu_p50_ms'))} / {_f(d[k].get('cpu_p99_ms'))} | "
+          f"{_f(d[k].get('runqueue_p50_ms'))} / {_f(d[k].get('runqueue_p99_ms'))} | "
+          f"{_f(d[k].get('gil_or_io_p50_ms'))} / {_f(d[k].get('gil_or_io_p99_ms'))} | "
+          f"{_f(d[k].get('outside_p50_ms'))} / {_f(d[k].get('outside_p99_ms'))} |" for k in KINDS], "",
+        *_cpu_lines(res),
+        f"Machine: {info['cpu_count']} CPU cores, load average {_load(res.get('loadavg_start'))} at the start and "
+        f"{info['loadavg_1_5_15']} at the end (1/5/15 min; 1-min after each pair: "
+        f"{', '.join(f'{x:.1f}' for x in res.get('loadavg_1min_after_pairs', [])) or 'n/a'}), "
         f"{info['date_utc']}, commit {info['git_commit']}. The client pool runs on the same cores as the server; "
         "on this shared machine other jobs ran at the same time, so the absolute figures are noisy; the "
         "interleaving keeps the comparison fair.", ""]
     if d["error_samples"]:
         lines += ["Errors seen: " + "; ".join(f"`{e}`" for e in d["error_samples"]), ""]
     return "\n".join(lines)
+
+
+def _load(values: Any) -> str:
+    return " ".join(f"{x:.1f}" for x in values) if values else "n/a"
+
+
+def _cpu_lines(res: dict[str, Any]) -> list[str]:
+    """Server and client CPU seconds per run: what the traffic took from the two cores."""
+    cpu = res.get("cpu")
+    if not cpu:
+        return []
+    q, l_, c = (statistics.median(cpu[k]) for k in ("quiet_server_s", "loaded_server_s", "loaded_client_s"))
+    return [f"CPU time per run (medians): server {q:.1f} s without traffic, {l_:.1f} s with it (+{l_ - q:.1f} s "
+            f"serving); the client pool {c:.1f} s. Sampling uses both cores, so every CPU second the traffic "
+            "takes (server and client alike) is taken from it.", ""]
 
 
 SECTION_START = "<!-- reliability:start -->"

@@ -35,7 +35,7 @@ from typing import Any
 from aiohttp import web
 
 from ..procache_core.errors import ProCacheError
-from .preset_index import PresetIndex
+from .preset_index import PresetIndex, stat_key
 from .schedule_loader import available_presets, load_listed_preset, read_listed_preset, user_presets_dir
 
 log = logging.getLogger("ProCache")
@@ -371,6 +371,7 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
                              "a preset is a few lines; remove what is not part of it.")
         try:
             preset = presets_mod.parse_preset_text(text, source)
+            parsed_from = text
         except ProCacheError as exc:
             raise RouteError.from_procache(exc) from None
     elif "actions" in data:
@@ -398,7 +399,8 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
             preset = presets_mod.Preset(name=name, schedule=sched, family=family, model=model or "",
                                         selective=selective, provenance={"source": "saved from the ProCache UI"})
             # round trip through the text parser: the same validation a file gets
-            preset = presets_mod.parse_preset_text(presets_mod.dump_preset(preset), source)
+            parsed_from = presets_mod.dump_preset(preset)
+            preset = presets_mod.parse_preset_text(parsed_from, source)
         except ProCacheError as exc:
             raise RouteError.from_procache(exc) from None
     else:
@@ -407,6 +409,8 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
     if dataclasses.is_dataclass(preset) and getattr(preset, "name", name) != name:
         preset = dataclasses.replace(preset, name=name)
     text = presets_mod.dump_preset(preset)
+    if text != parsed_from:  # parse(text) is known to be `preset` only when text is what was parsed
+        parsed_from = None
     if len(text.encode("utf-8")) > MAX_BODY_BYTES:
         raise RouteError(413, f"ProCache: the preset is larger than {MAX_BODY_BYTES // 1024} KiB.", "yaml",
                          "a preset is a few lines; remove what is not part of it.")
@@ -421,13 +425,30 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
         raise _write_refusal(exc) from None
     listed = USER_PREFIX + name
     try:
-        summary = summarize(cached_preset(listed, path).preset, listed, "user")
+        summary = summarize(_load_back(listed, path, text, preset if parsed_from is not None else None).preset,
+                            listed, "user")
     except ProCacheError as exc:  # should not happen: dump -> load must round-trip
         path.unlink(missing_ok=True)
         raise RouteError(500, f"ProCache: the saved preset did not load back ({exc}); nothing was kept.") from None
     log.info("ProCache: saved user preset %s (%s)", listed, summary["actions"])
     return (200 if existed else 201), {"name": listed, "file": path.name, "summary": summary,
                                         "overwritten": existed}
+
+
+def _load_back(listed: str, path: Path, text: str, parsed) -> _Parsed:
+    """The saved file as the next list will see it. When the file holds exactly ``text`` and ``parsed`` is
+    what parsing ``text`` gave, that is remembered without parsing it again; otherwise it is parsed."""
+    if parsed is not None:
+        key = stat_key(path)
+        try:
+            raw = read_listed_preset(listed, path)
+        except ProCacheError:
+            raw = None
+        if raw is not None and raw == text.encode("utf-8"):
+            entry = _Parsed(parsed, text)
+            _INDEX.store(listed, path, key, raw, entry)
+            return entry
+    return cached_preset(listed, path)
 
 
 def _write_refusal(exc: OSError) -> RouteError:

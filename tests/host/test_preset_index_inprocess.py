@@ -103,10 +103,16 @@ def test_replaced_deleted_and_added_files_are_seen(mods, udir):
 
 def test_saved_preset_is_listed_at_once(mods, udir):
     routes, _, _ = mods
-    for acts in ("FCF", "FSSCF", "FCF"):
-        routes.save_payload({"name": "s", "actions": acts, "family": "pixart", "overwrite": True})
-        assert _user(routes, "s")["actions"] == acts
+    bodies = [{"name": "s", "actions": a, "family": "pixart", "overwrite": True} for a in ("FCF", "FSSCF", "FCF")]
+    bodies += [{"name": "s", "overwrite": True, "yaml": PRESET.format(name=n, actions=a)}
+               for n, a in (("s", "FCCF"), ("other-name", "FSF"), ("s", "FCCF"))]
+    for body in bodies:
+        acts = body.get("actions") or body["yaml"].split("actions: ")[1].strip()
+        _, out = routes.save_payload(body)
+        assert out["summary"]["actions"] == acts
+        assert _user(routes, "s") == out["summary"]
         assert routes.preview_payload({"preset": "user/s"})["actions"] == acts
+        assert routes.list_body() == _uncached_body(routes)
 
 
 def test_index_trusts_the_stat_only_once_the_file_has_aged(mods, tmp_path):
