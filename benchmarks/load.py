@@ -163,7 +163,7 @@ def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
                      "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else None}
         # where the time of a request went: the handler itself (wall, CPU of the event-loop thread in it,
         # its wait for a CPU) and everything outside the handler (queued in the loop, transport, client)
-        for part in ("handler", "cpu", "runqueue"):
+        for part in ("handler", "cpu", "runqueue", "body", "save_thread", "save_thread_cpu"):
             v = [r[f"{part}_ms"] for r in records if r["kind"] == kind and f"{part}_ms" in r]
             out[kind][f"{part}_p50_ms"], out[kind][f"{part}_p99_ms"] = pct(v, 50), pct(v, 99)
         # neither working nor waiting for a CPU inside the handler: waiting for the GIL (or I/O)
@@ -304,6 +304,11 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
           f"{_f(d[k].get('runqueue_p50_ms'))} / {_f(d[k].get('runqueue_p99_ms'))} | "
           f"{_f(d[k].get('gil_or_io_p50_ms'))} / {_f(d[k].get('gil_or_io_p99_ms'))} | "
           f"{_f(d[k].get('outside_p50_ms'))} / {_f(d[k].get('outside_p99_ms'))} |" for k in KINDS], "",
+        *([f"A save reads its body ({_f(d['save'].get('body_p50_ms'))} / {_f(d['save'].get('body_p99_ms'))} ms, awaited: "
+           "the event loop serves others meanwhile), then does its work and file I/O on the pack's save thread "
+           f"({_f(d['save'].get('save_thread_p50_ms'))} / {_f(d['save'].get('save_thread_p99_ms'))} ms wall, "
+           f"{_f(d['save'].get('save_thread_cpu_p50_ms'))} / {_f(d['save'].get('save_thread_cpu_p99_ms'))} ms CPU), "
+           "off the event loop.", ""] if d["save"].get("save_thread_p50_ms") is not None else []),
         *_cpu_lines(res),
         f"Machine: {info['cpu_count']} CPU cores, load average {_load(res.get('loadavg_start'))} at the start and "
         f"{info['loadavg_1_5_15']} at the end (1/5/15 min; 1-min after each pair: "

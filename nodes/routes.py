@@ -23,12 +23,14 @@ Importing this module registers the routes on ``server.PromptServer.instance`` w
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
 import os
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -576,13 +578,15 @@ def _runqueue_wait_ms() -> float | None:
         return None
 
 
-def _server_timing(t0: float, c0: float, rq0: float | None) -> str:
-    """``Server-Timing`` value: the handler's wall time and the event-loop thread's CPU time in it."""
+def _server_timing(t0: float, c0: float, rq0: float | None, extra: dict[str, float]) -> str:
+    """``Server-Timing`` value: the handler's wall time, the event-loop thread's CPU time in it, and what
+    the handler measured itself (``extra``: reading the body, work done on the save thread)."""
     parts = [f"handler;dur={(time.perf_counter() - t0) * 1e3:.2f}", f"cpu;dur={(time.thread_time() - c0) * 1e3:.2f}"]
     if rq0 is not None:
         rq1 = _runqueue_wait_ms()
         if rq1 is not None:
             parts.append(f"runqueue;dur={rq1 - rq0:.2f}")
+    parts += [f"{k};dur={v:.2f}" for k, v in extra.items()]
     return ", ".join(parts)
 
 
@@ -590,6 +594,7 @@ def _guard(fn):
     async def handler(request: web.Request) -> web.Response:
         t0, c0 = time.perf_counter(), time.thread_time()
         rq0 = _runqueue_wait_ms() if _TIMING_DETAIL else None
+        request["procache_timing"] = extra = {}
         try:
             resp = await fn(request)
         except RouteError as exc:
@@ -600,13 +605,23 @@ def _guard(fn):
             log.exception("ProCache route %s failed", request.path)
             resp = _json(500, {"error": scrub_paths(f"ProCache: internal error ({type(exc).__name__}: {exc})",
                                                     any_path=True), "field": "server"})
-        resp.headers["Server-Timing"] = _server_timing(t0, c0, rq0)
+        resp.headers["Server-Timing"] = _server_timing(t0, c0, rq0, extra)
         return resp
     handler.__name__ = fn.__name__
     return handler
 
 
 async def _read_json(request: web.Request) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return await _read_json_body(request)
+    finally:
+        timing = request.get("procache_timing")
+        if timing is not None:
+            timing["body"] = (time.perf_counter() - t0) * 1e3
+
+
+async def _read_json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise RouteError(413, f"ProCache: the request is larger than {MAX_BODY_BYTES // 1024} KiB.", "body",
                          "a preset is a few lines.")
@@ -639,9 +654,25 @@ async def handle_get(request: web.Request) -> web.Response:
     return _json(200, get_payload(request.match_info["name"]))
 
 
+# Saves write files: a slow disk must not stall the event loop (every other request of the UI and the
+# host waits behind it). One thread, so saves still run one at a time, in the order they came.
+_SAVE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="procache-save")
+
+
+def _timed_save(data: Any, timing: dict[str, float]) -> tuple[int, dict[str, Any]]:
+    t0, c0 = time.perf_counter(), time.thread_time()
+    try:
+        return save_payload(data)
+    finally:
+        timing["save_thread"] = (time.perf_counter() - t0) * 1e3
+        timing["save_thread_cpu"] = (time.thread_time() - c0) * 1e3
+
+
 @_guard
 async def handle_save(request: web.Request) -> web.Response:
-    status, payload = save_payload(await _read_json(request))
+    data = await _read_json(request)
+    status, payload = await asyncio.get_running_loop().run_in_executor(
+        _SAVE_THREAD, _timed_save, data, request["procache_timing"])
     return _json(status, payload)
 
 
