@@ -104,13 +104,16 @@ def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
                 rec: dict[str, Any] = {"kind": kind, "late_ms": max(0.0, (t0 - due) * 1e3)}
                 try:
                     r = _request(s, base, kind, i, w)
+                    # latency: sent until the whole answer is in (parsing it is the client's own work)
+                    rec["ms"] = (time.perf_counter() - t0) * 1e3
+                    rec["headers_ms"] = r.elapsed.total_seconds() * 1e3  # sent until the headers were in
                     rec["status"] = r.status_code
                     rec["ok"] = r.status_code < 300 and isinstance(r.json(), dict)
                     if not rec["ok"]:
                         rec["error"] = r.text[:200]
                 except Exception as exc:  # a refused connection or a timeout is an error too
                     rec.update(status=None, ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
-                rec["ms"] = (time.perf_counter() - t0) * 1e3
+                rec.setdefault("ms", (time.perf_counter() - t0) * 1e3)
                 if rec.get("status") is not None:
                     rec.update(server_timing(r.headers.get("Server-Timing", "")))
                 with lock:
@@ -170,12 +173,15 @@ def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
         other = [r["handler_ms"] - r["cpu_ms"] - r["runqueue_ms"] for r in records
                  if r["kind"] == kind and "runqueue_ms" in r and "cpu_ms" in r]
         out[kind]["gil_or_io_p50_ms"], out[kind]["gil_or_io_p99_ms"] = pct(other, 50), pct(other, 99)
+        body = [r["ms"] - r["headers_ms"] for r in records if r["kind"] == kind and "headers_ms" in r]
+        out[kind]["after_headers_p50_ms"], out[kind]["after_headers_p99_ms"] = pct(body, 50), pct(body, 99)
         outside = [r["ms"] - r["handler_ms"] for r in records if r["kind"] == kind and "handler_ms" in r]
         out[kind]["outside_p50_ms"], out[kind]["outside_p99_ms"] = pct(outside, 50), pct(outside, 99)
         # the slowest 1 %: how much of it was the handler
         slow = sorted((r for r in records if r["kind"] == kind and "handler_ms" in r), key=lambda r: -r["ms"])
         slow = slow[:max(1, len(slow) // 100)]
-        out[kind]["slowest"] = [{k: round(r[k], 2) for k in ("ms", "handler_ms", "cpu_ms", "runqueue_ms", "late_ms")
+        out[kind]["slowest"] = [{k: round(r[k], 2) for k in ("ms", "headers_ms", "handler_ms", "cpu_ms", "runqueue_ms",
+                                                            "late_ms")
                                  if k in r} for r in slow]
     out["error_samples"] = [r["error"] for r in records if not r["ok"]][:5]
     return out
@@ -304,6 +310,9 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
           f"{_f(d[k].get('runqueue_p50_ms'))} / {_f(d[k].get('runqueue_p99_ms'))} | "
           f"{_f(d[k].get('gil_or_io_p50_ms'))} / {_f(d[k].get('gil_or_io_p99_ms'))} | "
           f"{_f(d[k].get('outside_p50_ms'))} / {_f(d[k].get('outside_p99_ms'))} |" for k in KINDS], "",
+        "Outside the handler, the part after the answer's headers arrived (the client reading the body), p50 / p99 "
+        "ms: " + ", ".join(f"{k} {_f(d[k].get('after_headers_p50_ms'))} / {_f(d[k].get('after_headers_p99_ms'))}"
+                            for k in KINDS) + ".", "",
         *([f"A save reads its body ({_f(d['save'].get('body_p50_ms'))} / {_f(d['save'].get('body_p99_ms'))} ms, awaited: "
            "the event loop serves others meanwhile), then does its work and file I/O on the pack's save thread "
            f"({_f(d['save'].get('save_thread_p50_ms'))} / {_f(d['save'].get('save_thread_p99_ms'))} ms wall, "

@@ -732,7 +732,17 @@ def _register_on_host() -> bool:
     register(instance.routes)
     instance._procache_routes = True
     sweep_stale_temp_files()
+    _SAVE_THREAD.submit(_warm_index)
     return True
+
+
+def _warm_index() -> None:
+    """Parses every listed preset once, off the event loop, while the server starts: the UI's first list
+    then costs what every later one does."""
+    try:
+        list_body()
+    except Exception as exc:  # a later list reports whatever is wrong
+        log.debug("ProCache: warming the preset index failed: %r", exc)
 
 
 _register_on_host()
