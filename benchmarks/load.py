@@ -184,6 +184,12 @@ def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
                                                             "late_ms")
                                  if k in r} for r in slow]
     out["error_samples"] = [r["error"] for r in records if not r["ok"]][:5]
+    # the server's cyclic-GC pauses over these requests (running totals in the Server-Timing header)
+    gc_recs = [r for r in records if "gc_total_ms" in r]
+    if gc_recs:
+        out["gc"] = {"pauses": max(r["gc_count_ms"] for r in gc_recs) - min(r["gc_count_ms"] for r in gc_recs),
+                     "pause_ms": max(r["gc_total_ms"] for r in gc_recs) - min(r["gc_total_ms"] for r in gc_recs),
+                     "longest_so_far_ms": max(r["gc_max_ms"] for r in gc_recs)}
     return out
 
 
@@ -318,6 +324,9 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
            f"({_f(d['save'].get('save_thread_p50_ms'))} / {_f(d['save'].get('save_thread_p99_ms'))} ms wall, "
            f"{_f(d['save'].get('save_thread_cpu_p50_ms'))} / {_f(d['save'].get('save_thread_cpu_p99_ms'))} ms CPU), "
            "off the event loop.", ""] if d["save"].get("save_thread_p50_ms") is not None else []),
+        *([f"The server's cyclic garbage collector (every thread stops for it) ran {d['gc']['pauses']:.0f} times "
+           f"during the loaded runs, {d['gc']['pause_ms']:.0f} ms in all; its longest pause since start-up: "
+           f"{d['gc']['longest_so_far_ms']:.0f} ms.", ""] if d.get("gc") else []),
         *_cpu_lines(res),
         f"Machine: {info['cpu_count']} CPU cores, load average {_load(res.get('loadavg_start'))} at the start and "
         f"{info['loadavg_1_5_15']} at the end (1/5/15 min; 1-min after each pair: "

@@ -569,6 +569,33 @@ def _json(status: int, payload: dict[str, Any]) -> web.Response:
 _TIMING_DETAIL = os.environ.get("PROCACHE_ROUTE_TIMING") == "1"
 
 
+class _GcPauses:
+    """Cyclic-GC pauses of the server process (any thread; every thread stops for them), recorded only
+    with PROCACHE_ROUTE_TIMING=1: a request can wait behind a collection before its handler runs."""
+
+    def __init__(self) -> None:
+        self.t0 = 0.0
+        self.total_ms = 0.0
+        self.max_ms = 0.0
+        self.count = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.t0 = time.perf_counter()
+        elif self.t0:
+            ms = (time.perf_counter() - self.t0) * 1e3
+            self.total_ms += ms
+            self.max_ms = max(self.max_ms, ms)
+            self.count += 1
+
+
+_GC = _GcPauses()
+if _TIMING_DETAIL:
+    import gc
+
+    gc.callbacks.append(_GC)
+
+
 def _runqueue_wait_ms() -> float | None:
     """Time this thread has spent runnable but not running (Linux schedstat), or None."""
     try:
@@ -587,6 +614,8 @@ def _server_timing(t0: float, c0: float, rq0: float | None, extra: dict[str, flo
         if rq1 is not None:
             parts.append(f"runqueue;dur={rq1 - rq0:.2f}")
     parts += [f"{k};dur={v:.2f}" for k, v in extra.items()]
+    if _TIMING_DETAIL:  # totals since the server started: the benchmark takes differences
+        parts += [f"gc_total;dur={_GC.total_ms:.2f}", f"gc_max;dur={_GC.max_ms:.2f}", f"gc_count;dur={_GC.count}"]
     return ", ".join(parts)
 
 
