@@ -104,13 +104,18 @@ def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
                 rec: dict[str, Any] = {"kind": kind, "late_ms": max(0.0, (t0 - due) * 1e3)}
                 try:
                     r = _request(s, base, kind, i, w)
+                    # latency: sent until the whole answer is in (parsing it is the client's own work)
+                    rec["ms"] = (time.perf_counter() - t0) * 1e3
+                    rec["headers_ms"] = r.elapsed.total_seconds() * 1e3  # sent until the headers were in
                     rec["status"] = r.status_code
                     rec["ok"] = r.status_code < 300 and isinstance(r.json(), dict)
                     if not rec["ok"]:
                         rec["error"] = r.text[:200]
                 except Exception as exc:  # a refused connection or a timeout is an error too
                     rec.update(status=None, ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
-                rec["ms"] = (time.perf_counter() - t0) * 1e3
+                rec.setdefault("ms", (time.perf_counter() - t0) * 1e3)
+                if rec.get("status") is not None:
+                    rec.update(server_timing(r.headers.get("Server-Timing", "")))
                 with lock:
                     records.append(rec)
 
@@ -133,6 +138,18 @@ def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
     return records
 
 
+def server_timing(header: str) -> dict[str, float]:
+    """{"handler_ms", "cpu_ms", "runqueue_ms"} from the routes' Server-Timing header (what is there)."""
+    out: dict[str, float] = {}
+    for part in header.split(","):
+        name, _, rest = part.strip().partition(";dur=")
+        try:
+            out[f"{name}_ms"] = float(rest)
+        except ValueError:
+            continue
+    return out
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -147,7 +164,32 @@ def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
         ms = [r["ms"] for r in records if r["kind"] == kind]
         out[kind] = {"n": len(ms), "errors": sum(not r["ok"] for r in records if r["kind"] == kind),
                      "p50_ms": pct(ms, 50), "p99_ms": pct(ms, 99), "max_ms": max(ms) if ms else None}
+        # where the time of a request went: the handler itself (wall, CPU of the event-loop thread in it,
+        # its wait for a CPU) and everything outside the handler (queued in the loop, transport, client)
+        for part in ("handler", "cpu", "runqueue", "body", "save_thread", "save_thread_cpu"):
+            v = [r[f"{part}_ms"] for r in records if r["kind"] == kind and f"{part}_ms" in r]
+            out[kind][f"{part}_p50_ms"], out[kind][f"{part}_p99_ms"] = pct(v, 50), pct(v, 99)
+        # neither working nor waiting for a CPU inside the handler: waiting for the GIL (or I/O)
+        other = [r["handler_ms"] - r["cpu_ms"] - r["runqueue_ms"] for r in records
+                 if r["kind"] == kind and "runqueue_ms" in r and "cpu_ms" in r]
+        out[kind]["gil_or_io_p50_ms"], out[kind]["gil_or_io_p99_ms"] = pct(other, 50), pct(other, 99)
+        body = [r["ms"] - r["headers_ms"] for r in records if r["kind"] == kind and "headers_ms" in r]
+        out[kind]["after_headers_p50_ms"], out[kind]["after_headers_p99_ms"] = pct(body, 50), pct(body, 99)
+        outside = [r["ms"] - r["handler_ms"] for r in records if r["kind"] == kind and "handler_ms" in r]
+        out[kind]["outside_p50_ms"], out[kind]["outside_p99_ms"] = pct(outside, 50), pct(outside, 99)
+        # the slowest 1 %: how much of it was the handler
+        slow = sorted((r for r in records if r["kind"] == kind and "handler_ms" in r), key=lambda r: -r["ms"])
+        slow = slow[:max(1, len(slow) // 100)]
+        out[kind]["slowest"] = [{k: round(r[k], 2) for k in ("ms", "headers_ms", "handler_ms", "cpu_ms", "runqueue_ms",
+                                                            "late_ms")
+                                 if k in r} for r in slow]
     out["error_samples"] = [r["error"] for r in records if not r["ok"]][:5]
+    # the server's cyclic-GC pauses over these requests (running totals in the Server-Timing header)
+    gc_recs = [r for r in records if "gc_total_ms" in r]
+    if gc_recs:
+        out["gc"] = {"pauses": max(r["gc_count_ms"] for r in gc_recs) - min(r["gc_count_ms"] for r in gc_recs),
+                     "pause_ms": max(r["gc_total_ms"] for r in gc_recs) - min(r["gc_total_ms"] for r in gc_recs),
+                     "longest_so_far_ms": max(r["gc_max_ms"] for r in gc_recs)}
     return out
 
 
@@ -174,6 +216,8 @@ def cpu_seconds(pid: int) -> float:
 
 def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) -> dict[str, Any]:
     subprocess.run([str(VENV_PY), str(ROOT / "scripts" / "make_tiny_models.py"), "--comfy", str(COMFY_DIR)], check=True)
+    os.environ["PROCACHE_ROUTE_TIMING"] = "1"  # the routes add their run-queue wait to Server-Timing
+    load_start = os.getloadavg()
     with ComfyServer() as srv:
         base = srv.base_url
         timed_run(srv, 2, 999)  # warm-up: model load, first-call costs
@@ -186,8 +230,13 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
         # what serving costs the server, whatever else the machine does: CPU time per request
         idle["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(srv.proc.pid) - cpu0) / max(1, idle["requests"])
         quiet, loaded, during = [], [], []
+        loads: list[float] = []
+        cpu = {"quiet_server_s": [], "loaded_server_s": [], "loaded_client_s": []}
         for k in range(pairs):
+            c0 = cpu_seconds(srv.proc.pid)
             quiet.append(timed_run(srv, steps, 2 * k))
+            cpu["quiet_server_s"].append(cpu_seconds(srv.proc.pid) - c0)
+            c0, cc0 = cpu_seconds(srv.proc.pid), time.process_time()
             stop = threading.Event()
             box: dict[str, Any] = {}
             th = threading.Thread(target=lambda: box.update(recs=run_traffic(base, rate, stop, workers)))
@@ -197,13 +246,17 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
             finally:
                 stop.set()
                 th.join()
+            cpu["loaded_server_s"].append(cpu_seconds(srv.proc.pid) - c0)
+            cpu["loaded_client_s"].append(time.process_time() - cc0)
             during += box.get("recs", [])
+            loads.append(round(os.getloadavg()[0], 2))
             print(f"pair {k + 1}/{pairs}: quiet {quiet[-1]:.2f} s, with traffic {loaded[-1]:.2f} s", flush=True)
         alive = requests.get(base + "/system_stats", timeout=30).ok
     q, l_ = statistics.median(quiet), statistics.median(loaded)
     return {"steps": steps, "schedule": SCHEDULE, "pairs": pairs, "rate_per_s": rate, "workers": workers,
             "quiet_s": quiet, "loaded_s": loaded, "quiet_median_s": q, "loaded_median_s": l_,
-            "slowdown": l_ / q - 1.0, "during": summarize_traffic(during), "idle": idle, "server_alive_after": alive}
+            "slowdown": l_ / q - 1.0, "during": summarize_traffic(during), "idle": idle, "server_alive_after": alive,
+            "cpu": cpu, "loadavg_start": [round(x, 2) for x in load_start], "loadavg_1min_after_pairs": loads}
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -253,13 +306,52 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
         f"{res['idle']['server_cpu_ms_per_request']:.1f} ms of CPU time per request (all kinds, process CPU time), "
         f"i.e. {res['rate_per_s'] * res['idle']['server_cpu_ms_per_request'] / 10.0:.1f} % of one core at this rate.", "",
         "| when | request | served | errors | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|", *rows, "",
-        f"Machine: {info['cpu_count']} CPU cores, load average {info['loadavg_1_5_15']} (1/5/15 min) at the end, "
+        "Where the time of a request went during sampling (from the routes' Server-Timing header: the handler's "
+        "wall time, the event-loop thread's CPU time and run-queue wait inside it; outside = client-measured "
+        "time minus handler time: waiting in the event loop, HTTP, the client's own scheduling), p50 / p99 in ms:", "",
+        "| request | total | handler | handler CPU | run-queue wait | rest of handler (GIL, I/O) | outside handler |",
+        "|---|---|---|---|---|---|---|",
+        *[f"| {k} | {_f(d[k]['p50_ms'])} / {_f(d[k]['p99_ms'])} | {_f(d[k].get('handler_p50_ms'))} / "
+          f"{_f(d[k].get('handler_p99_ms'))} | {_f(d[k].get('cpu_p50_ms'))} / {_f(d[k].get('cpu_p99_ms'))} | "
+          f"{_f(d[k].get('runqueue_p50_ms'))} / {_f(d[k].get('runqueue_p99_ms'))} | "
+          f"{_f(d[k].get('gil_or_io_p50_ms'))} / {_f(d[k].get('gil_or_io_p99_ms'))} | "
+          f"{_f(d[k].get('outside_p50_ms'))} / {_f(d[k].get('outside_p99_ms'))} |" for k in KINDS], "",
+        "Outside the handler, the part after the answer's headers arrived (the client reading the body), p50 / p99 "
+        "ms: " + ", ".join(f"{k} {_f(d[k].get('after_headers_p50_ms'))} / {_f(d[k].get('after_headers_p99_ms'))}"
+                            for k in KINDS) + ".", "",
+        *([f"A save reads its body ({_f(d['save'].get('body_p50_ms'))} / {_f(d['save'].get('body_p99_ms'))} ms, awaited: "
+           "the event loop serves others meanwhile), then does its work and file I/O on the pack's save thread "
+           f"({_f(d['save'].get('save_thread_p50_ms'))} / {_f(d['save'].get('save_thread_p99_ms'))} ms wall, "
+           f"{_f(d['save'].get('save_thread_cpu_p50_ms'))} / {_f(d['save'].get('save_thread_cpu_p99_ms'))} ms CPU), "
+           "off the event loop.", ""] if d["save"].get("save_thread_p50_ms") is not None else []),
+        *([f"The server's cyclic garbage collector (every thread stops for it) ran {d['gc']['pauses']:.0f} times "
+           f"during the loaded runs, {d['gc']['pause_ms']:.0f} ms in all; its longest pause since start-up: "
+           f"{d['gc']['longest_so_far_ms']:.0f} ms.", ""] if d.get("gc") else []),
+        *_cpu_lines(res),
+        f"Machine: {info['cpu_count']} CPU cores, load average {_load(res.get('loadavg_start'))} at the start and "
+        f"{info['loadavg_1_5_15']} at the end (1/5/15 min; 1-min after each pair: "
+        f"{', '.join(f'{x:.1f}' for x in res.get('loadavg_1min_after_pairs', [])) or 'n/a'}), "
         f"{info['date_utc']}, commit {info['git_commit']}. The client pool runs on the same cores as the server; "
         "on this shared machine other jobs ran at the same time, so the absolute figures are noisy; the "
         "interleaving keeps the comparison fair.", ""]
     if d["error_samples"]:
         lines += ["Errors seen: " + "; ".join(f"`{e}`" for e in d["error_samples"]), ""]
     return "\n".join(lines)
+
+
+def _load(values: Any) -> str:
+    return " ".join(f"{x:.1f}" for x in values) if values else "n/a"
+
+
+def _cpu_lines(res: dict[str, Any]) -> list[str]:
+    """Server and client CPU seconds per run: what the traffic took from the two cores."""
+    cpu = res.get("cpu")
+    if not cpu:
+        return []
+    q, l_, c = (statistics.median(cpu[k]) for k in ("quiet_server_s", "loaded_server_s", "loaded_client_s"))
+    return [f"CPU time per run (medians): server {q:.1f} s without traffic, {l_:.1f} s with it (+{l_ - q:.1f} s "
+            f"serving); the client pool {c:.1f} s. Sampling uses both cores, so every CPU second the traffic "
+            "takes (server and client alike) is taken from it.", ""]
 
 
 SECTION_START = "<!-- reliability:start -->"

@@ -23,17 +23,22 @@ Importing this module registers the routes on ``server.PromptServer.instance`` w
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import logging
+import os
 import re
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
 from ..procache_core.errors import ProCacheError
-from .schedule_loader import available_presets, load_listed_preset, user_presets_dir
+from .preset_index import PresetIndex, stat_key
+from .schedule_loader import available_presets, load_listed_preset, read_listed_preset, user_presets_dir
 
 log = logging.getLogger("ProCache")
 
@@ -269,36 +274,50 @@ def _parse_steps(value: Any) -> int | None:
 
 
 # -- handlers' logic (plain functions, easy to test) ---------------------------------------------
-_LIST_CACHE: dict[tuple[str, str], tuple[tuple, dict[str, Any]]] = {}
-_LIST_CACHE_MAX = 1024
+class _Parsed:
+    """One preset file as parsed: the Preset, the text it was parsed from, and its list entry's JSON
+    (made on first use; the list answer is these fragments joined)."""
+
+    __slots__ = ("preset", "text", "item_json")
+
+    def __init__(self, preset, text: str) -> None:
+        self.preset, self.text, self.item_json = preset, text, None
 
 
-def _file_key(path: Path) -> tuple | None:
-    try:
-        st = path.stat()
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+def _parse_listed(name: str, path: Path, raw: bytes) -> _Parsed:
+    preset = _presets_mod().parse_preset_text(raw, f"preset {name}")
+    return _Parsed(preset, raw.decode("utf-8"))  # parsing proved it UTF-8
+
+
+_INDEX = PresetIndex()
+
+
+def cached_preset(name: str, path: Path) -> _Parsed:
+    """A listed preset as it is on disk now, parsed once per version of the file (nodes/preset_index.py);
+    raises the ProCacheError of load_listed_preset for a broken or vanished file."""
+    return _INDEX.get(name, path, _parse_listed, read_listed_preset)
+
+
+def list_body() -> str:
+    """The JSON text of ``GET /procache/presets`` (what ``json.dumps(list_payload())`` gives): each unchanged
+    file's entry is reused as JSON text, so a list costs a directory read and a stat per file."""
+    listed = sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0]))
+    parts = []
+    for name, path in listed:
+        try:
+            parsed = cached_preset(name, path)
+        except Exception:  # a broken file is listed with its error (not cached: it is read again next time)
+            parts.append(json.dumps(_list_item(name, path)))
+            continue
+        if parsed.item_json is None:
+            parsed.item_json = json.dumps(summarize(parsed.preset, name, _source_of(name)))
+        parts.append(parsed.item_json)
+    return '{"presets": [' + ", ".join(parts) + "]}"
 
 
 def list_payload() -> dict[str, Any]:
-    """Every listed preset's summary. Parsed summaries are reused while the file is unchanged (same
-    mtime, size, inode, ctime): the UI lists often, and a list must stay cheap while a run samples."""
-    items = []
-    listed = sorted(_all_presets().items(), key=lambda kv: (kv[0].startswith(USER_PREFIX), kv[0]))
-    if len(_LIST_CACHE) > _LIST_CACHE_MAX:
-        _LIST_CACHE.clear()
-    for name, path in listed:
-        key = _file_key(path)
-        hit = _LIST_CACHE.get((name, str(path)))
-        if key is not None and hit is not None and hit[0] == key:
-            items.append(json.loads(json.dumps(hit[1])))  # a copy: callers may change it
-            continue
-        item = _list_item(name, path)
-        if key is not None and key == _file_key(path):
-            _LIST_CACHE[(name, str(path))] = (key, item)
-        items.append(item)
-    return {"presets": items}
+    """Every listed preset's summary (a broken user file is listed with its error)."""
+    return json.loads(list_body())
 
 
 def _list_item(name: str, path: Path) -> dict[str, Any]:
@@ -321,19 +340,17 @@ def get_payload(name: str) -> dict[str, Any]:
                          "use a name from GET /procache/presets.")
     path = presets[name]
     try:
-        preset = load_listed_preset(name, path)
-        # parsing proved the file UTF-8 (and at most MAX_PRESET_BYTES); read what was parsed
-        text = path.read_bytes().decode("utf-8")
+        parsed = cached_preset(name, path)  # the text is exactly what was parsed
     except FileNotFoundError:  # removed between listing and reading
         raise RouteError(404, f"ProCache: preset {name[:80]!r} not found.", "name",
                          "use a name from GET /procache/presets.") from None
-    except (UnicodeDecodeError, OSError):  # replaced between parsing and reading: ask again
+    except (UnicodeDecodeError, OSError):
         raise RouteError(409, f"ProCache: preset {name[:80]!r} changed while it was read.", "name",
                          "request it again.") from None
     except ProCacheError as exc:
         raise RouteError(422, str(exc), getattr(exc, "field", None), getattr(exc, "fix", None)) from None
-    summary = summarize(preset, name, _source_of(name))
-    return {"name": name, "source": summary["source"], "yaml": text, "actions": summary["actions"],
+    summary = summarize(parsed.preset, name, _source_of(name))
+    return {"name": name, "source": summary["source"], "yaml": parsed.text, "actions": summary["actions"],
             "summary": summary}
 
 
@@ -356,6 +373,7 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
                              "a preset is a few lines; remove what is not part of it.")
         try:
             preset = presets_mod.parse_preset_text(text, source)
+            parsed_from = text
         except ProCacheError as exc:
             raise RouteError.from_procache(exc) from None
     elif "actions" in data:
@@ -383,7 +401,8 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
             preset = presets_mod.Preset(name=name, schedule=sched, family=family, model=model or "",
                                         selective=selective, provenance={"source": "saved from the ProCache UI"})
             # round trip through the text parser: the same validation a file gets
-            preset = presets_mod.parse_preset_text(presets_mod.dump_preset(preset), source)
+            parsed_from = presets_mod.dump_preset(preset)
+            preset = presets_mod.parse_preset_text(parsed_from, source)
         except ProCacheError as exc:
             raise RouteError.from_procache(exc) from None
     else:
@@ -392,6 +411,8 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
     if dataclasses.is_dataclass(preset) and getattr(preset, "name", name) != name:
         preset = dataclasses.replace(preset, name=name)
     text = presets_mod.dump_preset(preset)
+    if text != parsed_from:  # parse(text) is known to be `preset` only when text is what was parsed
+        parsed_from = None
     if len(text.encode("utf-8")) > MAX_BODY_BYTES:
         raise RouteError(413, f"ProCache: the preset is larger than {MAX_BODY_BYTES // 1024} KiB.", "yaml",
                          "a preset is a few lines; remove what is not part of it.")
@@ -406,13 +427,30 @@ def save_payload(data: Any) -> tuple[int, dict[str, Any]]:
         raise _write_refusal(exc) from None
     listed = USER_PREFIX + name
     try:
-        summary = summarize(load_listed_preset(listed, path), listed, "user")
+        summary = summarize(_load_back(listed, path, text, preset if parsed_from is not None else None).preset,
+                            listed, "user")
     except ProCacheError as exc:  # should not happen: dump -> load must round-trip
         path.unlink(missing_ok=True)
         raise RouteError(500, f"ProCache: the saved preset did not load back ({exc}); nothing was kept.") from None
     log.info("ProCache: saved user preset %s (%s)", listed, summary["actions"])
     return (200 if existed else 201), {"name": listed, "file": path.name, "summary": summary,
                                         "overwritten": existed}
+
+
+def _load_back(listed: str, path: Path, text: str, parsed) -> _Parsed:
+    """The saved file as the next list will see it. When the file holds exactly ``text`` and ``parsed`` is
+    what parsing ``text`` gave, that is remembered without parsing it again; otherwise it is parsed."""
+    if parsed is not None:
+        key = stat_key(path)
+        try:
+            raw = read_listed_preset(listed, path)
+        except ProCacheError:
+            raw = None
+        if raw is not None and raw == text.encode("utf-8"):
+            entry = _Parsed(parsed, text)
+            _INDEX.store(listed, path, key, raw, entry)
+            return entry
+    return cached_preset(listed, path)
 
 
 def _write_refusal(exc: OSError) -> RouteError:
@@ -438,7 +476,7 @@ def preview_payload(data: dict[str, Any]) -> dict[str, Any]:
             if pname not in presets:
                 raise RouteError(404, f"ProCache: preset {pname[:80]!r} not found.", "preset",
                                  "use a name from GET /procache/presets.")
-            preset = load_listed_preset(pname, presets[pname])
+            preset = cached_preset(pname, presets[pname]).preset
             actions = _actions_of(preset)
         elif data.get("text") not in (None, ""):
             text = str(data["text"])
@@ -525,23 +563,94 @@ def _json(status: int, payload: dict[str, Any]) -> web.Response:
     return web.json_response(payload, status=status)
 
 
+# PROCACHE_ROUTE_TIMING=1 (set by benchmarks/load.py) adds the event-loop thread's run-queue wait to the
+# Server-Timing header: with it, a slow answer splits into work, waiting for a CPU and the rest
+# (waiting for the interpreter lock, I/O).
+_TIMING_DETAIL = os.environ.get("PROCACHE_ROUTE_TIMING") == "1"
+
+
+class _GcPauses:
+    """Cyclic-GC pauses of the server process (any thread; every thread stops for them), recorded only
+    with PROCACHE_ROUTE_TIMING=1: a request can wait behind a collection before its handler runs."""
+
+    def __init__(self) -> None:
+        self.t0 = 0.0
+        self.total_ms = 0.0
+        self.max_ms = 0.0
+        self.count = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self.t0 = time.perf_counter()
+        elif self.t0:
+            ms = (time.perf_counter() - self.t0) * 1e3
+            self.total_ms += ms
+            self.max_ms = max(self.max_ms, ms)
+            self.count += 1
+
+
+_GC = _GcPauses()
+if _TIMING_DETAIL:
+    import gc
+
+    gc.callbacks.append(_GC)
+
+
+def _runqueue_wait_ms() -> float | None:
+    """Time this thread has spent runnable but not running (Linux schedstat), or None."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as fh:
+            return int(fh.read().split()[1]) / 1e6
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _server_timing(t0: float, c0: float, rq0: float | None, extra: dict[str, float]) -> str:
+    """``Server-Timing`` value: the handler's wall time, the event-loop thread's CPU time in it, and what
+    the handler measured itself (``extra``: reading the body, work done on the save thread)."""
+    parts = [f"handler;dur={(time.perf_counter() - t0) * 1e3:.2f}", f"cpu;dur={(time.thread_time() - c0) * 1e3:.2f}"]
+    if rq0 is not None:
+        rq1 = _runqueue_wait_ms()
+        if rq1 is not None:
+            parts.append(f"runqueue;dur={rq1 - rq0:.2f}")
+    parts += [f"{k};dur={v:.2f}" for k, v in extra.items()]
+    if _TIMING_DETAIL:  # totals since the server started: the benchmark takes differences
+        parts += [f"gc_total;dur={_GC.total_ms:.2f}", f"gc_max;dur={_GC.max_ms:.2f}", f"gc_count;dur={_GC.count}"]
+    return ", ".join(parts)
+
+
 def _guard(fn):
     async def handler(request: web.Request) -> web.Response:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        rq0 = _runqueue_wait_ms() if _TIMING_DETAIL else None
+        request["procache_timing"] = extra = {}
         try:
-            return await fn(request)
+            resp = await fn(request)
         except RouteError as exc:
-            return _json(exc.status, exc.body)
+            resp = _json(exc.status, exc.body)
         except ProCacheError as exc:
-            return _json(400, RouteError.from_procache(exc).body)
+            resp = _json(400, RouteError.from_procache(exc).body)
         except Exception as exc:  # never leak a traceback page to the UI
             log.exception("ProCache route %s failed", request.path)
-            return _json(500, {"error": scrub_paths(f"ProCache: internal error ({type(exc).__name__}: {exc})",
+            resp = _json(500, {"error": scrub_paths(f"ProCache: internal error ({type(exc).__name__}: {exc})",
                                                     any_path=True), "field": "server"})
+        resp.headers["Server-Timing"] = _server_timing(t0, c0, rq0, extra)
+        return resp
     handler.__name__ = fn.__name__
     return handler
 
 
 async def _read_json(request: web.Request) -> Any:
+    t0 = time.perf_counter()
+    try:
+        return await _read_json_body(request)
+    finally:
+        timing = request.get("procache_timing")
+        if timing is not None:
+            timing["body"] = (time.perf_counter() - t0) * 1e3
+
+
+async def _read_json_body(request: web.Request) -> Any:
     if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
         raise RouteError(413, f"ProCache: the request is larger than {MAX_BODY_BYTES // 1024} KiB.", "body",
                          "a preset is a few lines.")
@@ -566,7 +675,7 @@ async def _read_json(request: web.Request) -> Any:
 
 @_guard
 async def handle_list(request: web.Request) -> web.Response:
-    return _json(200, list_payload())
+    return web.Response(text=list_body(), content_type="application/json")
 
 
 @_guard
@@ -574,9 +683,25 @@ async def handle_get(request: web.Request) -> web.Response:
     return _json(200, get_payload(request.match_info["name"]))
 
 
+# Saves write files: a slow disk must not stall the event loop (every other request of the UI and the
+# host waits behind it). One thread, so saves still run one at a time, in the order they came.
+_SAVE_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="procache-save")
+
+
+def _timed_save(data: Any, timing: dict[str, float]) -> tuple[int, dict[str, Any]]:
+    t0, c0 = time.perf_counter(), time.thread_time()
+    try:
+        return save_payload(data)
+    finally:
+        timing["save_thread"] = (time.perf_counter() - t0) * 1e3
+        timing["save_thread_cpu"] = (time.thread_time() - c0) * 1e3
+
+
 @_guard
 async def handle_save(request: web.Request) -> web.Response:
-    status, payload = save_payload(await _read_json(request))
+    data = await _read_json(request)
+    status, payload = await asyncio.get_running_loop().run_in_executor(
+        _SAVE_THREAD, _timed_save, data, request["procache_timing"])
     return _json(status, payload)
 
 
@@ -636,7 +761,17 @@ def _register_on_host() -> bool:
     register(instance.routes)
     instance._procache_routes = True
     sweep_stale_temp_files()
+    _SAVE_THREAD.submit(_warm_index)
     return True
+
+
+def _warm_index() -> None:
+    """Parses every listed preset once, off the event loop, while the server starts: the UI's first list
+    then costs what every later one does."""
+    try:
+        list_body()
+    except Exception as exc:  # a later list reports whatever is wrong
+        log.debug("ProCache: warming the preset index failed: %r", exc)
 
 
 _register_on_host()

@@ -52,7 +52,9 @@ def available_presets() -> dict[str, Path]:
     if udir.is_dir():
         root = udir.resolve()
         for k, v in sorted(pm.list_presets([udir]).items()):
-            if Path(v).resolve().parent != root:
+            v = Path(v)
+            # a plain file in the folder is inside it; only a link (or a linked folder) needs resolving
+            if (v.is_symlink() or v.parent != udir) and v.resolve().parent != root:
                 continue
             k = str(k)
             out[k if k.startswith(pm.USER_PREFIX) else pm.USER_PREFIX + k] = Path(v)
@@ -61,6 +63,11 @@ def available_presets() -> dict[str, Path]:
 
 def load_listed_preset(name: str, path: Path):
     """Load a listed preset; messages name it as listed ("user/mine"), never by its server path."""
+    return _p().parse_preset_text(read_listed_preset(name, path), f"preset {name}")
+
+
+def read_listed_preset(name: str, path: Path) -> bytes:
+    """A listed preset file's bytes (at most the size limit); errors name it as listed."""
     pm = _p()
     try:
         with open(path, "rb") as fh:  # never more than the size limit into memory
@@ -74,7 +81,7 @@ def load_listed_preset(name: str, path: Path):
     if len(raw) > pm.MAX_PRESET_BYTES:
         raise ProCacheError("preset", f"'{name}' is larger than {pm.MAX_PRESET_BYTES // 1024} KiB.",
                             "a preset is a few lines; remove what does not belong to it.")
-    return pm.parse_preset_text(raw, f"preset {name}")
+    return raw
 
 
 def _file_fingerprint(path: Path) -> str:

@@ -260,12 +260,22 @@ def _parse_selective(value: Any) -> SelectiveSettings:
                             "use numbers for ratio/depth_fraction/weights and true/false for enabled.") from None
 
 
-def _key_lines(text: str) -> tuple[dict[str, int], list[str]]:
-    """1-based line of every top-level key, and keys that appear more than once."""
+def _safe_load_with_node(text: str) -> tuple[Any, Any]:
+    """``yaml.safe_load(text)`` and the node tree it was built from, in one parse.
+
+    The same steps as ``safe_load`` (``get_single_data`` is ``get_single_node`` + ``construct_document``);
+    keeping the node gives the key lines without parsing the text a second time (the pure-Python
+    parser is most of what reading a preset costs)."""
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-    except Exception:  # noqa: BLE001 - safe_load already accepted the text; lines are a nicety
-        return {}, []
+        node = loader.get_single_node()
+        return (loader.construct_document(node) if node is not None else None), node
+    finally:
+        loader.dispose()
+
+
+def _key_lines(node: Any) -> tuple[dict[str, int], list[str]]:
+    """1-based line of every top-level key of a composed document, and keys that appear more than once."""
     lines: dict[str, int] = {}
     dupes: list[str] = []
     if isinstance(node, yaml.MappingNode):
@@ -295,7 +305,7 @@ def parse_preset_text(text: str, source: str = "<text>") -> Preset:
         raise ScheduleError("preset", f"is larger than {MAX_PRESET_BYTES // 1024} KiB{_where(source)}.",
                             "a preset is a few lines; remove what does not belong to it.")
     try:
-        data = yaml.safe_load(text)
+        data, node = _safe_load_with_node(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = _where(source, mark.line + 1 if mark else None)
@@ -315,7 +325,7 @@ def parse_preset_text(text: str, source: str = "<text>") -> Preset:
         got = "nothing" if data is None else f"a {type(data).__name__}"
         raise ScheduleError("preset", f"must be a YAML mapping of keys, got {got}{_where(source)}.",
                             "start with 'version: 1', 'name: ...', 'actions: F...' on separate lines.")
-    lines, dupes = _key_lines(text)
+    lines, dupes = _key_lines(node)
     if dupes:
         raise ScheduleError(dupes[0], f"appears more than once{_where(source, lines.get(dupes[0]))}.",
                             "keep a single entry for each key.")
@@ -443,10 +453,19 @@ def list_presets(dirs: Iterable[str | os.PathLike[str]]) -> dict[str, Path]:
         folder = Path(d)
         if not folder.is_dir():
             continue
-        files = sorted(list(folder.glob("*.yaml")) + list(folder.glob("*.yml")), key=lambda q: q.name)
-        for f in files:
-            if not f.is_file():
+        # one directory read (the UI lists often); is_file() follows links like Path.is_file()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted((e for e in it if e.name.endswith((".yaml", ".yml"))), key=lambda e: e.name)
+        except OSError:
+            continue
+        for e in entries:
+            try:
+                if not e.is_file():
+                    continue
+            except OSError:
                 continue
+            f = folder / e.name
             try:
                 stem = validate_preset_name(f.stem)
             except ProCacheError:

@@ -288,6 +288,9 @@ def test_load_benchmark_traffic_smoke(checker):
     summary = summarize_traffic(run_traffic(checker.base_url, 10.0, stop, workers=2))
     assert summary["errors"] == 0, summary["error_samples"]
     assert all(summary[k]["n"] > 0 for k in ("list", "preview", "save")), summary
+    # every answer says how long its handler took (Server-Timing), which the benchmark splits the time by
+    assert all(summary[k]["handler_p50_ms"] is not None and summary[k]["cpu_p50_ms"] is not None
+               for k in ("list", "preview", "save")), summary
     for f in checker.presets.glob("load-ui-*.yaml"):
         f.unlink()
     checker.after("load smoke")
