@@ -69,6 +69,9 @@ class FamilyAdapter:
     def __init__(self, diffusion_model: Any) -> None:
         self.dm = diffusion_model
         self.num_blocks = 0
+        # the host's torch_compile_kwargs during a run of a compiled model (set by the runtime bridge):
+        # adapters that support it compile their branch maths with them (adapters/compiled.py)
+        self.block_compile: dict | None = None
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         raise NotImplementedError
