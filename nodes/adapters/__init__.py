@@ -148,6 +148,8 @@ def outside_compile(fn: Callable) -> Callable:
     dynamo would turn into guards that fail on every step and block: 44 graphs for 4 steps of a tiny
     Flux, growing with steps. Excluded, the patched block runs eagerly and the compiled model breaks
     its graph once per block call: the number of graphs is fixed by the model, not by the steps.
+    Adapters that set ``compiles_branches`` get the block's tensor maths compiled again, with the host's
+    settings, as pure functions of (block module, tensors): ``adapters/compiled.py``.
     """
     import torch
 
