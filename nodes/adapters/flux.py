@@ -64,20 +64,29 @@ def _qkv(attn_mod, x, shift, scale, norm, num_heads, dims=None):
 # Pure branch maths (block module, tensors in; tensors out): what ``compiled`` hands to torch.compile
 # when the host compiled the model. No ProCache state in here.
 
+
+@torch.compiler.disable
+def _attention(q, k, v, pe, mask, to):
+    """The host's attention (rope + its optimized attention), kept out of the branch graphs: its CPU
+    sub-quadratic path reads the free memory and dynamo guards on that number, so compiled it would
+    recompile whenever free memory moves. Projections, norms, modulation and MLPs stay compiled."""
+    from comfy.ldm.flux.math import attention
+
+    return attention(q, k, v, pe=pe, mask=mask, transformer_options=to)
+
 def double_joint_attn(block, img, txt, ishift, iscale, tshift, tscale, pe, mask, to):
     """Both streams' attention branch outputs (``proj`` of the joint attention), before gating."""
-    from comfy.ldm.flux.math import attention
 
     iq, ik, iv = _qkv(block.img_attn, img, ishift, iscale, block.img_norm1, block.num_heads)
     tq, tk, tv = _qkv(block.txt_attn, txt, tshift, tscale, block.txt_norm1, block.num_heads)
     n_img, n_txt = img.shape[1], txt.shape[1]
     if block.flipped_img_txt:
-        a = attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
-                      pe=pe, mask=mask, transformer_options=to)
+        a = _attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
+                       pe, mask, to)
         ia, ta = a[:, :n_img], a[:, n_img:]
     else:
-        a = attention(torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2),
-                      pe=pe, mask=mask, transformer_options=to)
+        a = _attention(torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2),
+                       pe, mask, to)
         ta, ia = a[:, :n_txt], a[:, n_txt:]
     return block.img_attn.proj(ia), block.txt_attn.proj(ta)
 
@@ -92,13 +101,12 @@ def stream_mlp(norm, mlp, h, shift, scale):
 def single_attn_mlp(block, h, shift, scale, pe, mask, to):
     """A single block's fused branch output before gating, and its attention output (the kept half)."""
     from comfy.ldm.flux.layers import apply_mod
-    from comfy.ldm.flux.math import attention
 
     qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + scale), shift, None)),
                            [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = block.norm(q, k, v)
-    attn = attention(q, k, v, pe=pe, mask=mask, transformer_options=to)
+    attn = _attention(q, k, v, pe, mask, to)
     return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2)), attn
 
 
@@ -114,7 +122,12 @@ class FluxDoubleBlock(DitBlockReplace):
         img_in, txt_in = img, txt
         joint: dict = {}
         kw = getattr(self.adapter, "block_compile", None)
-        attn_fn, mlp_fn = compiled(double_joint_attn, kw), compiled(stream_mlp, kw)
+        attn_fn, compiled_mlp = compiled(double_joint_attn, kw), compiled(stream_mlp, kw)
+
+        def mlp_fn(norm, mlp, h, shift, scale):
+            if kw:  # token count varies (both streams, selective rows): one dynamic graph, no recompiles
+                torch._dynamo.maybe_mark_dynamic(h, 1)
+            return compiled_mlp(norm, mlp, h, shift, scale)
 
         def attn_out() -> dict:
             if not joint:
