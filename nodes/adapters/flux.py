@@ -63,32 +63,17 @@ def _qkv(attn_mod, x, shift, scale, norm, num_heads, dims=None):
 
 # Pure branch maths (block module, tensors in; tensors out): what ``compiled`` hands to torch.compile
 # when the host compiled the model. No ProCache state in here.
+# The host's attention itself (rope + optimized attention) runs eagerly between the graphs: its CPU
+# sub-quadratic path reads the free memory (dynamo would guard on that number), and it needs the run's
+# transformer_options (a tensor like ``sample_sigmas`` in there would be guarded on, per step count).
 
-
-@torch.compiler.disable
-def _attention(q, k, v, pe, mask, to):
-    """The host's attention (rope + its optimized attention), kept out of the branch graphs: its CPU
-    sub-quadratic path reads the free memory and dynamo guards on that number, so compiled it would
-    recompile whenever free memory moves. Projections, norms, modulation and MLPs stay compiled."""
-    from comfy.ldm.flux.math import attention
-
-    return attention(q, k, v, pe=pe, mask=mask, transformer_options=to)
-
-def double_joint_attn(block, img, txt, ishift, iscale, tshift, tscale, pe, mask, to):
-    """Both streams' attention branch outputs (``proj`` of the joint attention), before gating."""
-
+def double_qkv(block, img, txt, ishift, iscale, tshift, tscale):
+    """q, k, v of the joint attention of a double block (both streams, in the block's order)."""
     iq, ik, iv = _qkv(block.img_attn, img, ishift, iscale, block.img_norm1, block.num_heads)
     tq, tk, tv = _qkv(block.txt_attn, txt, tshift, tscale, block.txt_norm1, block.num_heads)
-    n_img, n_txt = img.shape[1], txt.shape[1]
     if block.flipped_img_txt:
-        a = _attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
-                       pe, mask, to)
-        ia, ta = a[:, :n_img], a[:, n_img:]
-    else:
-        a = _attention(torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2),
-                       pe, mask, to)
-        ta, ia = a[:, :n_txt], a[:, n_txt:]
-    return block.img_attn.proj(ia), block.txt_attn.proj(ta)
+        return torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2)
+    return torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2)
 
 
 def stream_mlp(norm, mlp, h, shift, scale):
@@ -98,20 +83,26 @@ def stream_mlp(norm, mlp, h, shift, scale):
     return mlp(apply_mod(norm(h), (1 + scale), shift, None))
 
 
-def single_attn_mlp(block, h, shift, scale, pe, mask, to):
-    """A single block's fused branch output before gating, and its attention output (the kept half)."""
+def single_pre(block, h, shift, scale):
+    """A single block's q, k, v and MLP input (``linear1`` of the modulated stream)."""
     from comfy.ldm.flux.layers import apply_mod
 
     qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + scale), shift, None)),
                            [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = block.norm(q, k, v)
-    attn = _attention(q, k, v, pe, mask, to)
-    return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2)), attn
+    return q, k, v, mlp
+
+
+def single_post(block, attn, mlp):
+    """A single block's fused branch output before gating: ``linear2(cat(attn, act(mlp)))``."""
+    return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
 
 
 class FluxDoubleBlock(DitBlockReplace):
     def run_block(self, run: Any, args: dict) -> dict:
+        from comfy.ldm.flux.math import attention
+
         block = self.adapter.dm.double_blocks[self.index]
         img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
         attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
@@ -122,18 +113,21 @@ class FluxDoubleBlock(DitBlockReplace):
         img_in, txt_in = img, txt
         joint: dict = {}
         kw = getattr(self.adapter, "block_compile", None)
-        attn_fn, compiled_mlp = compiled(double_joint_attn, kw), compiled(stream_mlp, kw)
+        qkv_fn, compiled_mlp = compiled(double_qkv, kw), compiled(stream_mlp, kw)
+
+        def attn_out() -> dict:
+            if not joint:
+                q, k, v = qkv_fn(block, img_in, txt_in, im[0], im[1], tm[0], tm[1])
+                a = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
+                n = img_in.shape[1] if block.flipped_img_txt else txt_in.shape[1]
+                ia, ta = (a[:, :n], a[:, n:]) if block.flipped_img_txt else (a[:, n:], a[:, :n])
+                joint["img"], joint["txt"] = block.img_attn.proj(ia), block.txt_attn.proj(ta)
+            return joint
 
         def mlp_fn(norm, mlp, h, shift, scale):
             if kw:  # token count varies (both streams, selective rows): one dynamic graph, no recompiles
                 torch._dynamo.maybe_mark_dynamic(h, 1)
             return compiled_mlp(norm, mlp, h, shift, scale)
-
-        def attn_out() -> dict:
-            if not joint:
-                joint["img"], joint["txt"] = attn_fn(block, img_in, txt_in, im[0], im[1], tm[0], tm[1], pe,
-                                                     attn_mask, to)
-            return joint
 
         img = run.run_block(2 * self.index, img, (
             Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2), False),
@@ -152,6 +146,7 @@ class FluxDoubleBlock(DitBlockReplace):
 class FluxSingleBlock(DitBlockReplace):
     def run_block(self, run: Any, args: dict) -> dict:
         from comfy.ldm.flux.layers import apply_mod
+        from comfy.ldm.flux.math import attention
 
         block = self.adapter.dm.single_blocks[self.index]
         x, vec, pe = args["img"], args["vec"], args["pe"]
@@ -160,11 +155,13 @@ class FluxSingleBlock(DitBlockReplace):
 
         kept: dict = {}
 
-        full_fn = compiled(single_attn_mlp, getattr(self.adapter, "block_compile", None))
+        kw = getattr(self.adapter, "block_compile", None)
+        pre_fn, post_fn = compiled(single_pre, kw), compiled(single_post, kw)
 
         def compute(h):
-            out, kept["attn"] = full_fn(block, h, mod[0], mod[1], pe, attn_mask, to)
-            return out
+            q, k, v, mlp = pre_fn(block, h, mod[0], mod[1])
+            attn = kept["attn"] = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
+            return post_fn(block, attn, mlp)
 
         def partial(rows, attn_rows):
             h = apply_mod(block.pre_norm(rows), (1 + mod[1]), mod[0], None)

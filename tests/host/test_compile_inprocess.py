@@ -17,7 +17,7 @@ from procache_pack.nodes.adapters import compiled as C  # noqa: E402
 from procache_pack.nodes.adapters import flux as F  # noqa: E402
 
 KW = {"backend": "inductor", "options": None, "mode": None, "fullgraph": False, "dynamic": None}
-BRANCHES = (F.double_joint_attn, F.stream_mlp, F.single_attn_mlp)
+BRANCHES = (F.double_qkv, F.stream_mlp, F.single_pre, F.single_post)
 
 
 def _run(dm, model, schedule: str, kw):
