@@ -105,15 +105,15 @@ def test_torch_compile_model_compiles_a_bounded_number_of_times_and_matches(comf
     first = latent(comfy_server, compiled_prompt("tc_4", 4, True))
     log = srv.log()[before:]
     n4 = graphs(comfy_server)
-    # measured 22: 9 for the model around ProCache's blocks (the unpatched tiny Flux alone: 20) + 13 for the
-    # Flux branch maths compiled with the host's settings (adapters/compiled.py; before them: 9 in all)
+    # 9 for the model around ProCache's blocks (the unpatched tiny Flux alone: 20) + a few for the Flux
+    # branch maths compiled with the host's settings (adapters/compiled.py; one per kind of branch graph)
     assert 1 <= n4 <= 30, counters(comfy_server)
     assert "patched blocks run outside the compiled graph, their branch maths compiled" in log, log[-3000:]
     run_line = next(ln for ln in log.splitlines() if "ProCache [flux] run:" in ln)
     assert "0 cached" not in run_line, run_line  # the run reused features, not an all-FULL run
     latent(comfy_server, compiled_prompt("tc_6", 6, True))
     n6 = graphs(comfy_server)
-    assert n6 - n4 <= 1, (n4, n6, "\n".join(ln for ln in srv.log().splitlines() if "recompil" in ln or " - " in ln)[-6000:])  # at most the host's one sigma-length recompile
+    assert n6 - n4 <= 1, (n4, n6)  # at most the host's one sigma-length recompile
     again = latent(comfy_server, compiled_prompt("tc_12", 12, True))
     assert graphs(comfy_server) == n6, (n4, n6, counters(comfy_server))  # twice the steps, nothing new
     eager = latent(comfy_server, compiled_prompt("tc_eager", 4, False))
