@@ -440,6 +440,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
         state = start_run(config, sigmas, guider.model_patcher, sampler)
         _note_compile(config, orig_options)
+        config.adapter.block_compile = _block_compile(config, orig_options)
         guider.model_options["transformer_options"][RUN_KEY] = state
         try:
             memory_bridge.estimate(state, guider, tuple(args[0].shape))
@@ -455,13 +456,23 @@ def outer_sample_wrapper(executor, *args, **kwargs):
             finish_run(state, interrupted=not ok, output=out)
 
 
+def _block_compile(config: ProCacheConfig, model_options: dict) -> dict | None:
+    """The host's compile settings when this run's adapter compiles its branch maths with them."""
+    kw = model_options.get("torch_compile_kwargs")
+    return kw if kw and getattr(config.adapter, "compiles_branches", False) else None
+
+
 def _note_compile(config: ProCacheConfig, model_options: dict) -> None:
     """One log line per config when the host's TorchCompileModel is on the model (see outside_compile)."""
     kw = model_options.get("torch_compile_kwargs")
     if kw and "torch-compile" not in config.noted and not getattr(config.adapter, "schedule_only", False):
         config.noted.add("torch-compile")
-        log.info("ProCache: torch.compile (%s) is on this model; ProCache's patched blocks run outside the "
-                 "compiled graph (eager), the rest of the model runs compiled.", kw.get("backend", "?"))
+        if getattr(config.adapter, "compiles_branches", False):
+            log.info("ProCache: torch.compile (%s) is on this model; ProCache's patched blocks run outside the "
+                     "compiled graph, their branch maths compiled with the same settings.", kw.get("backend", "?"))
+        else:
+            log.info("ProCache: torch.compile (%s) is on this model; ProCache's patched blocks run outside the "
+                     "compiled graph (eager), the rest of the model runs compiled.", kw.get("backend", "?"))
 
 
 def _with_step_callback(state: RunState, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

@@ -69,6 +69,9 @@ class FamilyAdapter:
     def __init__(self, diffusion_model: Any) -> None:
         self.dm = diffusion_model
         self.num_blocks = 0
+        # the host's torch_compile_kwargs during a run of a compiled model (set by the runtime bridge):
+        # adapters that support it compile their branch maths with them (adapters/compiled.py)
+        self.block_compile: dict | None = None
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         raise NotImplementedError
@@ -145,6 +148,8 @@ def outside_compile(fn: Callable) -> Callable:
     dynamo would turn into guards that fail on every step and block: 44 graphs for 4 steps of a tiny
     Flux, growing with steps. Excluded, the patched block runs eagerly and the compiled model breaks
     its graph once per block call: the number of graphs is fixed by the model, not by the steps.
+    Adapters that set ``compiles_branches`` get the block's tensor maths compiled again, with the host's
+    settings, as pure functions of (block module, tensors): ``adapters/compiled.py``.
     """
     import torch
 

@@ -32,6 +32,7 @@ import torch
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace, log
+from .compiled import compiled
 from .modulation import lazy_chunks, row_evaluator
 
 
@@ -60,9 +61,46 @@ def _qkv(attn_mod, x, shift, scale, norm, num_heads, dims=None):
     return q, k, v
 
 
+# Pure branch maths (block module, tensors in; tensors out): what ``compiled`` hands to torch.compile
+# when the host compiled the model. No ProCache state in here.
+# The host's attention itself (rope + optimized attention) runs eagerly between the graphs: its CPU
+# sub-quadratic path reads the free memory (dynamo would guard on that number), and it needs the run's
+# transformer_options (a tensor like ``sample_sigmas`` in there would be guarded on, per step count).
+
+def double_qkv(block, img, txt, ishift, iscale, tshift, tscale):
+    """q, k, v of the joint attention of a double block (both streams, in the block's order)."""
+    iq, ik, iv = _qkv(block.img_attn, img, ishift, iscale, block.img_norm1, block.num_heads)
+    tq, tk, tv = _qkv(block.txt_attn, txt, tshift, tscale, block.txt_norm1, block.num_heads)
+    if block.flipped_img_txt:
+        return torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2)
+    return torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2)
+
+
+def stream_mlp(norm, mlp, h, shift, scale):
+    """One stream's MLP branch output (any subset of its tokens), before gating."""
+    from comfy.ldm.flux.layers import apply_mod
+
+    return mlp(apply_mod(norm(h), (1 + scale), shift, None))
+
+
+def single_pre(block, h, shift, scale):
+    """A single block's q, k, v and MLP input (``linear1`` of the modulated stream)."""
+    from comfy.ldm.flux.layers import apply_mod
+
+    qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + scale), shift, None)),
+                           [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
+    q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+    q, k = block.norm(q, k, v)
+    return q, k, v, mlp
+
+
+def single_post(block, attn, mlp):
+    """A single block's fused branch output before gating: ``linear2(cat(attn, act(mlp)))``."""
+    return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
+
+
 class FluxDoubleBlock(DitBlockReplace):
     def run_block(self, run: Any, args: dict) -> dict:
-        from comfy.ldm.flux.layers import apply_mod
         from comfy.ldm.flux.math import attention
 
         block = self.adapter.dm.double_blocks[self.index]
@@ -74,30 +112,30 @@ class FluxDoubleBlock(DitBlockReplace):
             im, tm = (LazyModulation(lambda m=m: _flat(m)) for m in vec)
         img_in, txt_in = img, txt
         joint: dict = {}
+        kw = getattr(self.adapter, "block_compile", None)
+        qkv_fn, compiled_mlp = compiled(double_qkv, kw), compiled(stream_mlp, kw)
 
         def attn_out() -> dict:
             if not joint:
-                iq, ik, iv = _qkv(block.img_attn, img_in, im[0], im[1], block.img_norm1, block.num_heads)
-                tq, tk, tv = _qkv(block.txt_attn, txt_in, tm[0], tm[1], block.txt_norm1, block.num_heads)
-                if block.flipped_img_txt:
-                    a = attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
-                                  pe=pe, mask=attn_mask, transformer_options=to)
-                    joint["img"], joint["txt"] = a[:, : img_in.shape[1]], a[:, img_in.shape[1]:]
-                else:
-                    a = attention(torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2),
-                                  pe=pe, mask=attn_mask, transformer_options=to)
-                    joint["txt"], joint["img"] = a[:, : txt_in.shape[1]], a[:, txt_in.shape[1]:]
+                q, k, v = qkv_fn(block, img_in, txt_in, im[0], im[1], tm[0], tm[1])
+                a = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
+                n = img_in.shape[1] if block.flipped_img_txt else txt_in.shape[1]
+                ia, ta = (a[:, :n], a[:, n:]) if block.flipped_img_txt else (a[:, n:], a[:, :n])
+                joint["img"], joint["txt"] = block.img_attn.proj(ia), block.txt_attn.proj(ta)
             return joint
 
+        def mlp_fn(norm, mlp, h, shift, scale):
+            if kw:  # token count varies (both streams, selective rows): one dynamic graph, no recompiles
+                torch._dynamo.maybe_mark_dynamic(h, 1)
+            return compiled_mlp(norm, mlp, h, shift, scale)
+
         img = run.run_block(2 * self.index, img, (
-            Branch("attn", lambda h: block.img_attn.proj(attn_out()["img"]), im.lazy_gate(2), False),
-            Branch("mlp", lambda h: block.img_mlp(apply_mod(block.img_norm2(h), (1 + im[4]), im[3], None)),
-                   im.lazy_gate(5), True),
+            Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2), False),
+            Branch("mlp", lambda h: mlp_fn(block.img_norm2, block.img_mlp, h, im[3], im[4]), im.lazy_gate(5), True),
         ))
         txt = run.run_block(2 * self.index + 1, txt, (
-            Branch("attn", lambda h: block.txt_attn.proj(attn_out()["txt"]), tm.lazy_gate(2), False),
-            Branch("mlp", lambda h: block.txt_mlp(apply_mod(block.txt_norm2(h), (1 + tm[4]), tm[3], None)),
-                   tm.lazy_gate(5), True),
+            Branch("attn", lambda h: attn_out()["txt"], tm.lazy_gate(2), False),
+            Branch("mlp", lambda h: mlp_fn(block.txt_norm2, block.txt_mlp, h, tm[3], tm[4]), tm.lazy_gate(5), True),
         ))
         joint.clear()
         if txt.dtype == torch.float16:
@@ -117,14 +155,13 @@ class FluxSingleBlock(DitBlockReplace):
 
         kept: dict = {}
 
+        kw = getattr(self.adapter, "block_compile", None)
+        pre_fn, post_fn = compiled(single_pre, kw), compiled(single_post, kw)
+
         def compute(h):
-            qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + mod[1]), mod[0], None)),
-                                   [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
-            q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
-            del qkv
-            q, k = block.norm(q, k, v)
+            q, k, v, mlp = pre_fn(block, h, mod[0], mod[1])
             attn = kept["attn"] = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
-            return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
+            return post_fn(block, attn, mlp)
 
         def partial(rows, attn_rows):
             h = apply_mod(block.pre_norm(rows), (1 + mod[1]), mod[0], None)
@@ -146,6 +183,7 @@ class FluxSingleBlock(DitBlockReplace):
 
 class FluxAdapter(FamilyAdapter):
     family = "flux"
+    compiles_branches = True  # double/single branch maths go through adapters/compiled.py
     selective_support = ("full (double-block MLPs and the MLP half of single blocks recompute top-k tokens; "
                          "attention reused)")
 

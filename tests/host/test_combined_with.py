@@ -95,6 +95,7 @@ def test_torch_compile_model_compiles_a_bounded_number_of_times_and_matches(comf
 
     ProCache's patched blocks run outside the compiled graph (``outside_compile``): before that, dynamo
     guarded on ProCache's per-step Python state and compiled 44 graphs for 4 steps, more with every step.
+    Their branch maths is compiled again as functions of (block, tensors), one graph per kind of branch.
     Now the count is fixed by the model: the host itself recompiles once for a new step count (the
     length of ``transformer_options['sample_sigmas']`` becomes dynamic; the same happens without
     ProCache), after that longer runs compile nothing new. ~1 min on 2 cores, almost all inductor."""
@@ -104,8 +105,10 @@ def test_torch_compile_model_compiles_a_bounded_number_of_times_and_matches(comf
     first = latent(comfy_server, compiled_prompt("tc_4", 4, True))
     log = srv.log()[before:]
     n4 = graphs(comfy_server)
-    assert 1 <= n4 <= 12, counters(comfy_server)  # measured 9 (the unpatched tiny Flux alone: 20)
-    assert "patched blocks run outside the compiled graph" in log, log[-3000:]
+    # 9 for the model around ProCache's blocks (the unpatched tiny Flux alone: 20) + a few for the Flux
+    # branch maths compiled with the host's settings (adapters/compiled.py; one per kind of branch graph)
+    assert 1 <= n4 <= 30, counters(comfy_server)
+    assert "patched blocks run outside the compiled graph, their branch maths compiled" in log, log[-3000:]
     run_line = next(ln for ln in log.splitlines() if "ProCache [flux] run:" in ln)
     assert "0 cached" not in run_line, run_line  # the run reused features, not an all-FULL run
     latent(comfy_server, compiled_prompt("tc_6", 6, True))
