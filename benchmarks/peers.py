@@ -42,7 +42,10 @@ PEER_DEPS = ROOT / ".host" / "peer-deps"
 CASES = [
     {"name": "euler/normal", "sampler": "euler", "scheduler": "normal", "denoise": 1.0},
     {"name": "dpmpp_2m/karras", "sampler": "dpmpp_2m", "scheduler": "karras", "denoise": 1.0},
+    {"name": "heun/normal", "sampler": "heun", "scheduler": "normal", "denoise": 1.0},
+    {"name": "img2img euler/normal denoise 0.6", "sampler": "euler", "scheduler": "normal", "denoise": 0.6},
 ]
+INIT_IMAGE = "digits_init.tiff"   # real digits for the img2img case, written into the bench server's input folder
 PROCACHE_PRESETS = {"flux": ("flux-28-quality", "flux-28-balanced", "flux-28-fast"),
                     "pixart": ("pixart-alpha-20-quality", "pixart-alpha-20-balanced", "pixart-alpha-20-fast")}
 
@@ -396,6 +399,11 @@ def run(peers_dir: Path | None, families=("flux",), cases=None, steps: int = 20,
     try:
         with ComfyServer(workdir=workdir, extra_args=["--extra-model-paths-config", str(extra_cfg)]) as srv:
             client = srv.client()
+            if any(c["denoise"] < 1.0 for c in cases):
+                from .host_quality import _init_images, _save_tiff
+
+                (workdir / "input").mkdir(parents=True, exist_ok=True)
+                _save_tiff(_init_images(repeat)[0], workdir / "input" / INIT_IMAGE)
             names = set(client.object_info().keys())
             if "ProCacheBenchCountStart" not in names:
                 raise RuntimeError(f"the bench counter nodes did not load:\n{srv.log()[-3000:]}")
@@ -431,6 +439,8 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
 
     base = dict(digits=digits, repeat=repeat, steps=steps, cfg=cfg, sampler=case["sampler"],
                 scheduler=case["scheduler"], denoise=case["denoise"], seed=0)
+    if case["denoise"] < 1.0:
+        base["init_image"] = INIT_IMAGE
 
     full_prompt = hd.digits_prompt(fam, prefix="fullref", **base)
 
@@ -572,6 +582,12 @@ def _blank_row(p: Peer, note: str, label: str | None = None, setting: dict | Non
             "label_acc": None, "seconds": None}
 
 
+def _calibration_key(base: dict) -> str:
+    """Sampler/scheduler, plus the denoise when below 1 (an img2img run calibrates its own steps)."""
+    key = f"{base['sampler']}/{base['scheduler']}"
+    return key if base.get("denoise", 1.0) >= 1.0 else f"{key} denoise {base['denoise']:g}"
+
+
 def _mag_calibrate(client, srv, fam, base, plain, fam_res, log, PromptError) -> list[float] | None:
     """MagCacheCalibration on our model with this case's sampler; its printed ratios, with the leading 1.0
     MagCache's own tables start with (the first step has no previous residual)."""
@@ -588,7 +604,7 @@ def _mag_calibrate(client, srv, fam, base, plain, fam_res, log, PromptError) -> 
         return None
     ratios = [1.0] + ratios
     fam_res.setdefault("mag_ratios", {})
-    fam_res["mag_ratios"] = {**(fam_res["mag_ratios"] or {}), f"{base['sampler']}/{base['scheduler']}": ratios}
+    fam_res["mag_ratios"] = {**(fam_res["mag_ratios"] or {}), _calibration_key(base): ratios}
     log(f"    MagCache calibration on our model: {len(ratios)} ratios, {ratios[:6]}...")
     return ratios
 
@@ -781,8 +797,12 @@ def plot(results: dict, path: Path) -> None:
     panels = [(fam, c) for fam, fr in results["families"].items() for c in fr["cases"]]
     if not panels:
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
-    for ax, (fam, case) in zip(axes[0], panels):
+    cols = min(2, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(6.0 * cols, 4.4 * rows_n), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.set_visible(False)
+    for ax, (fam, case) in zip(axes.flat, panels):
         groups: dict[str, list] = {}
         for r in case["rows"]:
             if r.get("psnr") is None or r["method"] == "full" or r["block_eval_fraction"] >= 1.0 - 1e-9:
@@ -848,7 +868,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--peers", default="", help="folder holding the peer checkouts")
     ap.add_argument("--families", default="flux", help="comma-separated: flux,pixart")
-    ap.add_argument("--cases", default="euler/normal,dpmpp_2m/karras")
+    ap.add_argument("--cases", default=",".join(c["name"] for c in CASES),
+                    help="comma-separated case names (default: all four, as in the in-host quality bench)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3, help="samples per digit (10 digits)")
     ap.add_argument("--timing-runs", type=int, default=3, help="runs per row; the median time counts")

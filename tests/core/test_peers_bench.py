@@ -149,3 +149,13 @@ def test_import_failure_reason_read_from_the_server_log(tmp_path):
     fails = bp.import_failures(log, found, {"MagCache"})
     assert fails == {"TeaCache": "No module named 'diffusers'"}
     assert bp.import_failures("", found, {"TeaCache"}) == {"MagCache": "its node is not listed by /object_info"}
+
+
+def test_cases_match_the_in_host_bench_and_img2img_calibrates_apart():
+    from benchmarks import host_quality as hq
+
+    assert [c["name"] for c in bp.CASES] == [c["name"] for c in hq.CASES]
+    keys = {bp._calibration_key({"sampler": c["sampler"], "scheduler": c["scheduler"], "denoise": c["denoise"]})
+            for c in bp.CASES}
+    assert len(keys) == len(bp.CASES)  # the img2img case does not overwrite euler/normal's MagCache ratios
+    assert bp._calibration_key({"sampler": "euler", "scheduler": "normal", "denoise": 0.6}) == "euler/normal denoise 0.6"
