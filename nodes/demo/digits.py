@@ -47,6 +47,12 @@ PIXART_CONFIG = {"image_model": "pixart_alpha", "num_heads": 4, "patch_size": 4,
                  "in_channels": 4, "depth": 6, "model_max_length": TOKENS, "caption_channels": EMBED_DIM,
                  "micro_condition": True, "pred_sigma": True}
 CONFIGS = {"flux": FLUX_CONFIG, "pixart": PIXART_CONFIG}
+# What the network's output means, as the host's `comfy.model_base.ModelType`. Flux: its config's own (flow
+# matching). PixArt: v-prediction on PixArt-α's DDPM noise levels (sigma up to 157) instead of the released
+# models' eps: an eps network must reproduce its input to ~1/157 at the top noise level before its x0 means
+# anything, which a 1 M-parameter model trained for minutes on a CPU never did (it sampled noise); v keeps
+# every target at unit scale. Caching sees the same blocks either way; the host samples v models natively.
+MODEL_TYPES = {"flux": "FLUX", "pixart": "V_PREDICTION"}
 LATENT_CHANNELS = {"flux": 16, "pixart": 4}
 LATENT_HW = {"flux": (8, 8), "pixart": (64, 4)}
 
@@ -124,7 +130,13 @@ def build_model(family: str, state_dict: dict | None = None):
         raise RuntimeError(f"the host has no model config for {unet_config}")
     config.set_inference_dtype(torch.float32, None)
     sd = {"model.diffusion_model." + k: v for k, v in (state_dict or {}).items()}
-    model = config.get_model(sd, "model.diffusion_model.")
+    if family == "pixart":
+        import comfy.model_base
+
+        # what PixArtAlpha.get_model builds, with the model type passed instead of its default EPS
+        model = comfy.model_base.PixArt(config, model_type=comfy.model_base.ModelType[MODEL_TYPES[family]]).eval()
+    else:
+        model = config.get_model(sd, "model.diffusion_model.")
     if state_dict is not None:
         model.load_model_weights(sd, "model.diffusion_model.")
     return model

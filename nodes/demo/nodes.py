@@ -45,7 +45,8 @@ def load_weights(family: str) -> tuple[dict, dict]:
         sd = {k: v.float() for k, v in load_file(str(path)).items()}
         with safe_open(str(path), "pt") as f:
             info = json.loads((f.metadata() or {}).get("procache_demo", "{}"))
-        if info.get("unet_config") != digits.CONFIGS[family]:
+        trained_as = info.get("model_type", "FLUX" if family == "flux" else "EPS")  # older files lack the key
+        if info.get("unet_config") != digits.CONFIGS[family] or trained_as != digits.MODEL_TYPES[family]:
             raise ProCacheError("model", f"weights in {path.name} were trained for another configuration.",
                                 f"retrain them with `python -m benchmarks.train_host_digits --family {family}`.")
         _MODEL_CACHE[family] = (mtime, sd, info)

@@ -33,13 +33,7 @@ def accuracy(net, img: torch.Tensor, labels: torch.Tensor) -> float:
         return (net(img).argmax(1) == labels).float().mean().item()
 
 
-PIXART_BROKEN = pytest.mark.xfail(
-    strict=True, reason="the bundled PixArt-α digits weights sample noise (label accuracy ~0.05 after 453 CPU steps, "
-                        "in-process too; 0.10 after 409 more; 0.067 after a 2018-step retrain with a v-weighted loss "
-                        "and fp32 weights); cause not found yet, see nodes/demo/README.md")
-
-
-@pytest.mark.parametrize("family", ["flux", pytest.param("pixart", marks=PIXART_BROKEN)])
+@pytest.mark.parametrize("family", ["flux", "pixart"])
 def test_trained_digits_model_samples_recognisable_digits(comfy_server, featnet, family):
     client = comfy_server
     labels = hd.labels_of(DIGITS, REPEAT)
