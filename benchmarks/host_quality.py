@@ -320,9 +320,11 @@ def section(results: dict, commit: str | None = None) -> list[str]:
         lines += [f"### {fam}", "",
                   f"Host config `{m.get('unet_config')}`, {m.get('params')} parameters, "
                   f"{m.get('steps_total', m.get('steps_run'))} training steps "
-                  f"({m.get('train_seconds_total', m.get('train_seconds'))} s on a shared CPU). Paper-style schedule `{fr['paper_schedule']}` "
+                  f"({m.get('train_seconds_total', m.get('train_seconds'))} s on a shared CPU)"
+                  + (f", model type {m['model_type']}" if m.get("model_type") else "")
+                  + f". Paper-style schedule `{fr['paper_schedule']}` "
                   f"(B = {fr['budget']} full steps), uniform `{fr['uniform_schedule']}`."
-                  + _untrained_note(fr), ""]
+                  + _untrained_note(fr) + _inactive_note(fam, fr), ""]
         for case in fr["cases"]:
             lines += [f"**{case['name']}**", ""]
             rows = [[r["label"], r.get("schedule") or ("" if r["method"] != "full" else "all full"),
@@ -359,6 +361,16 @@ def _untrained_note(fr: dict) -> str:
         return (f" **This model does not draw digits yet** (full-compute label accuracy {max(accs):.2f}; see "
                 "nodes/demo/README.md): its rows measure how closely each cache follows full compute, nothing more.")
     return ""
+
+
+def _inactive_note(fam: str, fr: dict) -> str:
+    """Says so when a host cache never skipped anything on this model (its rows then equal full compute)."""
+    rows = [r for c in fr["cases"] for r in c["rows"] if r["method"] == "easycache"]
+    if not rows or any(r["block_eval_fraction"] < 1.0 for r in rows):
+        return ""
+    why = (" (the host's `PixArtMS.forward` does not run the DIFFUSION_MODEL wrappers through which EasyCache works; "
+           "not every model class of the host runs them)") if fam == "pixart" else ""
+    return f" The host's EasyCache never skipped a step on this model at any threshold{why}: its rows are full compute."
 
 
 def plain_verdict(results: dict) -> str:

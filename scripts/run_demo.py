@@ -1,7 +1,7 @@
 """`make demo`: the trained digits models run by the real ComfyUI server, with and without ProCache.
 
 Starts the host headless on 127.0.0.1 and queues the example workflows example_workflows/digits_*.api.json
-(the pack's demo digits model in the host's Flux architecture, ProCache with the paper schedule,
+(the pack's demo digits models in the host's Flux and PixArt-α architectures, ProCache with the paper schedule,
 KSampler, decode), then the same graphs with ProCache bypassed, each twice in turn. Prints the wall time,
 speed-up and difference to the uncached result, and writes demo_output/demo.png: rows of digits per model
 and method, with the speed-up and PSNR in the captions.
@@ -24,10 +24,8 @@ sys.path.insert(0, str(ROOT))
 from comfy_client import ComfyServer, load_latent  # noqa: E402
 from workflow_tools import without_procache  # noqa: E402
 
-# The PixArt-α digits model does not draw digits yet (see nodes/demo/README.md), so the demo shows Flux;
-# `--pixart` adds its workflow anyway.
-WORKFLOWS = [("Flux", ROOT / "api_workflows" / "digits_flux_procache.api.json")]
-PIXART_WORKFLOW = ("PixArt", ROOT / "api_workflows" / "digits_pixart_procache.api.json")
+WORKFLOWS = {"flux": ("Flux", ROOT / "api_workflows" / "digits_flux_procache.api.json"),
+             "pixart": ("PixArt-alpha", ROOT / "api_workflows" / "digits_pixart_procache.api.json")}
 
 
 def exec_seconds(entry: dict) -> float:
@@ -91,14 +89,18 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "demo_output")
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=2, help="timed runs per method (in turn); the fastest counts")
-    ap.add_argument("--pixart", action="store_true", help="also run the (not yet working) PixArt-α digits model")
+    ap.add_argument("--models", default="flux,pixart", help="comma list of flux, pixart (default: both)")
     args = ap.parse_args()
-    workflows = WORKFLOWS + ([PIXART_WORKFLOW] if args.pixart else [])
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    unknown = [m for m in names if m not in WORKFLOWS]
+    if unknown or not names:
+        ap.error(f"--models: unknown {unknown or names}; use a comma list of {', '.join(WORKFLOWS)}")
+    workflows = [WORKFLOWS[m] for m in names]
 
     args.out.mkdir(parents=True, exist_ok=True)
     host_dir = args.out / "host"
     shutil.rmtree(host_dir, ignore_errors=True)
-    print("[demo] starting ComfyUI with ProCache (digits model trained in the host's Flux classes)",
+    print("[demo] starting ComfyUI with ProCache (digits models trained in the host's Flux and PixArt-α classes)",
           flush=True)
     results = []
     with ComfyServer(port=args.port, workdir=host_dir) as srv:
