@@ -1,6 +1,6 @@
 """`make demo`: the trained digits models run by the real ComfyUI server, with and without ProCache.
 
-Starts the host headless on 127.0.0.1 and queues the example workflows example_workflows/digits_*.api.json
+Starts the host headless on 127.0.0.1 and queues the API workflows api_workflows/digits_*.api.json
 (the pack's demo digits models in the host's Flux and PixArt-α architectures, ProCache with the paper schedule,
 KSampler, decode), then the same graphs with ProCache bypassed, each twice in turn. Prints the wall time,
 speed-up and difference to the uncached result, and writes demo_output/demo.png: rows of digits per model
