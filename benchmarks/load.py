@@ -101,7 +101,7 @@ def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
                 if delay > 0:
                     time.sleep(delay)
                 t0 = time.perf_counter()
-                rec: dict[str, Any] = {"kind": kind, "late_ms": max(0.0, (t0 - due) * 1e3)}
+                rec: dict[str, Any] = {"kind": kind, "late_ms": max(0.0, (t0 - due) * 1e3), "t0": t0}
                 try:
                     r = _request(s, base, kind, i, w)
                     # latency: sent until the whole answer is in (parsing it is the client's own work)
@@ -114,6 +114,7 @@ def run_traffic(base: str, rate: float, stop: threading.Event, workers: int = 4,
                 except Exception as exc:  # a refused connection or a timeout is an error too
                     rec.update(status=None, ok=False, error=f"{type(exc).__name__}: {exc}"[:200])
                 rec.setdefault("ms", (time.perf_counter() - t0) * 1e3)
+                rec["t1"] = t0 + rec["ms"] / 1e3
                 if rec.get("status") is not None:
                     rec.update(server_timing(r.headers.get("Server-Timing", "")))
                 with lock:
@@ -150,6 +151,17 @@ def server_timing(header: str) -> dict[str, float]:
     return out
 
 
+def gc_overlap(records: list[dict[str, Any]], pauses: list[list[float]]) -> None:
+    """Adds ``gc_ms`` to each record: how long the server's GC pauses overlapped the request (sent to answer
+    read), exactly, from the pauses' start and duration on the same monotonic clock as the client's."""
+    spans = sorted((p[0], p[0] + p[1] / 1e3) for p in pauses)
+    for r in records:
+        if "t0" not in r:
+            continue
+        r["gc_ms"] = 1e3 * sum(max(0.0, min(r["t1"], b) - max(r["t0"], a)) for a, b in spans
+                               if a < r["t1"] and b > r["t0"])
+
+
 def pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -181,8 +193,17 @@ def summarize_traffic(records: list[dict[str, Any]]) -> dict[str, Any]:
         slow = sorted((r for r in records if r["kind"] == kind and "handler_ms" in r), key=lambda r: -r["ms"])
         slow = slow[:max(1, len(slow) // 100)]
         out[kind]["slowest"] = [{k: round(r[k], 2) for k in ("ms", "headers_ms", "handler_ms", "cpu_ms", "runqueue_ms",
-                                                            "late_ms")
+                                                            "late_ms", "gc_ms")
                                  if k in r} for r in slow]
+        # what the GC pauses that overlapped each request explain (exact overlap, when the pauses were fetched)
+        with_gc = [r for r in records if r["kind"] == kind and "gc_ms" in r]
+        if with_gc:
+            out[kind]["p99_without_gc_ms"] = pct([r["ms"] - r["gc_ms"] for r in with_gc], 99)
+            slow100 = [r for r in with_gc if r["ms"] >= 100.0]
+            out[kind]["over_100ms"] = len(slow100)
+            out[kind]["over_100ms_with_gc"] = sum(r["gc_ms"] > 0 for r in slow100)
+            out[kind]["over_100ms_gc_share"] = (sum(r["gc_ms"] for r in slow100) / sum(r["ms"] for r in slow100)
+                                                if slow100 else None)
     out["error_samples"] = [r["error"] for r in records if not r["ok"]][:5]
     # the server's cyclic-GC pauses over these requests (running totals in the Server-Timing header)
     gc_recs = [r for r in records if "gc_total_ms" in r]
@@ -214,9 +235,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) -> dict[str, Any]:
+def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float, gc_freeze: bool = True) -> dict[str, Any]:
+    """One server: warm-up, idle traffic, then ``pairs`` quiet/loaded run pairs. ``gc_freeze`` False starts it
+    with PROCACHE_GC_FREEZE=0 (the interpreter's default collector, what the pack did before)."""
     subprocess.run([str(VENV_PY), str(ROOT / "scripts" / "make_tiny_models.py"), "--comfy", str(COMFY_DIR)], check=True)
     os.environ["PROCACHE_ROUTE_TIMING"] = "1"  # the routes add their run-queue wait to Server-Timing
+    os.environ["PROCACHE_GC_FREEZE"] = "1" if gc_freeze else "0"
     load_start = os.getloadavg()
     with ComfyServer() as srv:
         base = srv.base_url
@@ -226,10 +250,11 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
         timer = threading.Timer(idle_s, stop.set)
         timer.start()
         cpu0 = cpu_seconds(srv.proc.pid)
-        idle = summarize_traffic(run_traffic(base, rate, stop, workers))
+        idle_recs = run_traffic(base, rate, stop, workers)
         # what serving costs the server, whatever else the machine does: CPU time per request
-        idle["server_cpu_ms_per_request"] = 1e3 * (cpu_seconds(srv.proc.pid) - cpu0) / max(1, idle["requests"])
+        idle_cpu_s = cpu_seconds(srv.proc.pid) - cpu0
         quiet, loaded, during = [], [], []
+        windows: list[tuple[float, float]] = []  # the loaded runs, sent to traffic stopped
         loads: list[float] = []
         cpu = {"quiet_server_s": [], "loaded_server_s": [], "loaded_client_s": []}
         for k in range(pairs):
@@ -241,22 +266,39 @@ def measure(pairs: int, steps: int, rate: float, workers: int, idle_s: float) ->
             box: dict[str, Any] = {}
             th = threading.Thread(target=lambda: box.update(recs=run_traffic(base, rate, stop, workers)))
             th.start()
+            w0 = time.perf_counter()
             try:
                 loaded.append(timed_run(srv, steps, 2 * k + 1))
             finally:
                 stop.set()
                 th.join()
+                windows.append((w0, time.perf_counter()))
             cpu["loaded_server_s"].append(cpu_seconds(srv.proc.pid) - c0)
             cpu["loaded_client_s"].append(time.process_time() - cc0)
             during += box.get("recs", [])
             loads.append(round(os.getloadavg()[0], 2))
             print(f"pair {k + 1}/{pairs}: quiet {quiet[-1]:.2f} s, with traffic {loaded[-1]:.2f} s", flush=True)
         alive = requests.get(base + "/system_stats", timeout=30).ok
+        pauses = requests.get(base + "/procache/timing/gc", timeout=30).json()["pauses"]
+        frozen = re.findall(r"ProCache: (\d+) start-up objects moved out", srv.log())
+    gc_overlap(idle_recs + during, pauses)
+    in_runs = [p for p in pauses if any(a <= p[0] <= b for a, b in windows)]
+    idle = summarize_traffic(idle_recs)
+    idle["server_cpu_ms_per_request"] = 1e3 * idle_cpu_s / max(1, idle["requests"])
     q, l_ = statistics.median(quiet), statistics.median(loaded)
     return {"steps": steps, "schedule": SCHEDULE, "pairs": pairs, "rate_per_s": rate, "workers": workers,
             "quiet_s": quiet, "loaded_s": loaded, "quiet_median_s": q, "loaded_median_s": l_,
             "slowdown": l_ / q - 1.0, "during": summarize_traffic(during), "idle": idle, "server_alive_after": alive,
-            "cpu": cpu, "loadavg_start": [round(x, 2) for x in load_start], "loadavg_1min_after_pairs": loads}
+            "cpu": cpu, "loadavg_start": [round(x, 2) for x in load_start], "loadavg_1min_after_pairs": loads,
+            "gc_freeze": gc_freeze, "frozen_objects": int(frozen[-1]) if frozen else 0,
+            "gc_pauses_loaded_runs": _pause_stats(in_runs), "gc_pauses_since_start": _pause_stats(pauses)}
+
+
+def _pause_stats(pauses: list[list[float]]) -> dict[str, Any]:
+    return {"count": len(pauses), "total_ms": round(sum(p[1] for p in pauses), 1),
+            "max_ms": max((p[1] for p in pauses), default=0.0),
+            "by_generation": {str(g): [sum(1 for p in pauses if p[2] == g),
+                                       round(sum(p[1] for p in pauses if p[2] == g), 1)] for g in (0, 1, 2)}}
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -278,7 +320,8 @@ def _f(x: float | None, nd: int = 1) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
 
-def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
+def load_markdown(res: dict[str, Any], info: dict[str, Any],
+                  title: str = "UI traffic during sampling (`make bench-load`)") -> str:
     d, i = res["during"], res["idle"]
     worst = max((d[k]["p99_ms"] or 0.0) for k in ("list", "preview"))
     verdict = [
@@ -293,7 +336,7 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
             rows.append(f"| {label} | {k} | {s[k]['n']} | {s[k]['errors']} | {_f(s[k]['p50_ms'])} | "
                         f"{_f(s[k]['p99_ms'])} | {_f(s[k]['max_ms'])} |")
     lines = [
-        "## UI traffic during sampling (`make bench-load`)", "",
+        f"## {title}", "",
         f"Real server on loopback, tiny PixArt-α (4 blocks, hidden 1152) at 512 px, {res['steps']} euler steps, CFG 2, "
         f"schedule `{res['schedule']}` + Selective Compute Settings. A pool of {res['workers']} client threads sends "
         f"the UI's requests at a fixed {res['rate_per_s']:g} requests/s (open loop; mix list, preview x2, save with "
@@ -324,9 +367,7 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
            f"({_f(d['save'].get('save_thread_p50_ms'))} / {_f(d['save'].get('save_thread_p99_ms'))} ms wall, "
            f"{_f(d['save'].get('save_thread_cpu_p50_ms'))} / {_f(d['save'].get('save_thread_cpu_p99_ms'))} ms CPU), "
            "off the event loop.", ""] if d["save"].get("save_thread_p50_ms") is not None else []),
-        *([f"The server's cyclic garbage collector (every thread stops for it) ran {d['gc']['pauses']:.0f} times "
-           f"during the loaded runs, {d['gc']['pause_ms']:.0f} ms in all; its longest pause since start-up: "
-           f"{d['gc']['longest_so_far_ms']:.0f} ms.", ""] if d.get("gc") else []),
+        *_gc_lines(res),
         *_cpu_lines(res),
         f"Machine: {info['cpu_count']} CPU cores, load average {_load(res.get('loadavg_start'))} at the start and "
         f"{info['loadavg_1_5_15']} at the end (1/5/15 min; 1-min after each pair: "
@@ -337,6 +378,24 @@ def load_markdown(res: dict[str, Any], info: dict[str, Any]) -> str:
     if d["error_samples"]:
         lines += ["Errors seen: " + "; ".join(f"`{e}`" for e in d["error_samples"]), ""]
     return "\n".join(lines)
+
+
+def _gc_lines(res: dict[str, Any]) -> list[str]:
+    """What the server's cyclic-GC pauses cost the requests (exact overlap of each pause with each request)."""
+    g = res.get("gc_pauses_loaded_runs")
+    if not g:
+        return []
+    d = res["during"]
+    mode = (f"start-up heap frozen ({res['frozen_objects']:,} objects; PROCACHE_GC_FREEZE=1, the default)"
+            if res.get("gc_freeze") else "the interpreter's default collector (PROCACHE_GC_FREEZE=0)")
+    gen2 = g["by_generation"]["2"]
+    slow = "; ".join(f"{k} {d[k].get('over_100ms', 0)} ({d[k].get('over_100ms_with_gc', 0)} overlapped a pause, "
+                     f"{_f(100 * d[k]['over_100ms_gc_share'] if d[k].get('over_100ms_gc_share') is not None else None, 0)} "
+                     "% of their time in pauses)" for k in KINDS)
+    return [f"Garbage collector: {mode}. During the loaded runs it paused the server {g['count']} times, "
+            f"{g['total_ms']:.0f} ms in all, longest {g['max_ms']:.0f} ms (full collections: {gen2[0]}, {gen2[1]:.0f} ms). "
+            f"Requests of 100 ms or more during sampling: {slow}. p99 with the pause time each request overlapped "
+            "taken out: " + ", ".join(f"{k} {_f(d[k].get('p99_without_gc_ms'))} ms" for k in KINDS) + ".", ""]
 
 
 def _load(values: Any) -> str:
@@ -375,6 +434,23 @@ def update_readme_section(name: str, text: str) -> None:
     readme.write_text(old.rstrip("\n") + "\n\n" + block + "\n")
 
 
+def compare_markdown(runs: dict[str, dict[str, Any]]) -> str:
+    """One row per collector setting: the targets side by side."""
+    rows = []
+    for key, label in (("gc_freeze_on", "start-up heap frozen (default)"), ("gc_freeze_off", "interpreter default (PROCACHE_GC_FREEZE=0)")):
+        r = runs.get(key)
+        if r is None:
+            continue
+        d, g = r["during"], r["gc_pauses_loaded_runs"]
+        rows.append(f"| {label} | {_f(d['list']['p99_ms'])} | {_f(d['preview']['p99_ms'])} | {_f(d['save']['p99_ms'])} | "
+                    f"{d['errors']} | {100 * r['slowdown']:+.1f} % | {g['count']} / {g['total_ms']:.0f} ms / {g['max_ms']:.0f} ms |")
+    return "\n".join([
+        "## Cyclic garbage collector: frozen start-up heap vs the interpreter's default", "",
+        "Two servers, one after the other, same settings (below); during sampling:", "",
+        "| collector | list p99 ms | preview p99 ms | save p99 ms | errors | sampling slowed | GC pauses in loaded runs (count / total / longest) |",
+        "|---|---|---|---|---|---|---|", *rows, ""])
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pairs", type=int, default=3, help="runs with and without traffic (each)")
@@ -383,18 +459,36 @@ def main(argv: list[str] | None = None) -> int:
                     help="requests per second from the client pool (a busy user in the UI sends a few per second)")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--idle-seconds", type=float, default=20.0, help="traffic against the idle server first")
+    ap.add_argument("--gc-freeze", choices=("both", "on", "off"), default="both",
+                    help="the server's collector: frozen start-up heap (the pack's default), the interpreter's "
+                         "default, or both one after the other")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    res = measure(args.pairs, args.steps, args.rate, args.workers, args.idle_seconds)
+    runs: dict[str, dict[str, Any]] = {}
+    for mode in (("off", "on") if args.gc_freeze == "both" else (args.gc_freeze,)):
+        print(f"-- server with PROCACHE_GC_FREEZE={'1' if mode == 'on' else '0'}", flush=True)
+        runs[f"gc_freeze_{mode}"] = measure(args.pairs, args.steps, args.rate, args.workers, args.idle_seconds,
+                                            gc_freeze=mode == "on")
     info = machine()
-    res["machine"] = info
+    for r in runs.values():
+        r["machine"] = info
     (args.out / "raw").mkdir(parents=True, exist_ok=True)
-    (args.out / "raw" / "load_cpu.json").write_text(json.dumps(res, indent=1))
-    text = load_markdown(res, info)
-    (args.out / "load_cpu.md").write_text("# ProCache load benchmark (CPU)\n\n" + text)
+    (args.out / "raw" / "load_cpu.json").write_text(json.dumps(runs, indent=1))
+    main_run = runs.get("gc_freeze_on") or runs["gc_freeze_off"]
+    parts = [compare_markdown(runs)] if len(runs) > 1 else []
+    parts.append(load_markdown(main_run, info))
+    text = "\n".join(parts)
+    full = [text]
+    if "gc_freeze_on" in runs and "gc_freeze_off" in runs:
+        full.append(load_markdown(runs["gc_freeze_off"], info, title="Same, with the interpreter's default collector "
+                                                                     "(PROCACHE_GC_FREEZE=0)"))
+    notes = args.out / "notes" / "load.md"
+    if notes.exists():
+        full.append(notes.read_text())
+    (args.out / "load_cpu.md").write_text("# ProCache load benchmark (CPU)\n\n" + "\n".join(full))
     if args.out == RESULTS:
         update_readme_section("load", text)
-    print(text)
+    print("\n".join(full))
     return 0
 
 

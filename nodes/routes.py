@@ -24,6 +24,7 @@ Importing this module registers the routes on ``server.PromptServer.instance`` w
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -571,13 +572,17 @@ _TIMING_DETAIL = os.environ.get("PROCACHE_ROUTE_TIMING") == "1"
 
 class _GcPauses:
     """Cyclic-GC pauses of the server process (any thread; every thread stops for them), recorded only
-    with PROCACHE_ROUTE_TIMING=1: a request can wait behind a collection before its handler runs."""
+    with PROCACHE_ROUTE_TIMING=1: a request can wait behind a collection before its handler runs. Keeps
+    running totals and the last pauses themselves (start on the system-wide monotonic clock that
+    ``time.perf_counter`` reads on Linux, duration, generation), so a client on the same machine can tell
+    which of its requests a pause overlapped."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: int = 20000) -> None:
         self.t0 = 0.0
         self.total_ms = 0.0
         self.max_ms = 0.0
         self.count = 0
+        self.pauses: collections.deque = collections.deque(maxlen=keep)
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
@@ -587,6 +592,7 @@ class _GcPauses:
             self.total_ms += ms
             self.max_ms = max(self.max_ms, ms)
             self.count += 1
+            self.pauses.append((round(self.t0, 6), round(ms, 3), int(info.get("generation", -1))))
 
 
 _GC = _GcPauses()
@@ -674,6 +680,13 @@ async def _read_json_body(request: web.Request) -> Any:
 
 
 @_guard
+async def handle_gc_pauses(request: web.Request) -> web.Response:
+    """The recorded GC pauses (registered only with PROCACHE_ROUTE_TIMING=1, for benchmarks/load.py)."""
+    return _json(200, {"clock": "perf_counter", "pauses": list(_GC.pauses), "count": _GC.count,
+                       "total_ms": round(_GC.total_ms, 3), "max_ms": round(_GC.max_ms, 3)})
+
+
+@_guard
 async def handle_list(request: web.Request) -> web.Response:
     return web.Response(text=list_body(), content_type="application/json")
 
@@ -725,6 +738,8 @@ def register(routes: web.RouteTableDef) -> None:
     routes.get("/procache/presets/{name:.+}")(handle_get)
     routes.get("/procache/preview")(handle_preview_get)
     routes.post("/procache/preview")(handle_preview_post)
+    if _TIMING_DETAIL:
+        routes.get("/procache/timing/gc")(handle_gc_pauses)
 
 
 def sweep_stale_temp_files() -> list[str]:
@@ -760,6 +775,14 @@ def _register_on_host() -> bool:
         return False
     register(instance.routes)
     instance._procache_routes = True
+    app = getattr(instance, "app", None)
+    if app is not None:
+        from . import gc_freeze
+
+        try:
+            app.on_startup.append(gc_freeze.on_startup)
+        except RuntimeError:  # the app already started (its signals are frozen): nothing to tune then
+            pass
     sweep_stale_temp_files()
     _SAVE_THREAD.submit(_warm_index)
     return True

@@ -294,3 +294,12 @@ def test_load_benchmark_traffic_smoke(checker):
     for f in checker.presets.glob("load-ui-*.yaml"):
         f.unlink()
     checker.after("load smoke")
+
+
+def test_server_froze_its_startup_heap(web_server):
+    """The pack's start-up hook ran in the real server: the collector no longer walks the start-up heap
+    (nodes/gc_freeze.py; why in benchmarks/results/load_cpu.md)."""
+    import re
+
+    found = re.findall(r"ProCache: (\d+) start-up objects moved out of the cyclic garbage collector", web_server.log())
+    assert found and int(found[-1]) > 100_000, web_server.log()[-3000:]
