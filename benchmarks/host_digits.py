@@ -42,7 +42,8 @@ def digits_prompt(family: str, *, digits: str = "0123456789", repeat: int = 1, s
 
     procache: {"actions": "FCC..."} or {"preset": name}, optional "selective": {inputs of Selective Compute
     Settings}; search: inputs of ProCache Schedule Search (its schedule then feeds ProCache Apply);
-    hostcache: ("EasyCache" | "LazyCache", reuse_threshold)."""
+    hostcache: ("EasyCache" | "LazyCache", reuse_threshold[, copy_input]); copy_input puts the test node
+    ProCacheTestCopyModelInput before the cache node (tests/host_nodes/nodes_peers.py says why)."""
     batch = len(digits) * repeat
     p: dict[str, dict] = {
         "model": {"class_type": "ProCacheDemoDigitsModel", "inputs": {"model": MODEL_CHOICE[family]}},
@@ -75,8 +76,12 @@ def digits_prompt(family: str, *, digits: str = "0123456789", repeat: int = 1, s
         p["apply"] = {"class_type": "ProCacheApply", "inputs": apply_inputs}
         model_ref = ["apply", 0]
     elif hostcache is not None:
-        kind, thr = hostcache
-        p["cache"] = {"class_type": kind, "inputs": {"model": ["model", 0], "reuse_threshold": float(thr),
+        kind, thr = hostcache[:2]
+        src = ["model", 0]
+        if len(hostcache) > 2 and hostcache[2]:
+            p["copy_input"] = {"class_type": "ProCacheTestCopyModelInput", "inputs": {"model": src}}
+            src = ["copy_input", 0]
+        p["cache"] = {"class_type": kind, "inputs": {"model": src, "reuse_threshold": float(thr),
                                                      "start_percent": 0.15, "end_percent": 0.95, "verbose": False}}
         model_ref = ["cache", 0]
     p["sampler"] = {"class_type": "KSampler", "inputs": {

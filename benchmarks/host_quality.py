@@ -10,7 +10,10 @@ img2img case at denoise 0.6 from real digits), with the same seed, prompts and l
                           (same budget, K = 3, vmin 1, vmax 4; it calibrates at denoise 1)
 - procache+sel            the paper-style schedule with Selective Compute Settings (pack defaults)
 - uniform                 full every N-th step, same number of full steps as the paper-style schedule
-- easycache / lazycache   the host's nodes over a threshold sweep (start 0.15, end 0.95)
+- easycache / lazycache   the host's nodes over a threshold sweep (start 0.15, end 0.95); EasyCache with the
+                          model's input copied first (test node ProCacheTestCopyModelInput: in fp32 the
+                          host's EasyCache corrupts every step it skips, see tests/host_nodes/nodes_peers.py;
+                          in fp16/bf16 it does not) and, for the record, as shipped
 
 Metrics on the decoded 32x32 images (the demo's linear map): PSNR / SSIM against full compute, the
 Fréchet distance in the digits feature net's space to the full-compute samples (FD-full) and to the real
@@ -216,13 +219,18 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, paper,
     add_block_row("procache+sel", "procache+sel (paper-style)", paper, e, x, t)
     x, e, t = sample("uni", procache={"actions": uniform})
     add_block_row("uniform", f"uniform B={budget}", uniform, e, x, t)
-    for kind in ("EasyCache", "LazyCache"):
+    # EasyCache twice: with the model's input copied (what the host does in fp16/bf16; the verdict uses these)
+    # and as shipped, whose skipped steps are corrupted in fp32 (tests/host_nodes/nodes_peers.py says how)
+    for kind, method, copy_input in (("EasyCache", "easycache", True), ("EasyCache", "easycache-as-shipped", False),
+                                     ("LazyCache", "lazycache", False)):
         for thr in thresholds:
             before = len(hd.hostcache_skipped(srv.log(), kind))
-            x, e, t = sample(kind.lower(), hostcache=(kind, thr))
+            x, e, t = sample(method, hostcache=(kind, thr, copy_input))
             skipped = _wait_skipped(srv, kind, before)
             ratio = 1.0 - skipped / evals_full
-            rows.append({"method": kind.lower(), "label": f"{kind.lower()} thr={thr}", "threshold": thr,
+            label = {"easycache": "easycache", "easycache-as-shipped": "easycache as shipped",
+                     "lazycache": "lazycache"}[method]
+            rows.append({"method": method, "label": f"{label} thr={thr}", "threshold": thr,
                          "block_eval_fraction": ratio, "model_evals": evals_full - skipped, "seconds": t,
                          **evaluate(x)})
     _, _, t_full1 = sample("full2")
@@ -314,7 +322,13 @@ def section(results: dict, commit: str | None = None) -> list[str]:
              "(digits 0-9 in turn, seed 0); metrics on the decoded 32x32 images. *blocks* = block-evaluation ratio "
              "(ProCache Stats; for EasyCache/LazyCache the share of model calls they did not skip); *wall* = full-compute "
              "execution time (mean of a run before and after the methods) / the method's, as the host reports it — "
-             "at this model size the sampler and the server's per-step overhead are a large share of it.", ""]
+             "at this model size the sampler and the server's per-step overhead are a large share of it. "
+             "*easycache* rows run the host's EasyCache on a copy of the model's input (test node "
+             "ProCacheTestCopyModelInput): as shipped in ComfyUI 0.3.75 its skip path adds the cached difference "
+             "into the model's input in place and returns it, and for a flow model running in fp32 (these models, "
+             "any CPU run) the host then computes the denoised latent from that altered input, so every skipped "
+             "step is wrong (*easycache as shipped* rows); in fp16/bf16 the host hands the model a copy anyway. "
+             "The verdict compares against the copied-input rows.", ""]
     for fam, fr in results["families"].items():
         m = fr["model"]
         lines += [f"### {fam}", "",

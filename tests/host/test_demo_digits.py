@@ -100,3 +100,29 @@ def test_digit_prompt_rejects_bad_characters(comfy_server):
     with pytest.raises(PromptError, match="digits"):
         comfy_server.run(p, timeout=120)
     assert comfy_server.get("/system_stats").ok
+
+
+def test_easycache_fp32_input_aliasing_and_the_benchs_copy_node(comfy_server):
+    """Why the in-host bench runs the host's EasyCache on a copy of the model input (nodes_peers.py): on the
+    fp32 Flux digits model the as-shipped EasyCache corrupts the steps it skips, the copied-input run
+    follows full compute closely while skipping steps. If the host fixes the aliasing, the first assert
+    fails and the bench's "as shipped" rows can go."""
+    from benchmarks import metrics
+
+    client = comfy_server
+    log = client.server.log
+
+    def run(prefix, **kw):
+        entry = client.run(hd.digits_prompt("flux", digits=DIGITS, repeat=1, prefix=prefix, **kw), timeout=600)
+        return hd.decode_latent_file(client.output_files(entry, "latents")[0])
+
+    full = run("ec_full")
+    before = len(hd.hostcache_skipped(log(), "EasyCache"))
+    shipped = run("ec_shipped", hostcache=("EasyCache", 0.15, False))
+    copied = run("ec_copied", hostcache=("EasyCache", 0.15, True))
+    skipped = hd.hostcache_skipped(log(), "EasyCache")[before:]
+    assert len(skipped) == 2 and all(s > 0 for s in skipped), skipped  # both skipped steps
+    p_shipped = metrics.psnr(shipped, full).mean().item()
+    p_copied = metrics.psnr(copied, full).mean().item()
+    assert p_shipped < 15.0, f"as-shipped EasyCache now follows full compute ({p_shipped:.1f} dB): host fixed?"
+    assert p_copied > 25.0, f"copied-input EasyCache only {p_copied:.1f} dB to full compute"
