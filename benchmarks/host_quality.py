@@ -43,7 +43,7 @@ CASES = [
     {"name": "heun/normal", "sampler": "heun", "scheduler": "normal", "denoise": 1.0},
     {"name": "img2img euler/normal denoise 0.6", "sampler": "euler", "scheduler": "normal", "denoise": 0.6},
 ]
-THRESHOLDS = (0.05, 0.15, 0.4)
+THRESHOLDS = (0.05, 0.15, 0.4, 1.0)  # 1.0: so the sweeps reach the ~20 % block budgets of the ProCache rows
 SELECTIVE = {"enabled": True, "depth_fraction": 0.25, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 1.0,
              "w_output_norm": 0.25, "w_spatial": 0.5}
 
