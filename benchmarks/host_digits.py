@@ -146,3 +146,20 @@ def parse_stats(line: str) -> dict:
 def hostcache_skipped(log_text: str, kind: str) -> list[int]:
     """Skipped model calls of every EasyCache / LazyCache run in a server log, in order."""
     return [int(x) for x in re.findall(rf"{kind} - skipped (\d+)/\d+ steps", log_text)]
+
+
+def sample_metrics(featnet, labels: torch.Tensor, x: torch.Tensor, x_full: torch.Tensor, f_full,
+                   f_real) -> dict[str, float]:
+    """Decoded samples ``x`` against full compute (PSNR capped at 100 dB, SSIM, Fréchet distance in the
+    feature net's space to the full-compute and to the real digits) and the feature net's label accuracy;
+    ``f_full`` / ``f_real``: the features of ``x_full`` and of real digits (numpy)."""
+    from . import metrics
+    from .data import features
+
+    f = features(featnet, x)
+    with torch.no_grad():
+        acc = (featnet.head(f).argmax(1) == labels).float().mean().item()
+    return {"psnr": float(metrics.psnr(x, x_full).clamp(max=100).mean()),
+            "ssim": float(metrics.ssim(x, x_full).mean()),
+            "fd_full": metrics.frechet_distance(f.numpy(), f_full),
+            "fd_real": metrics.frechet_distance(f.numpy(), f_real), "label_acc": acc}

@@ -34,7 +34,6 @@ import numpy as np
 import torch
 
 from . import host_digits as hd
-from . import metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [
@@ -180,13 +179,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, paper,
     f_full = features(featnet, x_full).numpy()
 
     def evaluate(x: torch.Tensor) -> dict:
-        f = features(featnet, x)
-        with torch.no_grad():
-            acc = (featnet.head(f).argmax(1) == labels).float().mean().item()
-        return {"psnr": float(metrics.psnr(x, x_full).clamp(max=100).mean()),
-                "ssim": float(metrics.ssim(x, x_full).mean()),
-                "fd_full": metrics.frechet_distance(f.numpy(), f_full),
-                "fd_real": metrics.frechet_distance(f.numpy(), f_real), "label_acc": acc}
+        return hd.sample_metrics(featnet, labels, x, x_full, f_full, f_real)
 
     rows: list[dict] = []
     full_metrics = evaluate(x_full)
@@ -221,15 +214,14 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, paper,
     add_block_row("uniform", f"uniform B={budget}", uniform, e, x, t)
     # EasyCache twice: with the model's input copied (what the host does in fp16/bf16; the verdict uses these)
     # and as shipped, whose skipped steps are corrupted in fp32 (tests/host_nodes/nodes_peers.py says how)
-    for kind, method, copy_input in (("EasyCache", "easycache", True), ("EasyCache", "easycache-as-shipped", False),
-                                     ("LazyCache", "lazycache", False)):
+    for kind, method, label, copy_input in (("EasyCache", "easycache", "easycache", True),
+                                            ("EasyCache", "easycache-as-shipped", "easycache as shipped", False),
+                                            ("LazyCache", "lazycache", "lazycache", False)):
         for thr in thresholds:
             before = len(hd.hostcache_skipped(srv.log(), kind))
             x, e, t = sample(method, hostcache=(kind, thr, copy_input))
             skipped = _wait_skipped(srv, kind, before)
             ratio = 1.0 - skipped / evals_full
-            label = {"easycache": "easycache", "easycache-as-shipped": "easycache as shipped",
-                     "lazycache": "lazycache"}[method]
             rows.append({"method": method, "label": f"{label} thr={thr}", "threshold": thr,
                          "block_eval_fraction": ratio, "model_evals": evals_full - skipped, "seconds": t,
                          **evaluate(x)})

@@ -434,7 +434,6 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     import torch
 
     from . import host_digits as hd
-    from . import metrics
     from .data import features
 
     base = dict(digits=digits, repeat=repeat, steps=steps, cfg=cfg, sampler=case["sampler"],
@@ -480,13 +479,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     f_full = features(featnet, x_full).numpy()
 
     def evaluate(x: torch.Tensor) -> dict:
-        f = features(featnet, x)
-        with torch.no_grad():
-            acc = (featnet.head(f).argmax(1) == labels).float().mean().item()
-        return {"psnr": float(metrics.psnr(x, x_full).clamp(max=100).mean()),
-                "ssim": float(metrics.ssim(x, x_full).mean()),
-                "fd_full": metrics.frechet_distance(f.numpy(), f_full),
-                "fd_real": metrics.frechet_distance(f.numpy(), f_real), "label_acc": acc}
+        return hd.sample_metrics(featnet, labels, x, x_full, f_full, f_real)
 
     rows: list[dict] = []
     for preset in PROCACHE_PRESETS[fam]:
