@@ -55,7 +55,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compile_cpu.md"))
     args = ap.parse_args()
 
-    from _families import A, patched_run  # loads the host and the pack in process
+    from _families import patched_run  # loads the host and the pack in process
 
     from torch._dynamo.utils import counters
 
@@ -77,19 +77,8 @@ def main() -> None:
 
     def cached(model, block_kw):
         def go():
-            orig = A.adapter_for
-
-            def af(fp):
-                a = orig(fp)
-                a.block_compile = block_kw
-                return a
-
-            A.adapter_for = af
-            try:
-                patched_run("flux", dm, schedule,
-                            lambda _f, _dm, to: model(x, t, ctx, y=y, transformer_options=to), ratio=0.5)
-            finally:
-                A.adapter_for = orig
+            patched_run("flux", dm, schedule, lambda _f, _dm, to: model(x, t, ctx, y=y, transformer_options=to),
+                        ratio=0.5, block_compile=block_kw)
         return go
 
     setups = {"a: eager, no cache": plain(dm), "b: compile only": plain(cdm), "c: ProCache only": cached(dm, None),

@@ -20,15 +20,23 @@ from procache_pack.procache_core.settings import SelectiveSettings  # noqa: E402
 
 
 def patched_run(family: str, dm: Any, schedule: str, call: Callable[[str, Any, dict], Any], ratio: float = 0.5,
-                depth_fraction: float = 1.0, memory: Any = None, expect: str | None = None):
+                depth_fraction: float = 1.0, memory: Any = None, expect: str | None = None,
+                block_compile: dict | None = None,
+                install: Callable[[FakePatcher, Callable[[], None]], None] | None = None):
     """Outputs of every step of ``schedule`` on the same inputs through the adapter, and the closed
     ``CacheRun`` (``run.stats``, ``run.adapter``). ``expect``: the detected family when it is not
-    ``family`` (the name ``call`` knows the inputs by)."""
+    ``family`` (the name ``call`` knows the inputs by). ``block_compile``: the host's compile kwargs, as the
+    runtime bridge sets them under TorchCompileModel. ``install(fp, do_install)``: called instead of the
+    adapter's install, which it runs by calling ``do_install()`` where it wants it among its own patches."""
     fp = FakePatcher(dm)
     adapter = A.adapter_for(fp)
     assert adapter.family == (expect or family)
+    adapter.block_compile = block_compile  # what the runtime bridge sets under TorchCompileModel
     owner = types.SimpleNamespace()
-    adapter.install(fp, owner)
+    if install is None:
+        adapter.install(fp, owner)
+    else:  # the caller places the adapter's install among its own patches (other packs' nodes)
+        install(fp, lambda: adapter.install(fp, owner))
     run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(ratio=ratio, depth_fraction=depth_fraction),
                    num_blocks=adapter.num_blocks, memory=memory, lanes=adapter.lanes())
     run.adapter = adapter

@@ -3,12 +3,10 @@ replace / ``forward`` object patch is kept (and a second ProCache Apply replaces
 instead of stacking it); Wan runs the host's ``attn2_patch`` hooks on computed steps."""
 from __future__ import annotations
 
-import types
-
 import pytest
 import torch
 
-from _families import A, RB, CacheRun, Schedule, SelectiveSettings
+from _families import A, patched_run
 from _inprocess import FakePatcher
 from test_adapter_families import call, tiny_flux, tiny_pixart, tiny_wan
 
@@ -57,25 +55,8 @@ def test_wan_runs_attn2_patch_hooks_on_computed_steps():
         calls.append(args["x"].shape)
         return args["x"] + 0.25
 
-    fp = FakePatcher(dm)
-    adapter = A.adapter_for(fp)
-    owner = types.SimpleNamespace()
-    adapter.install(fp, owner)
-    outs = {}
-    for name, patches in (("plain", {}), ("hooked", {"attn2_patch": [hook]})):
-        run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(), num_blocks=adapter.num_blocks)
-        state = types.SimpleNamespace(config=owner, run=run, closed=False)
-        outs[name] = []
-        with fp.patched():
-            for step in range(2):
-                run.begin_step(step)
-                run.set_stream((0, 1), chunks=2)
-                RB._ACTIVE.stack = [state]
-                try:
-                    outs[name].append(call("wan", dm, {"patches": patches}))
-                finally:
-                    RB._ACTIVE.stack = []
-        run.close()
+    outs = {name: patched_run("wan", dm, "FC", lambda _f, _dm, _to, p=patches: call("wan", dm, {"patches": p}))[0]
+            for name, patches in (("plain", {}), ("hooked", {"attn2_patch": [hook]}))}
     assert len(calls) == len(dm.blocks)  # once per block on the FULL step, never on the cached one
     assert not torch.allclose(outs["hooked"][0], outs["plain"][0])
     assert torch.allclose(outs["hooked"][1], outs["hooked"][0], atol=1e-5, rtol=1e-4)  # reused with the hook
@@ -127,28 +108,17 @@ def _install_offset(fp, dm, key, calls: list) -> None:
 def _run(family, dm, schedule, offset_order):
     """Outputs of ``schedule`` through ProCache with the offset patch installed ``"before"`` / ``"after"``
     Apply (or ``None``: no offset), plus how often the offset patch ran."""
-    fp, calls = FakePatcher(dm), []
+    calls: list = []
     key = LATER[family][1]
-    adapter = A.adapter_for(fp)
-    owner = types.SimpleNamespace()
-    if offset_order == "before":
-        _install_offset(fp, dm, key, calls)
-    adapter.install(fp, owner)
-    if offset_order == "after":
-        _install_offset(fp, dm, key, calls)
-    run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(), num_blocks=adapter.num_blocks)
-    state = types.SimpleNamespace(config=owner, run=run, closed=False)
-    outs = []
-    with fp.patched():
-        for step in range(len(schedule)):
-            run.begin_step(step)
-            run.set_stream((0, 1), chunks=2)
-            RB._ACTIVE.stack = [state]
-            try:
-                outs.append(M.call(family, dm, dict(fp.model_options.get("transformer_options", {}))))
-            finally:
-                RB._ACTIVE.stack = []
-    run.close()
+
+    def install(fp, do_install):
+        if offset_order == "before":
+            _install_offset(fp, dm, key, calls)
+        do_install()
+        if offset_order == "after":
+            _install_offset(fp, dm, key, calls)
+
+    outs, _ = patched_run(family, dm, schedule, M.call, install=install)
     return outs, calls
 
 

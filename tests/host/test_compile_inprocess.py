@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from _families import A, patched_run
+from _families import patched_run
 from test_adapter_families import call, tiny_flux
 
 from procache_pack.nodes.adapters import compiled as C  # noqa: E402
@@ -21,18 +21,8 @@ BRANCHES = (F.double_qkv, F.stream_mlp, F.single_pre, F.single_post)
 
 
 def _run(dm, model, schedule: str, kw):
-    orig = A.adapter_for
-
-    def adapter_for(fp):
-        a = orig(fp)
-        a.block_compile = kw
-        return a
-
-    A.adapter_for = adapter_for
-    try:
-        outs, run = patched_run("flux", dm, schedule, lambda fam, _dm, to: call(fam, model, to), ratio=0.5)
-    finally:
-        A.adapter_for = orig
+    outs, run = patched_run("flux", dm, schedule, lambda fam, _dm, to: call(fam, model, to), ratio=0.5,
+                            block_compile=kw)
     return outs, run.stats
 
 
