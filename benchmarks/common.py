@@ -108,3 +108,34 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str))
+
+
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, step: int, rate: float) -> None:
+    """One EMA step of the training scripts' weights (decay warms up as (1 + step) / (10 + step))."""
+    decay = min(rate, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters()):
+            pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
+
+
+class LossLog:
+    """The training scripts' loss record: every loss, and the mean of each 100 steps, logged and kept as
+    the curve saved in the weights' metadata."""
+
+    def __init__(self, log: Callable[[str], Any], prefix: str) -> None:
+        self.log, self.prefix = log, prefix
+        self.losses: list[float] = []
+        self.curve: list[tuple[int, float]] = []
+        self.t0 = time.time()
+
+    def add(self, loss: float) -> None:
+        self.losses.append(loss)
+        done = len(self.losses)
+        if done % 100 == 0:
+            m = sum(self.losses[-100:]) / 100
+            self.curve.append((done, round(m, 5)))
+            self.log(f"{self.prefix} step {done:5d}  loss(avg100) {m:.4f}  {time.time() - self.t0:6.1f} s")
+
+    def final_avg100(self) -> float:
+        tail = self.losses[-100:]
+        return round(sum(tail) / max(1, len(tail)), 5)

@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from .common import LossLog, ema_update
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "nodes" / "demo" / "weights"
@@ -149,8 +150,9 @@ def _loop(family, model, net, ema, ms, opt, x_all, labels_all, tables, steps, se
     dg = digits_module()
     sigmas = ms.sigmas.float()
     n = len(x_all)
-    t0 = time.time()
-    losses, curve, done = [], [], 0
+    rec = LossLog(log, f"[train {family}]")
+    t0 = rec.t0
+    done = 0
     for step in range(steps):
         if time_budget is not None and time.time() - t0 > time_budget:
             log(f"[train {family}] time budget {time_budget:.0f} s reached after {step} steps")
@@ -170,22 +172,15 @@ def _loop(family, model, net, ema, ms, opt, x_all, labels_all, tables, steps, se
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
-        decay = min(DEFAULTS["ema"], (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), net.parameters()):
-                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
-        losses.append(loss.item())
+        ema_update(ema, net, step, DEFAULTS["ema"])
+        rec.add(loss.item())
         done = step + 1
-        if done % 100 == 0:
-            m = sum(losses[-100:]) / 100
-            curve.append((done, round(m, 5)))
-            log(f"[train {family}] step {done:5d}  loss(avg100) {m:.4f}  {time.time() - t0:6.1f} s")
     info = {
         "family": family, "unet_config": dg.CONFIGS[family], "seed": seed, "steps_requested": steps,
         "steps_run": done, "batch": batch, "lr": lr, "ema": DEFAULTS["ema"],
         "label_dropout": DEFAULTS["label_dropout"], "model_type": dg.MODEL_TYPES[family],
         "loss": "MSE of the network output (" + dg.MODEL_TYPES[family].lower() + ")", "train_seconds": round(time.time() - t0, 1),
-        "final_loss_avg100": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5), "loss_curve": curve,
+        "final_loss_avg100": rec.final_avg100(), "loss_curve": rec.curve,
         "data": f"sklearn.datasets.load_digits, 1797 images, bilinear 8->{dg.IMAGE_SIZE} px, [-1,1]",
         "params": sum(p.numel() for p in net.parameters()), "torch": torch.__version__,
         "threads": torch.get_num_threads(),

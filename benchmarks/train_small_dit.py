@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .common import LossLog, ema_update
 from .data import ASSETS, load_digits_images
 
 DIT_PATH = ASSETS / "digits_dit.safetensors"
@@ -52,9 +53,8 @@ def train(steps: int = DEFAULTS["steps"], seed: int = DEFAULTS["seed"], batch: i
     for p in ema.parameters():
         p.requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    t0 = time.time()
-    losses: list[float] = []
-    curve: list[tuple[int, float]] = []
+    rec = LossLog(log, "[train]")
+    t0 = rec.t0
     done = 0
     for step in range(steps):
         if time_budget is not None and time.time() - t0 > time_budget:
@@ -75,21 +75,14 @@ def train(steps: int = DEFAULTS["steps"], seed: int = DEFAULTS["seed"], batch: i
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        decay = min(DEFAULTS["ema"], (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.mul_(decay).add_(pm.detach(), alpha=1 - decay)
-        losses.append(loss.item())
+        ema_update(ema, model, step, DEFAULTS["ema"])
+        rec.add(loss.item())
         done = step + 1
-        if done % 100 == 0:
-            m = sum(losses[-100:]) / 100
-            curve.append((done, round(m, 5)))
-            log(f"[train] step {done:5d}  loss(avg100) {m:.4f}  {time.time() - t0:6.1f} s")
     info = {
         "model_config": MODEL_CONFIG, "seed": seed, "steps_requested": steps, "steps_run": done,
         "batch": batch, "lr": lr, "ema": DEFAULTS["ema"], "label_dropout": DEFAULTS["label_dropout"],
-        "train_seconds": round(time.time() - t0, 1), "final_loss_avg100": round(sum(losses[-100:]) / max(1, len(losses[-100:])), 5),
-        "loss_curve": curve, "data": f"sklearn.datasets.load_digits, 1797 images, bilinear 8->{IMAGE_SIZE} px, [-1,1]",
+        "train_seconds": round(time.time() - t0, 1), "final_loss_avg100": rec.final_avg100(),
+        "loss_curve": rec.curve, "data": f"sklearn.datasets.load_digits, 1797 images, bilinear 8->{IMAGE_SIZE} px, [-1,1]",
         "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     return ema, info
