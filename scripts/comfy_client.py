@@ -21,8 +21,10 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-COMFY_DIR = ROOT / ".host" / "ComfyUI"
-VENV_PY = ROOT / ".venv" / "bin" / "python"
+# The host under test: .host/ComfyUI (0.3.75) unless PROCACHE_HOST names another tree of the host matrix
+# (scripts/setup_hosts.sh), whose own venv PROCACHE_HOST_PY names.
+COMFY_DIR = Path(os.environ.get("PROCACHE_HOST") or ROOT / ".host" / "ComfyUI").resolve()
+VENV_PY = Path(os.environ.get("PROCACHE_HOST_PY") or ROOT / ".venv" / "bin" / "python")
 
 
 class PromptError(RuntimeError):

@@ -6,11 +6,13 @@ from its command-line arguments, so those are set before that import.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_COMFY = ROOT / ".host" / "ComfyUI"
+# PROCACHE_HOST: another ComfyUI tree of the host matrix (scripts/setup_hosts.sh); default 0.3.75
+DEFAULT_COMFY = Path(os.environ.get("PROCACHE_HOST") or ROOT / ".host" / "ComfyUI")
 
 
 def use_host(comfy_dir: Path = DEFAULT_COMFY, cpu: bool = True) -> Path:

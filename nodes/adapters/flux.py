@@ -36,6 +36,13 @@ from .compiled import compiled
 from .modulation import lazy_chunks, row_evaluator
 
 
+def _img_first(block) -> bool:
+    """Joint-attention order of a double block: image tokens first (HunyuanVideo's blocks before ComfyUI
+    0.14, ``flipped_img_txt=True``) or text first (Flux, and every double block from 0.14 on, which has no
+    ``flipped_img_txt`` attribute any more)."""
+    return bool(getattr(block, "flipped_img_txt", False))
+
+
 def _flat(mods) -> list:
     """(ModulationOut, ModulationOut | None) -> [shift, scale, gate, (shift, scale, gate)]."""
     return [t for m in mods if m is not None for t in (m.shift, m.scale, m.gate)]
@@ -71,7 +78,7 @@ def double_qkv(block, img, txt, ishift, iscale, tshift, tscale):
     """q, k, v of the joint attention of a double block (both streams, in the block's order)."""
     iq, ik, iv = _qkv(block.img_attn, img, ishift, iscale, block.img_norm1, block.num_heads)
     tq, tk, tv = _qkv(block.txt_attn, txt, tshift, tscale, block.txt_norm1, block.num_heads)
-    if block.flipped_img_txt:
+    if _img_first(block):
         return torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2)
     return torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2)
 
@@ -119,8 +126,8 @@ class FluxDoubleBlock(DitBlockReplace):
             if not joint:
                 q, k, v = qkv_fn(block, img_in, txt_in, im[0], im[1], tm[0], tm[1])
                 a = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
-                n = img_in.shape[1] if block.flipped_img_txt else txt_in.shape[1]
-                ia, ta = (a[:, :n], a[:, n:]) if block.flipped_img_txt else (a[:, n:], a[:, :n])
+                n = img_in.shape[1] if _img_first(block) else txt_in.shape[1]
+                ia, ta = (a[:, :n], a[:, n:]) if _img_first(block) else (a[:, n:], a[:, :n])
                 joint["img"], joint["txt"] = block.img_attn.proj(ia), block.txt_attn.proj(ta)
             return joint
 

@@ -25,7 +25,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace
-from .flux import _lazy_mod, _qkv  # the same host Modulation and q/k/v layout as Flux
+from .flux import _img_first, _lazy_mod, _qkv  # the same host Modulation and q/k/v layout as Flux
 
 
 def _gate_layout(dims: list | None, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -59,7 +59,7 @@ class HunyuanDoubleBlock(DitBlockReplace):
             if not joint:
                 iq, ik, iv = _qkv(block.img_attn, img_in, im[0], im[1], block.img_norm1, block.num_heads, dims_i)
                 tq, tk, tv = _qkv(block.txt_attn, txt_in, tm[0], tm[1], block.txt_norm1, block.num_heads, dims_t)
-                if block.flipped_img_txt:
+                if _img_first(block):
                     a = attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
                                   pe=pe, mask=mask, transformer_options=to)
                     joint["img"], joint["txt"] = a[:, : img_in.shape[1]], a[:, img_in.shape[1]:]
