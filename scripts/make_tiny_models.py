@@ -74,14 +74,15 @@ def tiny_hunyuan_video() -> dict[str, torch.Tensor]:
     and one single block loads as a real HunyuanVideo model of 6 M params. (Lumina 2 cannot be made
     small: a dim other
     than the two released ones leaves the host's default head layout, which only fits dim 4096.)"""
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
     # exactly the config comfy/model_detection.py derives from these weights (vector_in present, so
     # vec_in_dim 768: without it the host detects Hunyuan Image 2.1 instead)
-    model = HunyuanVideo(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=64, hidden_size=256,
-                         mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
-                         theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=False, byt5=False,
-                         meanflow=False, use_cond_type_embedding=False, vision_in_dim=None, operations=torch.nn)
+    cfg = dict(in_channels=16, out_channels=16, vec_in_dim=768, context_in_dim=64, hidden_size=256,
+               mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[16, 56, 56],
+               theta=256, patch_size=[1, 2, 2], qkv_bias=True, guidance_embed=False, byt5=False,
+               meanflow=False, use_cond_type_embedding=False, vision_in_dim=None)
+    model = HunyuanVideo(operations=torch.nn, **_host_params(HunyuanVideoParams, cfg))
     _init_(model, seed=777)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
 
@@ -90,14 +91,26 @@ def tiny_hunyuan_video() -> dict[str, torch.Tensor]:
 def tiny_hunyuan_image21() -> dict[str, torch.Tensor]:
     """HunyuanImage 2.1 layout (no vector_in, 2-D 1x1 patches on 64 latent channels, axes 64+64), which
     the host's detection reads as HunyuanImage21; hidden 256 (2 heads of 128), 1 double + 1 single."""
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
-    model = HunyuanVideo(in_channels=64, out_channels=64, vec_in_dim=None, context_in_dim=64, hidden_size=256,
-                         mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[64, 64],
-                         theta=256, patch_size=[1, 1], qkv_bias=True, guidance_embed=False, byt5=False,
-                         meanflow=False, use_cond_type_embedding=False, vision_in_dim=None, operations=torch.nn)
+    cfg = dict(in_channels=64, out_channels=64, vec_in_dim=None, context_in_dim=64, hidden_size=256,
+               mlp_ratio=4.0, num_heads=2, depth=1, depth_single_blocks=1, axes_dim=[64, 64],
+               theta=256, patch_size=[1, 1], qkv_bias=True, guidance_embed=False, byt5=False,
+               meanflow=False, use_cond_type_embedding=False, vision_in_dim=None)
+    model = HunyuanVideo(operations=torch.nn, **_host_params(HunyuanVideoParams, cfg))
     _init_(model, seed=778)
     return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
+def _host_params(params_cls: type, cfg: dict) -> dict:
+    """``cfg`` with the fields this host's params dataclass requires on top (tests/host_nodes/tiny_models.py)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "procache_test_tiny_models", Path(__file__).resolve().parents[1] / "tests" / "host_nodes" / "tiny_models.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.host_params(params_cls, cfg)
 
 
 def _taesd(seed: int) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:

@@ -21,17 +21,33 @@ Modulation is lazy (``nodes/adapters/modulation.py``): a reused block evaluates 
 of its ``Modulation`` linear; computed blocks call the host's ``Modulation`` itself.
 
 Arithmetic is the host's (``x + gate * out`` is what its ``x += out * gate`` computes), so an
-all-FULL schedule reproduces the unpatched model.
+all-FULL schedule reproduces the unpatched model. What differs between hosts is read from the block,
+never from a version string:
+
+* token order of the joint attention (``flipped_img_txt`` before ComfyUI 0.14, text first after);
+* in-block patches: from 0.14 the host's blocks apply ``transformer_options["patches"]``
+  (``attn1_patch`` around q/k/v, with ``img_slice`` in the double block's options, and
+  ``attn1_output_patch`` on the attention output: NAG, FluxKVCache). The adapter applies them the same
+  way where the host's ``forward`` does (told from its source) and ignores them where it does not;
+  a model carrying them on a block whose source cannot be read runs that block as the host's own;
+* per-token-range modulation (``modulation_dims``): HunyuanVideo passes it in the patch's arguments,
+  Flux (0.29, reference images at timestep zero, two-row ``vec``) only to its own block call; it is
+  read from there, and a multi-row modulation whose ranges cannot be read runs the host's block;
+* Ovis' ``yak_mlp`` single blocks (SiLU(second half) * first half of the MLP rows).
+
+``block_index`` / ``total_blocks`` / ``block_type`` are set in the options the patches and attention
+see, as the host's forward sets them.
 """
 from __future__ import annotations
 
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 import torch
 
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
-from . import DitBlockReplace, FamilyAdapter, install_dit_replace, log
+from . import DitBlockReplace, FamilyAdapter, install_dit_replace, log, outside_compile
 from .compiled import compiled
 from .modulation import lazy_chunks, row_evaluator
 
@@ -41,6 +57,91 @@ def _img_first(block) -> bool:
     0.14, ``flipped_img_txt=True``) or text first (Flux, and every double block from 0.14 on, which has no
     ``flipped_img_txt`` attribute any more)."""
     return bool(getattr(block, "flipped_img_txt", False))
+
+
+_READS_PATCHES: dict[type, bool | None] = {}
+
+
+def reads_patches(block) -> bool | None:
+    """Whether the host block's ``forward`` applies ``transformer_options["patches"]`` (``attn1_patch`` /
+    ``attn1_output_patch``: ComfyUI 0.14 on), told from its source; None when the source is unavailable."""
+    cls = type(block)
+    if cls not in _READS_PATCHES:
+        try:
+            src = inspect.getsource(cls.forward)
+        except (OSError, TypeError):
+            _READS_PATCHES[cls] = None
+        else:
+            _READS_PATCHES[cls] = "attn1_patch" in src or "attn1_output_patch" in src
+    return _READS_PATCHES[cls]
+
+
+def in_block_patches(block, to: dict) -> tuple[list, list] | None:
+    """(``attn1_patch``, ``attn1_output_patch``) as the host's block applies them: empty lists where the
+    host's block ignores them; None when the model carries some and that cannot be told."""
+    p = to.get("patches") or {}
+    pre, post = list(p.get("attn1_patch") or ()), list(p.get("attn1_output_patch") or ())
+    if not pre and not post:
+        return [], []
+    mode = reads_patches(block)
+    if mode is None:
+        return None
+    return (pre, post) if mode else ([], [])
+
+
+def patched_attention(q, k, v, pe, mask, to: dict, patches: tuple[list, list], img_slice: list | None = None):
+    """The host's attention with its in-block patches around it, in the host's order: ``attn1_patch``
+    may replace q/k/v/pe/mask, ``attn1_output_patch`` the output; both get a copy of the block's
+    options (plus ``img_slice`` in a double block)."""
+    from comfy.ldm.flux.math import attention
+
+    pre, post = patches
+    if not pre and not post:
+        return attention(q, k, v, pe=pe, mask=mask, transformer_options=to)
+    extra = to.copy()
+    if img_slice is not None:
+        extra["img_slice"] = img_slice
+    for p in pre:
+        out = p(q, k, v, pe=pe, attn_mask=mask, extra_options=extra)
+        q, k, v, pe, mask = out.get("q", q), out.get("k", k), out.get("v", v), out.get("pe", pe), \
+            out.get("attn_mask", mask)
+    a = attention(q, k, v, pe=pe, mask=mask, transformer_options=to)
+    for p in post:
+        a = p(a, extra)
+    return a
+
+
+def host_block_kwargs(original_block: Callable | None) -> dict | None:
+    """Keyword arguments the host's ``block_wrap`` gives its block beyond the patch's ``args`` (ComfyUI
+    0.29 Flux: ``modulation_dims_img`` / ``modulation_dims`` for reference images at timestep zero,
+    held in its closure as ``extra_kwargs``): {} when it gives none, None when it cannot be read."""
+    code = getattr(original_block, "__code__", None)
+    if code is None:
+        return None
+    names = code.co_freevars
+    if "extra_kwargs" not in names:
+        return {}
+    try:
+        value = (original_block.__closure__ or ())[names.index("extra_kwargs")].cell_contents
+    except (IndexError, ValueError):
+        return None
+    return dict(value) if isinstance(value, dict) else None
+
+
+def gate_layout(dims: list | None, n: int) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """Gate chunk -> tensor broadcasting over (B, n, C) with each token range's row, the values the
+    host's ``apply_mod(out, gate, None, dims)`` multiplies each range by; None without ranges."""
+    if dims is None:
+        return None
+
+    def layout(g: torch.Tensor) -> torch.Tensor:
+        parts = []
+        for start, stop, row in dims:
+            stop = n if stop is None else min(stop, n)
+            if stop > start:
+                parts.append(g[:, row:row + 1].expand(g.shape[0], stop - start, g.shape[-1]))
+        return torch.cat(parts, dim=1)
+    return layout
 
 
 def _flat(mods) -> list:
@@ -68,33 +169,42 @@ def _qkv(attn_mod, x, shift, scale, norm, num_heads, dims=None):
     return q, k, v
 
 
+def _single_act(block, mlp):
+    """The single block's MLP activation: Ovis' ``yak_mlp`` multiplies SiLU of the second half of the
+    rows by the first half; every other layout applies ``mlp_act``."""
+    if getattr(block, "yak_mlp", False):
+        half = block.mlp_hidden_dim_first // 2
+        return block.mlp_act(mlp[..., half:]) * mlp[..., :half]
+    return block.mlp_act(mlp)
+
+
 # Pure branch maths (block module, tensors in; tensors out): what ``compiled`` hands to torch.compile
 # when the host compiled the model. No ProCache state in here.
 # The host's attention itself (rope + optimized attention) runs eagerly between the graphs: its CPU
 # sub-quadratic path reads the free memory (dynamo would guard on that number), and it needs the run's
 # transformer_options (a tensor like ``sample_sigmas`` in there would be guarded on, per step count).
 
-def double_qkv(block, img, txt, ishift, iscale, tshift, tscale):
+def double_qkv(block, img, txt, ishift, iscale, tshift, tscale, dims_img=None, dims_txt=None):
     """q, k, v of the joint attention of a double block (both streams, in the block's order)."""
-    iq, ik, iv = _qkv(block.img_attn, img, ishift, iscale, block.img_norm1, block.num_heads)
-    tq, tk, tv = _qkv(block.txt_attn, txt, tshift, tscale, block.txt_norm1, block.num_heads)
+    iq, ik, iv = _qkv(block.img_attn, img, ishift, iscale, block.img_norm1, block.num_heads, dims_img)
+    tq, tk, tv = _qkv(block.txt_attn, txt, tshift, tscale, block.txt_norm1, block.num_heads, dims_txt)
     if _img_first(block):
         return torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2)
     return torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2)
 
 
-def stream_mlp(norm, mlp, h, shift, scale):
-    """One stream's MLP branch output (any subset of its tokens), before gating."""
+def stream_mlp(norm, mlp, h, shift, scale, dims=None):
+    """One stream's MLP branch output (any subset of its tokens when ``dims`` is None), before gating."""
     from comfy.ldm.flux.layers import apply_mod
 
-    return mlp(apply_mod(norm(h), (1 + scale), shift, None))
+    return mlp(apply_mod(norm(h), (1 + scale), shift, dims))
 
 
-def single_pre(block, h, shift, scale):
+def single_pre(block, h, shift, scale, dims=None):
     """A single block's q, k, v and MLP input (``linear1`` of the modulated stream)."""
     from comfy.ldm.flux.layers import apply_mod
 
-    qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + scale), shift, None)),
+    qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + scale), shift, dims)),
                            [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
     q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
     q, k = block.norm(q, k, v)
@@ -103,46 +213,103 @@ def single_pre(block, h, shift, scale):
 
 def single_post(block, attn, mlp):
     """A single block's fused branch output before gating: ``linear2(cat(attn, act(mlp)))``."""
-    return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
+    return block.linear2(torch.cat((attn, _single_act(block, mlp)), 2))
 
 
-class FluxDoubleBlock(DitBlockReplace):
+def _rows(t) -> int:
+    """Rows of a modulation input / chunk (1 for a (B, C) vector)."""
+    return int(t.shape[1]) if getattr(t, "ndim", 0) == 3 else 1
+
+
+class FluxBlockReplace(DitBlockReplace):
+    """What Flux-family blocks share: the host's own block call (kept per call for the two fallbacks
+    below), the block's transformer_options, and the modulation ranges of the call."""
+
+    block_type = ""
+
+    @outside_compile
+    def __call__(self, args: dict, extra: dict) -> dict:
+        self.host_call = extra.get("original_block")  # the host's block_wrap for this call
+        return super().__call__(args, extra)
+
+    def block_options(self, args: dict, total: int) -> dict:
+        """A copy of the call's transformer_options with block_index / total_blocks / block_type, as the
+        host's forward sets them before every block."""
+        to = dict(args.get("transformer_options") or {})
+        to.update(block_index=self.index, total_blocks=total, block_type=self.block_type)
+        return to
+
+    def mod_dims(self, args: dict, keys: tuple[str, ...], multi_row: bool) -> tuple | None:
+        """The call's ``modulation_dims`` per stream: from the patch's args (HunyuanVideo), else from the
+        host's block call (Flux 0.29); None when the modulation has several rows and neither tells."""
+        if any(k in args for k in keys):
+            return tuple(args.get(k) for k in keys)
+        kw = host_block_kwargs(getattr(self, "host_call", None))
+        if kw is None:
+            return None if multi_row else (None,) * len(keys)
+        return tuple(kw.get(k) for k in keys)
+
+    def host_block(self, args: dict, why: str) -> dict:
+        """Run the host's own block for this call (not cached): what the adapter cannot reproduce."""
+        self.adapter.note_host_block(why)
+        call = getattr(self, "host_call", None)
+        if call is None:
+            raise RuntimeError(f"ProCache: {why}, and the host's block is not available")
+        return call(args)
+
+
+class FluxDoubleBlock(FluxBlockReplace):
+    block_type = "double"
+
     def run_block(self, run: Any, args: dict) -> dict:
-        from comfy.ldm.flux.math import attention
-
         block = self.adapter.dm.double_blocks[self.index]
         img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
-        attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
+        attn_mask = args["attn_mask"] if "attn_mask" in args else args.get("attention_mask")
+        to = self.block_options(args, self.adapter.n_double)
+        patches = in_block_patches(block, to)
+        if patches is None:
+            return self.host_block(args, "the model has attention patches the adapter cannot place")
+        multi = _rows(vec) > 1 if block.modulation else _rows(vec[0][0].shift) > 1
+        dims = self.mod_dims(args, ("modulation_dims_img", "modulation_dims_txt"), multi)
+        if dims is None:
+            return self.host_block(args, "the modulation has per-token ranges the adapter cannot read")
+        dims_i, dims_t = dims
         if block.modulation:
             im, tm = _lazy_mod(block.img_mod, vec), _lazy_mod(block.txt_mod, vec)
         else:
             im, tm = (LazyModulation(lambda m=m: _flat(m)) for m in vec)
         img_in, txt_in = img, txt
         joint: dict = {}
-        kw = getattr(self.adapter, "block_compile", None)
+        # compiled maths only without token ranges (those are Python lists dynamo would specialise on)
+        kw = getattr(self.adapter, "block_compile", None) if dims_i is None and dims_t is None else None
         qkv_fn, compiled_mlp = compiled(double_qkv, kw), compiled(stream_mlp, kw)
+        first = _img_first(block)
 
         def attn_out() -> dict:
             if not joint:
-                q, k, v = qkv_fn(block, img_in, txt_in, im[0], im[1], tm[0], tm[1])
-                a = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
-                n = img_in.shape[1] if _img_first(block) else txt_in.shape[1]
-                ia, ta = (a[:, :n], a[:, n:]) if _img_first(block) else (a[:, n:], a[:, :n])
+                q, k, v = qkv_fn(block, img_in, txt_in, im[0], im[1], tm[0], tm[1], dims_i, dims_t)
+                a = patched_attention(q, k, v, pe, attn_mask, to, patches,
+                                      None if first else [txt_in.shape[1], q.shape[2]])
+                n = img_in.shape[1] if first else txt_in.shape[1]
+                ia, ta = (a[:, :n], a[:, n:]) if first else (a[:, n:], a[:, :n])
                 joint["img"], joint["txt"] = block.img_attn.proj(ia), block.txt_attn.proj(ta)
             return joint
 
-        def mlp_fn(norm, mlp, h, shift, scale):
+        def mlp_fn(norm, mlp, h, shift, scale, dims):
             if kw:  # token count varies (both streams, selective rows): one dynamic graph, no recompiles
                 torch._dynamo.maybe_mark_dynamic(h, 1)
-            return compiled_mlp(norm, mlp, h, shift, scale)
+            return compiled_mlp(norm, mlp, h, shift, scale, dims)
 
+        gi, gt = gate_layout(dims_i, img.shape[1]), gate_layout(dims_t, txt.shape[1])
         img = run.run_block(2 * self.index, img, (
-            Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2), False),
-            Branch("mlp", lambda h: mlp_fn(block.img_norm2, block.img_mlp, h, im[3], im[4]), im.lazy_gate(5), True),
+            Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2, gi), False),
+            Branch("mlp", lambda h: mlp_fn(block.img_norm2, block.img_mlp, h, im[3], im[4], dims_i),
+                   im.lazy_gate(5, gi), dims_i is None),
         ))
         txt = run.run_block(2 * self.index + 1, txt, (
-            Branch("attn", lambda h: attn_out()["txt"], tm.lazy_gate(2), False),
-            Branch("mlp", lambda h: mlp_fn(block.txt_norm2, block.txt_mlp, h, tm[3], tm[4]), tm.lazy_gate(5), True),
+            Branch("attn", lambda h: attn_out()["txt"], tm.lazy_gate(2, gt), False),
+            Branch("mlp", lambda h: mlp_fn(block.txt_norm2, block.txt_mlp, h, tm[3], tm[4], dims_t),
+                   tm.lazy_gate(5, gt), dims_t is None),
         ))
         joint.clear()
         if txt.dtype == torch.float16:
@@ -150,24 +317,34 @@ class FluxDoubleBlock(DitBlockReplace):
         return {"img": img, "txt": txt}
 
 
-class FluxSingleBlock(DitBlockReplace):
+class FluxSingleBlock(FluxBlockReplace):
+    block_type = "single"
+    keeps_attention = True  # selective steps recompute the MLP half of chosen tokens (Branch.partial)
+
     def run_block(self, run: Any, args: dict) -> dict:
         from comfy.ldm.flux.layers import apply_mod
-        from comfy.ldm.flux.math import attention
 
         block = self.adapter.dm.single_blocks[self.index]
         x, vec, pe = args["img"], args["vec"], args["pe"]
-        attn_mask, to = args.get("attn_mask"), args.get("transformer_options") or {}
+        attn_mask = args["attn_mask"] if "attn_mask" in args else args.get("attention_mask")
+        to = self.block_options(args, self.adapter.n_single)
+        patches = in_block_patches(block, to)
+        if patches is None:
+            return self.host_block(args, "the model has attention patches the adapter cannot place")
+        multi = _rows(vec) > 1 if block.modulation else _rows(vec.shift) > 1
+        dims = self.mod_dims(args, ("modulation_dims",), multi)
+        if dims is None:
+            return self.host_block(args, "the modulation has per-token ranges the adapter cannot read")
+        (dims,) = dims
         mod = _lazy_mod(block.modulation, vec) if block.modulation else LazyModulation(lambda: _flat((vec, None)))
 
         kept: dict = {}
-
-        kw = getattr(self.adapter, "block_compile", None)
+        kw = getattr(self.adapter, "block_compile", None) if dims is None else None
         pre_fn, post_fn = compiled(single_pre, kw), compiled(single_post, kw)
 
         def compute(h):
-            q, k, v, mlp = pre_fn(block, h, mod[0], mod[1])
-            attn = kept["attn"] = attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=to)
+            q, k, v, mlp = pre_fn(block, h, mod[0], mod[1], dims)
+            attn = kept["attn"] = patched_attention(q, k, v, pe, attn_mask, to, patches)
             return post_fn(block, attn, mlp)
 
         def partial(rows, attn_rows):
@@ -179,10 +356,15 @@ class FluxSingleBlock(DitBlockReplace):
             else:
                 self.adapter.note_unsliced()
                 mlp = block.linear1(h)[..., width:]
-            return block.linear2(torch.cat((attn_rows.to(mlp.dtype), block.mlp_act(mlp)), 2))
+            return block.linear2(torch.cat((attn_rows.to(mlp.dtype), _single_act(block, mlp)), 2))
 
-        x = run.run_block(self.adapter.single_offset + self.index, x, (
-            Branch("attn_mlp", compute, mod.lazy_gate(2), False, aux=lambda: kept.pop("attn", None), partial=partial),))
+        if self.keeps_attention and dims is None:
+            branch = Branch("attn_mlp", compute, mod.lazy_gate(2), False, aux=lambda: kept.pop("attn", None),
+                            partial=partial)
+        else:
+            branch = Branch("attn_mlp", compute, mod.lazy_gate(2, gate_layout(dims, x.shape[1])), False)
+        x = run.run_block(self.adapter.single_offset + self.index, x, (branch,))
+        kept.clear()
         if x.dtype == torch.float16:
             x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
         return {"img": x}
@@ -202,6 +384,13 @@ class FluxAdapter(FamilyAdapter):
         self.num_blocks = 2 * self.n_double + self.n_single
         self.patch_size = int(getattr(diffusion_model, "patch_size", 2))
         self._noted = False
+        self._host_noted: set[str] = set()
+
+    def note_host_block(self, why: str) -> None:
+        if why not in self._host_noted:
+            self._host_noted.add(why)
+            log.info("ProCache: %s; those %s blocks run as the host's own (computed every step, not cached).",
+                     why, self.family)
 
     def note_unsliced(self) -> None:
         if not self._noted:

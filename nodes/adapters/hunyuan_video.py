@@ -12,6 +12,10 @@ ranges that take different adaLN rows: the first frame uses the ``guiding_frame_
   (its shift/scale depend on the token range; then it is reused on selective steps).
 * Single blocks are one fused ``attn_mlp`` branch (``linear2(cat(attn, mlp))``), reused on selective steps.
 
+The block maths is Flux's (``flux.FluxDoubleBlock`` / ``FluxSingleBlock``): the same host layers, and the
+same reading of what differs between hosts (joint-attention order, in-block ``attn1_patch`` /
+``attn1_output_patch`` from ComfyUI 0.14 on, ``block_index`` / ``total_blocks`` / ``block_type``).
+
 Arithmetic: the host's ``x += apply_mod(out, gate, None, dims)`` is ``x + out * gate`` with the gate row
 of each token range, which the engine computes as ``x + G * out`` with ``G`` the same rows laid out per
 token, so an all-FULL schedule is bitwise equal. adaLN is lazy: reused blocks evaluate only the gate
@@ -19,96 +23,18 @@ rows of plain host ``Modulation`` linears.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-import torch
-
-from ...procache_core.engine import Branch
-from . import DitBlockReplace, FamilyAdapter, install_dit_replace
-from .flux import _img_first, _lazy_mod, _qkv  # the same host Modulation and q/k/v layout as Flux
+from . import FamilyAdapter, install_dit_replace, log
+from .flux import FluxDoubleBlock, FluxSingleBlock
 
 
-def _gate_layout(dims: list | None, n: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Gate chunk -> tensor broadcasting over (B, n, C) with each token range's row (``apply_mod``)."""
-    if dims is None:
-        return lambda g: g
-
-    def layout(g: torch.Tensor) -> torch.Tensor:
-        parts = []
-        for start, stop, row in dims:
-            stop = n if stop is None else stop
-            parts.append(g[:, row:row + 1].expand(g.shape[0], stop - start, g.shape[-1]))
-        return torch.cat(parts, dim=1)
-    return layout
+class HunyuanDoubleBlock(FluxDoubleBlock):
+    """Flux's double block; the host passes ``attention_mask`` and ``modulation_dims_img/_txt`` in the args."""
 
 
-class HunyuanDoubleBlock(DitBlockReplace):
-    def run_block(self, run: Any, args: dict) -> dict:
-        from comfy.ldm.flux.layers import apply_mod
-        from comfy.ldm.flux.math import attention
-
-        block = self.adapter.dm.double_blocks[self.index]
-        img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
-        mask, to = args.get("attention_mask"), args.get("transformer_options") or {}
-        dims_i, dims_t = args.get("modulation_dims_img"), args.get("modulation_dims_txt")
-        im, tm = _lazy_mod(block.img_mod, vec), _lazy_mod(block.txt_mod, vec)
-        img_in, txt_in = img, txt
-        joint: dict = {}
-
-        def attn_out() -> dict:
-            if not joint:
-                iq, ik, iv = _qkv(block.img_attn, img_in, im[0], im[1], block.img_norm1, block.num_heads, dims_i)
-                tq, tk, tv = _qkv(block.txt_attn, txt_in, tm[0], tm[1], block.txt_norm1, block.num_heads, dims_t)
-                if _img_first(block):
-                    a = attention(torch.cat((iq, tq), dim=2), torch.cat((ik, tk), dim=2), torch.cat((iv, tv), dim=2),
-                                  pe=pe, mask=mask, transformer_options=to)
-                    joint["img"], joint["txt"] = a[:, : img_in.shape[1]], a[:, img_in.shape[1]:]
-                else:
-                    a = attention(torch.cat((tq, iq), dim=2), torch.cat((tk, ik), dim=2), torch.cat((tv, iv), dim=2),
-                                  pe=pe, mask=mask, transformer_options=to)
-                    joint["txt"], joint["img"] = a[:, : txt_in.shape[1]], a[:, txt_in.shape[1]:]
-            return joint
-
-        gi, gt = _gate_layout(dims_i, img.shape[1]), _gate_layout(dims_t, txt.shape[1])
-        img = run.run_block(2 * self.index, img, (
-            Branch("attn", lambda h: block.img_attn.proj(attn_out()["img"]), im.lazy_gate(2, gi), False),
-            Branch("mlp", lambda h: block.img_mlp(apply_mod(block.img_norm2(h), (1 + im[4]), im[3], dims_i)),
-                   im.lazy_gate(5, gi), dims_i is None),
-        ))
-        txt = run.run_block(2 * self.index + 1, txt, (
-            Branch("attn", lambda h: block.txt_attn.proj(attn_out()["txt"]), tm.lazy_gate(2, gt), False),
-            Branch("mlp", lambda h: block.txt_mlp(apply_mod(block.txt_norm2(h), (1 + tm[4]), tm[3], dims_t)),
-                   tm.lazy_gate(5, gt), dims_t is None),
-        ))
-        joint.clear()
-        if txt.dtype == torch.float16:
-            txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
-        return {"img": img, "txt": txt}
-
-
-class HunyuanSingleBlock(DitBlockReplace):
-    def run_block(self, run: Any, args: dict) -> dict:
-        from comfy.ldm.flux.layers import apply_mod
-        from comfy.ldm.flux.math import attention
-
-        block = self.adapter.dm.single_blocks[self.index]
-        x, vec, pe = args["img"], args["vec"], args["pe"]
-        mask, to, dims = args.get("attention_mask"), args.get("transformer_options") or {}, args.get("modulation_dims")
-        mod = _lazy_mod(block.modulation, vec)
-
-        def compute(h):
-            qkv, mlp = torch.split(block.linear1(apply_mod(block.pre_norm(h), (1 + mod[1]), mod[0], dims)),
-                                   [3 * block.hidden_size, block.mlp_hidden_dim_first], dim=-1)
-            q, k, v = qkv.view(qkv.shape[0], qkv.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
-            q, k = block.norm(q, k, v)
-            attn = attention(q, k, v, pe=pe, mask=mask, transformer_options=to)
-            return block.linear2(torch.cat((attn, block.mlp_act(mlp)), 2))
-
-        x = run.run_block(self.adapter.single_offset + self.index, x,
-                          (Branch("attn_mlp", compute, mod.lazy_gate(2, _gate_layout(dims, x.shape[1])), False),))
-        if x.dtype == torch.float16:
-            x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
-        return {"img": x}
+class HunyuanSingleBlock(FluxSingleBlock):
+    keeps_attention = False  # the cache layout keeps no attention half (reused whole on selective steps)
 
 
 def hunyuan_variant(model_config: Any) -> str:
@@ -135,6 +61,13 @@ class HunyuanVideoAdapter(FamilyAdapter):
         p = getattr(diffusion_model, "patch_size", (1, 2, 2))
         p = tuple(int(v) for v in p) if isinstance(p, (list, tuple)) else (int(p), int(p))
         self.patch_size = (1,) * (3 - len(p)) + p  # HunyuanImage 2.1 patches in 2-D
+        self._host_noted: set[str] = set()
+
+    def note_host_block(self, why: str) -> None:
+        if why not in self._host_noted:
+            self._host_noted.add(why)
+            log.info("ProCache: %s; those %s blocks run as the host's own (computed every step, not cached).",
+                     why, self.family)
 
     def lanes(self) -> list | None:
         return ["img", "txt"] * self.n_double + ["joint"] * self.n_single

@@ -47,11 +47,13 @@ def tiny_pixart():
 
 def tiny_flux():
     import comfy.ops
-    from comfy.ldm.flux.model import Flux
+    from comfy.ldm.flux.model import Flux, FluxParams
 
+    # ComfyUI 0.8+ requires txt_ids_dims (Flux.1: none, what its detection gives)
+    extra = {"txt_ids_dims": []} if "txt_ids_dims" in FluxParams.__dataclass_fields__ else {}
     return _init(Flux(in_channels=4, out_channels=4, vec_in_dim=16, context_in_dim=32, hidden_size=64, mlp_ratio=2.0,
                       num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
-                      qkv_bias=True, guidance_embed=False, operations=comfy.ops.disable_weight_init), 2)
+                      qkv_bias=True, guidance_embed=False, operations=comfy.ops.disable_weight_init, **extra), 2)
 
 
 def tiny_sd3(x_self_attn: bool = False):

@@ -9,6 +9,17 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
+try:
+    from .tiny_models import host_params
+except ImportError:  # loaded by file path (tests/host/test_adapter_families_more.py): no package
+    import importlib.util as _ilu
+    from pathlib import Path as _Path
+
+    _spec = _ilu.spec_from_file_location("procache_test_tiny_models", _Path(__file__).with_name("tiny_models.py"))
+    _tm = _ilu.module_from_spec(_spec)
+    _spec.loader.exec_module(_tm)
+    host_params = _tm.host_params
+
 
 def seeded_(net: torch.nn.Module, seed: int, bias_scale: float = 0.02) -> None:
     """Deterministic random weights; every float buffer too (some are allocated with torch.empty)."""
@@ -98,6 +109,9 @@ def tiny_flux2_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: 
            "qkv_bias": False, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
            "in_channels": 128, "hidden_size": 64, "context_in_dim": context_dim, "patch_size": 1, "depth": depth,
            "depth_single_blocks": single, "guidance_embed": True}
+    from comfy.ldm.flux.model import FluxParams
+
+    cfg = host_params(FluxParams, cfg, {"txt_ids_dims": [3]})  # what the host's detection gives Flux.2
     net = Flux(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
@@ -112,6 +126,9 @@ def tiny_chroma_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim:
            "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": depth, "depth_single_blocks": single,
            "axes_dim": [8, 12, 12], "theta": 10000, "patch_size": 2, "qkv_bias": True, "in_dim": 64,
            "out_dim": 64, "hidden_dim": 96, "n_layers": 2}
+    from comfy.ldm.chroma.model import ChromaParams
+
+    cfg = host_params(ChromaParams, cfg)
     net = Chroma(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
@@ -143,13 +160,14 @@ def tiny_lumina2_net(seed: int = 0, context_dim: int = 48):
 def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
     """HunyuanVideo 1.0 layout (Flux blocks, 3-D patches, token refiner), width 64, 2 double + 2 single."""
     import comfy.ops
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
     cfg = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
            "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
            "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
            "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
            "use_cond_type_embedding": False, "vision_in_dim": None}
+    cfg = host_params(HunyuanVideoParams, cfg)
     net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
@@ -159,13 +177,14 @@ def tiny_hunyuan_video15_net(seed: int = 0, context_dim: int = 48):
     """HunyuanVideo 1.5 layout: ByT5 glyph-text mapper (the host fixes its 1472 -> 2048 widths), vision
     tokens (``vision_in``), condition-type embeddings, no pooled vector; width 64, 2 double + 2 single."""
     import comfy.ops
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
     cfg = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": None,
            "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
            "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
            "qkv_bias": True, "guidance_embed": False, "byt5": True, "meanflow": False,
            "use_cond_type_embedding": True, "vision_in_dim": 40}
+    cfg = host_params(HunyuanVideoParams, cfg)
     net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
@@ -174,13 +193,14 @@ def tiny_hunyuan_video15_net(seed: int = 0, context_dim: int = 48):
 def tiny_hunyuan_image21_net(seed: int = 0, context_dim: int = 48):
     """HunyuanImage 2.1 layout (2-D 1x1 patches on 64 latent channels, no pooled vector), width 64."""
     import comfy.ops
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo
+    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
     cfg = {"image_model": "hunyuan_video", "in_channels": 64, "out_channels": 64, "vec_in_dim": None,
            "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
            "depth_single_blocks": 2, "axes_dim": [16, 16], "theta": 256, "patch_size": [1, 1],
            "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
            "use_cond_type_embedding": False, "vision_in_dim": None}
+    cfg = host_params(HunyuanVideoParams, cfg)
     net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg

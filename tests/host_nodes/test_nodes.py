@@ -70,6 +70,11 @@ class ProCacheTestTinyFlux(io.ComfyNode):
                        "mlp_ratio": 4.0, "theta": 10000, "out_channels": 16, "qkv_bias": True, "in_channels": 16,
                        "hidden_size": 256, "context_in_dim": context_in_dim, "patch_size": 2, "vec_in_dim": 768,
                        "depth": depth, "depth_single_blocks": depth_single_blocks}
+        from comfy.ldm.flux.model import FluxParams
+
+        from .tiny_models import host_params
+
+        unet_config = host_params(FluxParams, unet_config)  # e.g. txt_ids_dims, required from ComfyUI 0.8 on
         net = Flux(operations=torch.nn, **unet_config)
         gen = torch.Generator().manual_seed(seed)
         with torch.no_grad():

@@ -54,3 +54,30 @@ def tiny_wan(seed: int, *, dim: int, ffn_dim: int, num_heads: int, num_layers: i
                    freq_dim=256, text_dim=4096, out_dim=16, num_heads=num_heads, num_layers=num_layers,
                    operations=comfy.ops.disable_weight_init)
     return load_like_unet_loader(seeded(net, seed))
+
+
+# Fields a host's params dataclass requires that older hosts did not have, with the value the host's own
+# detection (comfy/model_detection.py) gives a checkpoint of that layout. Keyed by the field name; a
+# layout that needs another value passes it in ``cfg`` itself.
+HOST_PARAM_DEFAULTS: dict[str, object] = {
+    "txt_ids_dims": [],      # FluxParams / ChromaParams (0.8+): Flux.1 and Chroma use none; Flux.2 passes [3]
+    "vec_in_dim": None,      # ChromaParams (0.8+): Chroma has no pooled-vector input
+    "meanflow_sum": False,   # HunyuanVideoParams (0.8+): only the meanflow 1.5 distills sum
+}
+
+
+def host_params(params_cls: type, cfg: dict, defaults: dict | None = None) -> dict:
+    """``cfg`` plus every field ``params_cls`` (the host's FluxParams, ChromaParams, HunyuanVideoParams, ...)
+    requires and ``cfg`` lacks, so one builder constructs the network on every host: fields are taken
+    from ``defaults`` (then :data:`HOST_PARAM_DEFAULTS`); keys the host does not know are never added."""
+    import dataclasses
+
+    out = dict(cfg)
+    table = {**HOST_PARAM_DEFAULTS, **(defaults or {})}
+    for f in dataclasses.fields(params_cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if required and f.name not in out:
+            if f.name not in table:
+                raise KeyError(f"{params_cls.__name__} requires {f.name!r}: give the builder a value for it")
+            out[f.name] = table[f.name]
+    return out
