@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-core test-host test-web serve bench bench-quick bench-deep bench-load bench-faults bench-peers clean
+.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-quick bench-deep bench-load bench-faults bench-peers clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -16,10 +16,19 @@ models: setup
 demo: setup
 	$(PY) scripts/run_demo.py
 
-# The whole suite: core (host-free), real-server tests and headless-browser tests.
+# The whole suite on ComfyUI 0.3.75 (core, real-server and headless-browser tests), then the host matrix:
+# every ComfyUI release in HOSTS (default ../shared/hosts; a folder of release tarballs or trees) runs the
+# matrix share of the suite in its own venv (scripts/test_hosts.sh; README "Tested hosts").
+HOSTS ?=
 test: setup
 	bash scripts/setup_browser.sh
-	$(PY) -m pytest tests -q
+	bash scripts/setup_hosts.sh $(HOSTS)
+	rc=0; $(PY) -m pytest tests -q || rc=$$?; bash scripts/test_hosts.sh || rc=$$?; exit $$rc
+
+# only the host matrix (after `make test` set it up once)
+test-hosts: setup
+	bash scripts/setup_hosts.sh $(HOSTS)
+	bash scripts/test_hosts.sh
 
 test-core: setup
 	$(PY) -m pytest tests/core -q

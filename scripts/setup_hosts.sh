@@ -86,7 +86,8 @@ setup_one() { # setup_one NAME SOURCE(tarball or folder)
 
 shopt -s nullglob
 found=0
-for src in "$SRC"/ComfyUI-*.tar.gz "$SRC"/*/; do
+if [ -f "$SRC/main.py" ]; then candidates=("$SRC"); else candidates=("$SRC"/ComfyUI-*.tar.gz "$SRC"/*/); fi
+for src in "${candidates[@]}"; do
   src="${src%/}"
   if [ -d "$src" ] && [ ! -f "$src/main.py" ]; then continue; fi
   name="$(basename "$src")"; name="${name%.tar.gz}"

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs the host-matrix share of the suite on every host scripts/setup_hosts.sh prepared (.host/matrix/hosts.txt),
+# after `pytest tests` has run the whole suite on ComfyUI 0.3.75.
+#
+# Every matrix host runs MATRIX_TESTS (families, schedules, composition, error paths: see the README's
+# "Tested hosts"); the newest host also runs the browser and route tests (NEWEST_TESTS) against the front end it
+# pins and 1.58.1. Each host runs in its own venv (PROCACHE_HOST / PROCACHE_HOST_PY select it for the harness).
+# Exit status: non-zero when any host failed; every host runs either way.
+set -uo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+LIST="$ROOT/.host/matrix/hosts.txt"
+cd "$ROOT"
+
+MATRIX_TESTS="${MATRIX_TESTS:-tests/host/test_families_server.py tests/host/test_flux_server.py
+  tests/host/test_adapter_families.py tests/host/test_adapter_families_more.py tests/host/test_selective_server.py
+  tests/host/test_flux_host_patches.py tests/host/test_host_drift_fallback.py tests/host/test_nodes_server.py
+  tests/host/test_noise_axis.py tests/host/test_demo_digits.py tests/host/test_chaining_inprocess.py
+  tests/host/test_memory_inprocess.py tests/host/test_faults.py tests/host/test_combined_with.py}"
+NEWEST_TESTS="${NEWEST_TESTS:-tests/web}"
+
+if [ ! -s "$LIST" ]; then
+  echo "[procache-hosts] no other ComfyUI host set up: the matrix share is skipped (see scripts/setup_hosts.sh)"
+  exit 0
+fi
+
+version_of() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py"; }
+newest="$(while read -r name tree py; do printf '%s %s\n' "$(version_of "$tree")" "$name"; done < "$LIST" \
+          | sort -V | tail -n 1 | cut -d' ' -f2)"
+
+failed=""
+while read -r name tree py; do
+  tests=""
+  for t in $MATRIX_TESTS; do [ -e "$t" ] && tests="$tests $t"; done
+  [ "$name" = "$newest" ] && tests="$tests $NEWEST_TESTS"
+  echo "[procache-hosts] ComfyUI $(version_of "$tree") ($name):$tests"
+  PROCACHE_HOST="$tree" PROCACHE_HOST_PY="$py" "$py" -m pytest $tests -q -p no:cacheprovider < /dev/null
+  rc=$?
+  [ "$rc" -eq 0 ] || failed="$failed $name(rc=$rc)"
+done < "$LIST"
+
+if [ -n "$failed" ]; then
+  echo "[procache-hosts] failed on:$failed"
+  exit 1
+fi
+echo "[procache-hosts] every matrix host passed"
