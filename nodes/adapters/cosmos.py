@@ -3,8 +3,7 @@
 The host's blocks take the token grid as ``(B, T, H, W, D)`` and have no ``dit`` replace patches, so
 each block's ``forward`` is replaced with an object patch (``diffusion_model.blocks.N.forward``) that
 runs the block on the same values laid out as ``(B, T*H*W, D)`` (what the host's attention sees).
-Branches, each ``x + gate * out`` with the host's expressions (bitwise equal under an all-FULL
-schedule):
+Branches, each ``x + gate * out`` with the host's expressions:
 
 * ``self_attn`` = ``self_attn(norm(x) * (1 + scale) + shift, rope)``, reused on selective steps;
 * ``cross`` = ``cross_attn(norm(x) * (1 + scale) + shift, text)`` (no rotary embedding on
@@ -15,6 +14,14 @@ adaLN is ``(B, T_emb, D)``: one row per sample (``T_emb == 1``), or per latent f
 is per frame (image-to-video conditioning). Per-frame rows are laid out per token, and then cross
 attention and MLP are not token-local (reused on selective steps). The adaLN linears (with the
 model-wide adaLN-LoRA term) are evaluated whole every step.
+
+Newer hosts keep the residual stream in float32 when the model computes in float16: each branch input
+is cast to the compute dtype (that of ``emb_B_T_D``), its output and gate to the stream's dtype, and the
+residual is added with ``torch.addcmul`` (fused multiply-add); they also run ``mlp_patch`` hooks on the
+MLP input. Both are followed where the host's block does them (its code names ``residual_dtype`` /
+``mlp_patch``). Rounding: with the fused residual an all-FULL schedule equals the unpatched model up to
+that rounding (~1e-7 relative), elsewhere bit for bit. An MLP with ``mlp_patch`` hooks (unknown reach)
+is reused on selective steps.
 """
 from __future__ import annotations
 
@@ -39,15 +46,20 @@ class CosmosBlockForward(ChainedForward):
                 transformer_options)
         if run is None:
             return self.call_prev(x_B_T_H_W_D, *rest, **kwargs)
-        if self.prev is not None:  # cached as one residual, on the (B, T*H*W, D) layout the engine keeps
+        if self.prev is not None or kwargs:  # one cached residual, on the (B, T*H*W, D) layout the engine keeps
             shape = x_B_T_H_W_D.shape
             flat = (shape[0], -1, shape[-1])
             out = self.prev_as_branch(run, x_B_T_H_W_D.reshape(flat),
-                                      lambda h: self.prev(h.reshape(shape), *rest, **kwargs).reshape(flat))
+                                      lambda h: self.call_prev(h.reshape(shape), *rest, **kwargs).reshape(flat))
             return out.reshape(shape)
         x = x_B_T_H_W_D
         if extra_per_block_pos_emb is not None:
             x = x + extra_per_block_pos_emb
+        code = type(block).forward.__code__
+        casts = "residual_dtype" in code.co_varnames          # fp32 residual stream, compute-dtype branches
+        hooks = list((transformer_options.get("patches") or {}).get("mlp_patch") or []) \
+            if "mlp_patch" in code.co_consts else []
+        res_dtype, comp_dtype = x_B_T_H_W_D.dtype, emb_B_T_D.dtype
         mods = []
         for layer in (block.adaln_modulation_self_attn, block.adaln_modulation_cross_attn, block.adaln_modulation_mlp):
             m = layer(emb_B_T_D) + adaln_lora_B_T_3D if block.use_adaln_lora else layer(emb_B_T_D)
@@ -62,16 +74,35 @@ class CosmosBlockForward(ChainedForward):
             return m[:, :, None, None, :].expand(B, T, H, W, D).reshape(B, T * H * W, D)
 
         (sh_sa, sc_sa, g_sa), (sh_ca, sc_ca, g_ca), (sh_m, sc_m, g_m) = [[tok(t) for t in m] for m in mods]
+        if casts:
+            g_sa, g_ca, g_m = g_sa.to(res_dtype), g_ca.to(res_dtype), g_m.to(res_dtype)
         to = transformer_options
         rope = rope_emb_L_1_1_D
         local = te == 1
+
+        def cin(t: torch.Tensor) -> torch.Tensor:
+            return t.to(comp_dtype) if casts else t
+
+        def cout(t: torch.Tensor) -> torch.Tensor:
+            return t.to(res_dtype) if casts else t
+
+        def mlp(h: torch.Tensor) -> torch.Tensor:
+            n = cin(block.layer_norm_mlp(h) * (1 + sc_m) + sh_m)
+            if hooks:
+                margs = {"x": n, "transformer_options": to}
+                for p in hooks:
+                    margs = p(margs)
+                n = margs["x"]
+            return cout(block.mlp(n))
+
         branches = (
-            Branch("self_attn", lambda h: block.self_attn(block.layer_norm_self_attn(h) * (1 + sc_sa) + sh_sa, None,
-                                                          rope_emb=rope, transformer_options=to), g_sa, False),
-            Branch("cross", lambda h: block.cross_attn(block.layer_norm_cross_attn(h) * (1 + sc_ca) + sh_ca,
-                                                       crossattn_emb, rope_emb=rope, transformer_options=to),
+            Branch("self_attn", lambda h: cout(block.self_attn(cin(block.layer_norm_self_attn(h) * (1 + sc_sa) + sh_sa),
+                                                               None, rope_emb=rope, transformer_options=to)),
+                   g_sa, False),
+            Branch("cross", lambda h: cout(block.cross_attn(cin(block.layer_norm_cross_attn(h) * (1 + sc_ca) + sh_ca),
+                                                            crossattn_emb, rope_emb=rope, transformer_options=to)),
                    g_ca, local),
-            Branch("mlp", lambda h: block.mlp(block.layer_norm_mlp(h) * (1 + sc_m) + sh_m), g_m, local),
+            Branch("mlp", mlp, g_m, local and not hooks),
         )
         out = run.run_block(self.index, x.reshape(B, T * H * W, D), branches)
         return out.reshape(B, T, H, W, D)

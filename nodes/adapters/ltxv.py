@@ -1,20 +1,27 @@
 """LTX-Video (``comfy.ldm.lightricks.model.LTXVModel``).
 
 Patched with ``dit`` replace patches ``("double_block", i)`` (the host's name for its single-stream
-blocks). ``BasicTransformerBlock.forward`` becomes three branches, PixArt-like:
+blocks; every host hands the replace patch the block's whole call: mask, and on newer hosts
+``self_attention_mask`` and ``prompt_timestep``). ``BasicTransformerBlock.forward`` becomes three
+branches, PixArt-like:
 
-* ``attn`` = ``attn1(rms_norm(x) * (1 + scale_msa) + shift_msa, pe)``, gated by ``gate_msa``; reused on
-  selective steps;
-* ``cross`` = ``attn2(x, context, mask)``, no gate; token-local;
+* ``attn`` = ``attn1(modulate(rms_norm(x)), pe, mask=self_attention_mask)``, gated by ``gate_msa``; reused
+  on selective steps;
+* ``cross`` = ``attn2(x, context, mask)``, no gate, token-local; with the 9-row adaLN table
+  (``cross_attention_adaln``, LTX-2) it is ``attn2(modulate(rms_norm(x)), modulate(context))`` gated by
+  ``gate_mca``, token-local when the timestep is per sample;
 * ``mlp`` = ``ff(rms_norm(x) * (1 + scale_mlp) + shift_mlp)``, gated by ``gate_mlp``; token-local when
   the timestep is per sample. With per-token timesteps (image / keyframe conditioning, where
   conditioned tokens carry their own noise level) its shift/scale differ per token, so it is reused on
   selective steps, like the attention.
 
-The adaLN rows come from the block's ``scale_shift_table`` plus the model-wide timestep embedding, so
-there is no per-block linear to slice. Rounding: the host adds the attention and MLP residuals in place
-with ``addcmul_`` (fused multiply-add), the engine as ``x + gate * out``; an all-FULL schedule therefore
-equals the unpatched model to float rounding (~1e-6 relative), not bit for bit.
+Each host's own expressions are used: hosts whose block takes ``self_attention_mask`` modulate the
+attention input as ``rms_norm(x) * (1 + scale) + shift`` and add its residual as ``x + out * gate``;
+older hosts use ``addcmul`` for both. The adaLN rows come from the block's ``scale_shift_table`` plus the
+model-wide timestep embedding, so there is no per-block linear to slice. Rounding: the MLP residual is
+added in place with ``addcmul_`` (fused multiply-add) on every host (older hosts: the attention residual
+too), the engine as ``x + gate * out``; an all-FULL schedule therefore equals the unpatched model up to
+that rounding (~1e-7 relative), not bit for bit.
 """
 from __future__ import annotations
 
@@ -26,6 +33,14 @@ from ...procache_core.engine import Branch
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace
 
 
+def _new_style(block: Any) -> bool:
+    """Whether the host's block is the newer one (``self_attention_mask`` argument; plain attention
+    modulation and residual, optional cross-attention adaLN)."""
+    import inspect
+
+    return "self_attention_mask" in inspect.signature(type(block).forward).parameters
+
+
 class LTXVBlock(DitBlockReplace):
     def run_block(self, run: Any, args: dict) -> dict:
         from comfy.ldm.common_dit import rms_norm
@@ -33,24 +48,41 @@ class LTXVBlock(DitBlockReplace):
         block = self.adapter.dm.transformer_blocks[self.index]
         x, context, mask, timestep, pe = args["img"], args["txt"], args.get("attention_mask"), args["vec"], args["pe"]
         to = args.get("transformer_options") or {}
+        new = _new_style(block)
+        rows = block.scale_shift_table.shape[0]
         table = block.scale_shift_table[None, None].to(device=x.device, dtype=x.dtype)
+        ts = timestep.reshape(x.shape[0], timestep.shape[1], rows, -1)
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
-            table + timestep.reshape(x.shape[0], timestep.shape[1], table.shape[2], -1)).unbind(dim=2)
+            (table[:, :, :6] + ts[:, :, :6, :]) if new else (table + ts)).unbind(dim=2)
         per_sample = timestep.shape[1] == 1
+        sa_mask = args.get("self_attention_mask")
 
-        def attn1(h):
-            a = rms_norm(h)
-            return block.attn1(torch.addcmul(a, a, scale_msa).add_(shift_msa), pe=pe, transformer_options=to)
+        if new:
+            def attn1(h):
+                return block.attn1(rms_norm(h) * (1 + scale_msa) + shift_msa, pe=pe, mask=sa_mask,
+                                   transformer_options=to)
+        else:
+            def attn1(h):
+                a = rms_norm(h)
+                return block.attn1(torch.addcmul(a, a, scale_msa).add_(shift_msa), pe=pe, transformer_options=to)
 
         def mlp(h):
             y = rms_norm(h)
             return block.ff(torch.addcmul(y, y, scale_mlp).add_(shift_mlp))
 
-        x = run.run_block(self.index, x, (
-            Branch("attn", attn1, gate_msa, False),
-            Branch("cross", lambda h: block.attn2(h, context=context, mask=mask, transformer_options=to), None, True),
-            Branch("mlp", mlp, gate_mlp, per_sample),
-        ))
+        if new and getattr(block, "cross_attention_adaln", False):
+            shift_q, scale_q, gate_mca = (table[:, :, 6:9] + ts[:, :, 6:9, :]).unbind(dim=2)
+            prompt_ts = args.get("prompt_timestep")
+            shift_kv, scale_kv = (block.prompt_scale_shift_table[None, None].to(device=x.device, dtype=x.dtype)
+                                  + prompt_ts.reshape(x.shape[0], prompt_ts.shape[1], 2, -1)).unbind(dim=2)
+            ctx = context * (1 + scale_kv) + shift_kv
+            # the host multiplies attn2(...) * gate_mca; the engine's gate * out is the same product
+            cross = Branch("cross", lambda h: block.attn2(rms_norm(h) * (1 + scale_q) + shift_q, context=ctx,
+                                                          mask=mask, transformer_options=to), gate_mca, per_sample)
+        else:
+            cross = Branch("cross", lambda h: block.attn2(h, context=context, mask=mask, transformer_options=to),
+                           None, True)
+        x = run.run_block(self.index, x, (Branch("attn", attn1, gate_msa, False), cross, Branch("mlp", mlp, gate_mlp, per_sample)))
         return {"img": x}
 
 

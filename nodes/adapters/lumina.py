@@ -14,6 +14,13 @@ host writes it (``x + tanh(gate).unsqueeze(1) * out``), so an all-FULL schedule 
 
 adaLN (``adaLN_modulation``: ``Linear(·, 4C)``, with SiLU for Lumina 2, without for Z-Image) is lazy:
 reused blocks evaluate only the two gate row blocks of plain host linears.
+
+Newer hosts wrap both branch outputs in ``clamp_fp16`` (used here when the host module has it) and pass
+``timestep_zero_index`` (Z-Image Omni: ``adaln_input`` has two rows per sample, the step's and timestep
+0; token slices of reference images take the second). The scale and gate are then laid out per token
+(the same products as the host's slice-wise in-place multiplies, so still bitwise) and the MLP is reused
+on selective steps, like the attention. Calls with arguments the block does not take here run the
+host's forward as one cached residual.
 """
 from __future__ import annotations
 
@@ -31,32 +38,57 @@ def _gate(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1).tanh()
 
 
+def _slices_per_token(zero: list, n: int):
+    """``(2B, 1, C) -> (B, n, C)``: tokens inside the ``zero`` slices take the second B rows (timestep 0),
+    the others the first B (the host's ``modulate`` / ``apply_gate`` with ``timestep_zero_index``)."""
+    def lay(v: torch.Tensor) -> torch.Tensor:
+        b = v.shape[0] // 2
+        out = v[:b].expand(b, n, v.shape[-1]).clone()
+        for start, stop in zero:
+            out[:, start:stop] = v[b:]
+        return out
+    return lay
+
+
 class LuminaBlockForward(ChainedForward):
     """Replacement of one main block's ``forward`` (what was there before when no run of ours is active)."""
 
     @outside_compile
-    def __call__(self, x, x_mask, freqs_cis, adaln_input=None, transformer_options={}, **kwargs):
+    def __call__(self, x, x_mask, freqs_cis, adaln_input=None, *args, **kwargs):
         block = self.block
         run = active_run(self.owner)
         if run is None or not block.modulation or adaln_input is None:
-            return self.call_prev(x, x_mask, freqs_cis, adaln_input, transformer_options=transformer_options, **kwargs)
-        if self.prev is not None:
-            return self.prev_as_branch(run, x, lambda h: self.prev(h, x_mask, freqs_cis, adaln_input,
-                                                                   transformer_options=transformer_options, **kwargs))
+            return self.call_prev(x, x_mask, freqs_cis, adaln_input, *args, **kwargs)
+        known = not args and set(kwargs) <= {"timestep_zero_index", "transformer_options"}
+        if self.prev is not None or not known:
+            return self.prev_as_branch(run, x, lambda h: self.call_prev(h, x_mask, freqs_cis, adaln_input, *args,
+                                                                        **kwargs))
         import torch.nn.functional as F
-        from comfy.ldm.lumina.model import modulate
+        import comfy.ldm.lumina.model as lm
 
+        zero = kwargs.get("timestep_zero_index")
+        clamp = getattr(lm, "clamp_fp16", None) or (lambda t: t)   # newer hosts clamp fp16 branch outputs
         seq = block.adaLN_modulation
         silu = isinstance(seq[0], torch.nn.SiLU)
         mod = lazy_chunks(lambda: seq(adaln_input).chunk(4, dim=1), seq[-1],
                           (lambda: F.silu(adaln_input)) if silu else (lambda: adaln_input), adaln_input, 4)
-        to = transformer_options
+        to = kwargs.get("transformer_options") or {}
+        if zero is None:
+            modulate, gate = lm.modulate, _gate
+        else:  # two adaLN rows per sample: the zero-timestep slices (Z-Image Omni references) take the second
+            lay = _slices_per_token(zero, x.shape[1])
+
+            def modulate(h, scale):
+                return h * lay(1 + scale.unsqueeze(1))
+
+            def gate(t):
+                return lay(t.unsqueeze(1).tanh())
         branches = (
-            Branch("attn", lambda h: block.attention_norm2(block.attention(
-                modulate(block.attention_norm1(h), mod[0]), x_mask, freqs_cis, transformer_options=to)),
-                mod.lazy_gate(1, _gate), False),
-            Branch("mlp", lambda h: block.ffn_norm2(block.feed_forward(modulate(block.ffn_norm1(h), mod[2]))),
-                   mod.lazy_gate(3, _gate), True),
+            Branch("attn", lambda h: block.attention_norm2(clamp(block.attention(
+                modulate(block.attention_norm1(h), mod[0]), x_mask, freqs_cis, transformer_options=to))),
+                mod.lazy_gate(1, gate), False),
+            Branch("mlp", lambda h: block.ffn_norm2(clamp(block.feed_forward(modulate(block.ffn_norm1(h), mod[2])))),
+                   mod.lazy_gate(3, gate), zero is None),
         )
         return run.run_block(self.index, x, branches)
 

@@ -1,22 +1,30 @@
 """Qwen-Image and Qwen-Image-Edit (``comfy.ldm.qwen_image.model.QwenImageTransformer2DModel``).
 
-Patched with ``dit`` replace patches ``("double_block", i)``. Every block is a joint (MMDiT-style)
-block with an image and a text stream sharing one attention; each block runs as two engine blocks
-(image stream ``2i``, text stream ``2i+1``) with branches:
+Each block's ``forward`` is replaced with an object patch (``diffusion_model.transformer_blocks.N.forward``).
+The host's ``dit`` replace arguments carry neither the text attention mask (``encoder_hidden_states_mask``,
+which newer hosts hand to the joint attention) nor ``timestep_zero_index`` (Qwen-Image-Edit 2511's
+reference tokens modulated by a zero timestep); the block's own call has both, and another pack's
+``dit`` replace patch still wraps this block (the host's ``original_block`` calls ``block(...)``).
+Every block is a joint (MMDiT-style) block with an image and a text stream sharing one attention; each
+block runs as two engine blocks (image stream ``2i``, text stream ``2i+1``) with branches:
 
 * ``attn``: the stream's output projection of the joint attention (``to_out`` / ``to_add_out``), gated
   by ``gate1``; computed once, lazily, for both streams; reused on selective steps;
-* ``mlp``: ``mlp(modulate(norm2(x)))``, gated by ``gate2``; token-local (the modulation is per sample),
+* ``mlp``: ``mlp(modulate(norm2(x)))``, gated by ``gate2``; token-local when the modulation is per sample,
   so selective steps recompute it for the top-k tokens of the stream. With Qwen-Image-Edit the image
-  stream also holds the reference-image tokens; they are cached and scored like the others.
+  stream also holds the reference-image tokens; they are cached and scored like the others. With
+  ``timestep_zero_index`` (``temb`` has two rows per sample: the step's and timestep 0) the image
+  stream's tokens from that index on take the second row's shift/scale/gate; the gate is then laid out
+  per token and the image MLP is reused on selective steps, like the attention.
 
 adaLN (``img_mod`` / ``txt_mod``, one ``Linear(C, 6C)`` each) is lazy: reused blocks evaluate only the
 gate rows of plain host linears (``nodes/adapters/modulation.py``).
 
 Rounding: the host adds the attention residual as ``x + gate * out`` (the engine's arithmetic) but the
-MLP residual as ``torch.addcmul(x, gate, out)``, a fused multiply-add whose result can differ from
-``x + gate * out`` in the last bit. An all-FULL schedule therefore equals the unpatched model up to
-float rounding (~1e-6 relative on CPU), not bit for bit.
+MLP residual (both streams; the image stream only without ``timestep_zero_index``) as
+``torch.addcmul(x, gate, out)``, a fused multiply-add whose result can differ from ``x + gate * out`` in
+the last bit. An all-FULL schedule therefore equals the unpatched model up to that rounding (~1e-7
+relative on CPU), not bit for bit; with ``timestep_zero_index`` the image stream is bitwise.
 """
 from __future__ import annotations
 
@@ -25,7 +33,8 @@ from typing import Any
 import torch
 
 from ...procache_core.engine import Branch
-from . import DitBlockReplace, FamilyAdapter, install_dit_replace
+from ..runtime_bridge import active_run
+from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 from .modulation import lazy_chunks
 
 
@@ -44,31 +53,63 @@ def _lazy_mod(seq_mod: Any, temb: torch.Tensor):
     return lazy_chunks(full, seq_mod[1], lambda: F.silu(temb), temb, 6)
 
 
-def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))  # the host's _modulate
+def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tzi: int | None = None) -> torch.Tensor:
+    """The host's ``_modulate``: rows of ``shift``/``scale`` are (B, C), or (2B, C) with ``tzi``, where the
+    second half modulates the tokens from ``tzi`` on."""
+    if tzi is None:
+        return torch.addcmul(shift.unsqueeze(1), x, 1 + scale.unsqueeze(1))
+    b = shift.shape[0] // 2
+    reg = torch.addcmul(shift[:b].unsqueeze(1), x[:, :tzi], 1 + scale[:b].unsqueeze(1))
+    zero = torch.addcmul(shift[b:].unsqueeze(1), x[:, tzi:], 1 + scale[b:].unsqueeze(1))
+    return torch.cat((reg, zero), dim=1)
 
 
-class QwenImageBlock(DitBlockReplace):
-    def run_block(self, run: Any, args: dict) -> dict:
-        block = self.adapter.dm.transformer_blocks[self.index]
-        img, txt, temb, pe = args["img"], args["txt"], args["vec"], args["pe"]
-        to = args.get("transformer_options") or {}
-        im, tm = _lazy_mod(block.img_mod, temb), _lazy_mod(block.txt_mod, temb)
-        img_in, txt_in = img, txt
+def _split_gate(tzi: int, n: int):
+    """Gate (2B, C) -> (B, n, C): the first B rows for tokens before ``tzi``, the others after (the
+    host's ``cat(x[:, :tzi] * g[0], x[:, tzi:] * g[1])`` written as one per-token gate)."""
+    def gate(g: torch.Tensor) -> torch.Tensor:
+        b = g.shape[0] // 2
+        return torch.cat((g[:b].unsqueeze(1).expand(b, tzi, g.shape[-1]),
+                          g[b:].unsqueeze(1).expand(b, n - tzi, g.shape[-1])), dim=1)
+    return gate
+
+
+class QwenImageBlockForward(ChainedForward):
+    """Replacement of one block's ``forward`` (what was there before when no run of ours is active)."""
+
+    @outside_compile
+    def __call__(self, hidden_states, encoder_hidden_states, encoder_hidden_states_mask=None, temb=None,
+                 image_rotary_emb=None, *args, **kwargs):
+        run = active_run(self.owner)
+        call = (hidden_states, encoder_hidden_states, encoder_hidden_states_mask, temb, image_rotary_emb, *args)
+        if run is None:
+            return self.call_prev(*call, **kwargs)
+        tzi = kwargs.get("timestep_zero_index")
+        known = not args and set(kwargs) <= {"timestep_zero_index", "transformer_options"}
+        if self.prev is not None or not known:
+            return self._as_residuals(run, call, kwargs)
+        block = self.block
+        to = kwargs.get("transformer_options") or {}
+        img, txt = hidden_states, encoder_hidden_states
+        im = _lazy_mod(block.img_mod, temb)
+        t_temb = temb.chunk(2, dim=0)[0] if tzi is not None else temb
+        tm = _lazy_mod(block.txt_mod, t_temb)
+        img_gate = _unsqueeze1 if tzi is None else _split_gate(int(tzi), img.shape[1])
         joint: dict = {}
 
         def attn_out() -> dict:
             if not joint:
                 joint["img"], joint["txt"] = block.attn(
-                    hidden_states=_modulate(block.img_norm1(img_in), im[0], im[1]),
-                    encoder_hidden_states=_modulate(block.txt_norm1(txt_in), tm[0], tm[1]),
-                    encoder_hidden_states_mask=None, image_rotary_emb=pe, transformer_options=to)
+                    hidden_states=_modulate(block.img_norm1(img), im[0], im[1], tzi),
+                    encoder_hidden_states=_modulate(block.txt_norm1(txt), tm[0], tm[1]),
+                    encoder_hidden_states_mask=encoder_hidden_states_mask, image_rotary_emb=image_rotary_emb,
+                    transformer_options=to)
             return joint
 
         img = run.run_block(2 * self.index, img, (
-            Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2, _unsqueeze1), False),
-            Branch("mlp", lambda h: block.img_mlp(_modulate(block.img_norm2(h), im[3], im[4])),
-                   im.lazy_gate(5, _unsqueeze1), True),
+            Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2, img_gate), False),
+            Branch("mlp", lambda h: block.img_mlp(_modulate(block.img_norm2(h), im[3], im[4], tzi)),
+                   im.lazy_gate(5, img_gate), tzi is None),
         ))
         txt = run.run_block(2 * self.index + 1, txt, (
             Branch("attn", lambda h: attn_out()["txt"], tm.lazy_gate(2, _unsqueeze1), False),
@@ -76,7 +117,28 @@ class QwenImageBlock(DitBlockReplace):
                    tm.lazy_gate(5, _unsqueeze1), True),
         ))
         joint.clear()
-        return {"img": img, "txt": txt}
+        return txt, img
+
+    def _as_residuals(self, run: Any, call: tuple, kwargs: dict):
+        """An earlier pack's forward, or arguments this adapter does not know: the block's own forward,
+        each stream cached as one residual (no selective compute there)."""
+        out: dict = {}
+
+        def prev_out() -> dict:
+            if not out:
+                out["txt"], out["img"] = self.call_prev(*call, **kwargs)
+            return out
+
+        if not self._logged:
+            self._logged = True
+            from . import log
+            log.info("ProCache: Qwen-Image block %d runs the host's (or an earlier patch's) forward; each stream "
+                     "is cached as one residual (no selective compute there).", self.index)
+        img = run.run_block(2 * self.index, call[0],
+                            (Branch("patched_block", lambda h: prev_out()["img"] - h, None, False),))
+        txt = run.run_block(2 * self.index + 1, call[1],
+                            (Branch("patched_block", lambda h: prev_out()["txt"] - h, None, False),))
+        return txt, img
 
 
 class QwenImageAdapter(FamilyAdapter):
@@ -93,8 +155,9 @@ class QwenImageAdapter(FamilyAdapter):
         return ["img", "txt"] * self.n_blocks  # engine blocks 2i (image stream) and 2i+1 (text stream)
 
     def install(self, model_patcher: Any, owner: Any) -> None:
-        for i in range(self.n_blocks):
-            install_dit_replace(model_patcher, QwenImageBlock(self, i, owner), "double_block", i)
+        for i, block in enumerate(self.dm.transformer_blocks):
+            install_forward_patch(model_patcher, f"diffusion_model.transformer_blocks.{i}.forward",
+                                  lambda prev, b=block, i=i: QwenImageBlockForward(b, i, owner, prev))
 
     def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
         """Per block an image (latent tokens + reference-image tokens of an edit) and a text engine

@@ -6,14 +6,19 @@ cross-attention needs it), so each block's ``forward`` is replaced with an objec
 
 * ``self_attn``, gated by ``e[2]`` (reused on selective steps);
 * ``cross`` = ``cross_attn(norm3(x), context)``, no gate, token-local;
-* ``attn2_patch`` (only when the host's ``transformer_options["patches"]["attn2_patch"]`` hooks are
-  present; newer hosts run them after cross-attention): ``hooks(x) - x``, not token-local;
+* ``attn2_patch`` (only when ``transformer_options["patches"]["attn2_patch"]`` hooks are present and the
+  host's block runs them, after cross-attention; older hosts' blocks ignore them, and so does this
+  adapter there): ``hooks(x) - x``, not token-local;
 * ``ffn``, gated by ``e[5]``; token-local when the modulation is per sample (Wan 2.1/2.2 14B). With
   per-frame modulation (Wan 2.2 5B) it is treated as not token-local (reused on selective steps).
 
 The host writes the gated residual as ``torch.addcmul(x, y, gate)`` (fused); the engine writes
 ``x + gate * y``. They differ in the last bits (measured ~1e-6 relative on CPU), so for Wan an all-FULL
 schedule equals the unpatched model up to float rounding, not bit for bit.
+
+Only blocks whose ``forward`` is ``WanAttentionBlock.forward`` itself are split (detection): subclasses
+with their own arithmetic (HuMo's audio blocks, the causal blocks) get the model-level fallback. A call
+with arguments the plain block does not take runs the host's forward as one cached residual.
 """
 from __future__ import annotations
 
@@ -34,8 +39,8 @@ class WanBlockForward(ChainedForward):
         if run is None:
             return self.call_prev(x, e, freqs, context, context_img_len=context_img_len,
                                   transformer_options=transformer_options, **kwargs)
-        if self.prev is not None:
-            return self.prev_as_branch(run, x, lambda h: self.prev(
+        if self.prev is not None or kwargs:
+            return self.prev_as_branch(run, x, lambda h: self.call_prev(
                 h, e, freqs, context, context_img_len=context_img_len, transformer_options=transformer_options,
                 **kwargs))
         import comfy.model_management
@@ -46,7 +51,7 @@ class WanBlockForward(ChainedForward):
         x = x.contiguous()
         per_sample = all(t.size(1) == 1 for t in e)
         to = transformer_options
-        attn2 = list((to.get("patches") or {}).get("attn2_patch") or [])
+        attn2 = list((to.get("patches") or {}).get("attn2_patch") or []) if _block_runs_attn2(block) else []
         branches = [
             Branch("self_attn", lambda h: block.self_attn(torch_addcmul(repeat_e(e[0], h), block.norm1(h), 1 + repeat_e(e[1], h)),
                                                           freqs, transformer_options=to),
@@ -61,6 +66,12 @@ class WanBlockForward(ChainedForward):
                    repeat_e(e[5], x), per_sample),
         ]
         return run.run_block(self.index, x, branches)
+
+
+def _block_runs_attn2(block) -> bool:
+    """Whether the host's block ``forward`` runs ``attn2_patch`` hooks itself (newer hosts; the name is
+    a constant of its code)."""
+    return "attn2_patch" in type(block).forward.__code__.co_consts
 
 
 def torch_addcmul(a, b, c):
