@@ -117,6 +117,38 @@ def decode(z: torch.Tensor) -> torch.Tensor:
     return model_to_image(latent_format(fam).process_in(z.float()), fam)
 
 
+# Values for parameters newer hosts' model classes require but the demo configs (written for ComfyUI 0.3.75)
+# do not name: what the host's own detection sets for a plain model of the family (0.8+ FluxParams needs
+# txt_ids_dims; detection gives [] to Flux.1, whose text tokens carry no position ids).
+_PLAIN_DEFAULTS = {"flux": {"txt_ids_dims": []}}
+
+
+def _required_params(family: str) -> set[str]:
+    """Fields the host's parameter dataclass for `family` requires (no default); empty where it has none."""
+    import dataclasses
+
+    if family != "flux":
+        return set()
+    import comfy.ldm.flux.model as flux_model
+
+    params = getattr(flux_model, "FluxParams", None)
+    if params is None or not dataclasses.is_dataclass(params):
+        return set()
+    return {f.name for f in dataclasses.fields(params)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+
+
+def host_unet_config(family: str) -> dict:
+    """CONFIGS[family] plus what this host's model class requires beyond it (the trained weights and the
+    architecture are the same on every host; only the constructor's parameter list grew)."""
+    cfg = dict(CONFIGS[family])
+    for name in sorted(_required_params(family) - set(cfg)):
+        if name not in _PLAIN_DEFAULTS.get(family, {}):
+            raise RuntimeError(f"the host's {family} model requires {name!r}, which the digits demo does not know")
+        cfg[name] = list(_PLAIN_DEFAULTS[family][name])
+    return cfg
+
+
 def build_model(family: str, state_dict: dict | None = None):
     """The host's own model object for `family` (comfy.model_base.Flux / PixArt via the host's model
     config, as comfy.sd.load_diffusion_model_state_dict builds it after detection), weights loaded."""
@@ -124,7 +156,7 @@ def build_model(family: str, state_dict: dict | None = None):
 
     if family not in CONFIGS:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    unet_config = dict(CONFIGS[family])
+    unet_config = host_unet_config(family)
     config = comfy.model_detection.model_config_from_unet_config(unet_config, state_dict)
     if config is None:
         raise RuntimeError(f"the host has no model config for {unet_config}")

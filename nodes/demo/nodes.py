@@ -61,7 +61,9 @@ def load_model(family: str):
     sd, _ = load_weights(family)
     model = digits.build_model(family, sd)
     got = model.diffusion_model.state_dict()
-    missing = sorted(set(got) - set(sd))
+    # the keys as the host's loader renamed them (0.29's Flux: RMSNorm `.scale` -> `.weight`); the file is unchanged
+    loaded = model.model_config.process_unet_state_dict(dict(sd))
+    missing = sorted(set(got) - set(loaded))
     if missing:
         raise ProCacheError("model", f"bundled weights lack {len(missing)} tensors (e.g. {missing[0]}).",
                             "retrain them with benchmarks/train_host_digits.py.")

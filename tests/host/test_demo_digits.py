@@ -76,7 +76,9 @@ def test_digits_encode_decode_roundtrip_and_img2img(comfy_server, tmp_path):
     pick = [int((lab == d).nonzero()[0]) for d in range(10)]
     frames = [Image.fromarray(((img[i, 0].numpy() + 1) * 127.5).round().astype(np.uint8)).convert("RGB")
               for i in pick]
-    inp = client.server.workdir / "input" / "digits10.tiff"
+    # an animated PNG, not a multi-page TIFF: 0.29's LoadImage decodes through PyAV first, which reads only
+    # a TIFF's first page (a batch of 1); both loaders read every APNG frame, losslessly
+    inp = client.server.workdir / "input" / "digits10.png"
     frames[0].save(inp, save_all=True, append_images=frames[1:])
     src = torch.stack([torch.from_numpy(np.asarray(f.convert("L"), dtype=np.float32) / 127.5 - 1) for f in frames])[:, None]
 
