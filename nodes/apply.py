@@ -106,7 +106,11 @@ class ProCacheApply(io.ComfyNode):
         config.memory_request = memory
         install_wrappers(patched, config)
         adapter.install(patched, config)
-        unsplit = adapter.unsplit_report()
+        try:
+            unsplit = adapter.unsplit_report()
+        except Exception as e:  # a host block without what the adapter expects: the first run's check says more
+            log.debug("ProCache: no adaLN report (%s: %s)", type(e).__name__, e)
+            unsplit = None
         if unsplit:
             log.info(unsplit)
         fam = getattr(preset, "family", "any") or "any"

@@ -75,6 +75,9 @@ class ProCacheConfig:
         self.start_percent = float(start_percent)
         self.end_percent = float(end_percent)
         self.adapter = adapter
+        # the block adapter, once its model failed verification and this config switched to the
+        # model-level fallback (adapters/verify.py); None while ``adapter`` is what Apply chose
+        self.block_adapter: Any = None
         self.short_run_floor = int(short_run_floor)
         self.noted: set[str] = set()        # one-time log lines already written (e.g. "no noise record")
         self.runs = 0                       # finished (or interrupted) runs
@@ -123,6 +126,14 @@ class RunState:
     _last_step: int = 0
     _n_evals: int = 0                                       # sampler evaluations (CFG parts grouped)
     _group: tuple[float, set] | None = None                 # sigma and streams of the evaluation in progress
+    # self-verification (adapters/verify.py): the check of this run (None: nothing to verify), whether
+    # the patched blocks run the host's forward (a failure in this run, or the model-level fallback),
+    # whether the whole model call is cached (the fallback after a failed verification), and why it failed
+    check: Any = None
+    blocks_off: bool = False
+    model_level: bool = False
+    verify_failure: str | None = None
+    guarded: bool = True                                     # adapter exceptions fall back to the host
 
     @property
     def n_steps(self) -> int:
@@ -308,8 +319,46 @@ def build_run_schedule(config: ProCacheConfig, sigmas: list[float], model_sampli
     return plan.schedule, plan.remapped_from
 
 
+def _use_fallback_if_failed(config: ProCacheConfig) -> None:
+    """Switch ``config`` to the model-level fallback when its block adapter failed verification in
+    this process (adapters/verify.py); its patched blocks then run the host's forward."""
+    if config.block_adapter is not None or getattr(config.adapter, "schedule_only", False) or \
+            getattr(config.adapter, "dm", None) is None:
+        return
+    from .adapters import verify
+    from .adapters.generic import GenericAdapter
+
+    adapter = config.adapter
+    why = verify.failure(verify.adapter_key(adapter))
+    if why is None:
+        return
+    import dataclasses
+
+    config.block_adapter = adapter
+    config.adapter = GenericAdapter(adapter.dm, type(adapter.dm).__name__,
+                                    fallback_for=f"the {adapter.family} block adapter failed verification ({why})")
+    config.selective = dataclasses.replace(config.selective, enabled=False, start_block=None)
+    config.inject_selective = False
+    log.info("ProCache: %s", config.adapter.describe())
+
+
+def _new_check(config: ProCacheConfig) -> Any:
+    """The verification of this run, or None (fallback, or this host code is verified already)."""
+    adapter = config.adapter
+    if config.block_adapter is not None or getattr(adapter, "schedule_only", False) or \
+            getattr(adapter, "dm", None) is None:
+        return None
+    from .adapters import verify
+
+    key = verify.adapter_key(adapter)
+    if verify.is_verified(key) or verify.failure(key) is not None:
+        return None
+    return verify.RunCheck(key=key, family=adapter.family)
+
+
 def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, sampler: Any = None) -> RunState:
     sig = [float(v) for v in sigmas.detach().float().cpu().tolist()]  # once per run
+    _use_fallback_if_failed(config)
     try:
         model_sampling = model_patcher.get_model_object("model_sampling")
     except Exception:
@@ -332,6 +381,8 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, 
     state = RunState(config=config, run=run, sample_sigmas=sig, schedule=sched, remapped_from=remapped_from,
                      device=device if isinstance(device, torch.device) else sigmas.device,
                      noise=plan.noise, mapping=plan.mapping, corrector_at_next=fn_name in CORRECTOR_AT_NEXT_SIGMA)
+    state.model_level = state.blocks_off = config.block_adapter is not None
+    state.check = _new_check(config)
     log.debug("ProCache: run started, %d steps, schedule %s", len(sig) - 1, sched.to_string())
     return state
 
@@ -392,6 +443,13 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
         line += f", schedule remapped {state.remapped_from}->{state.n_steps} steps by noise level"
     if state.mapping == "short run":
         line += f", short run (< {state.config.short_run_floor} steps): every step computed"
+    if state.verify_failure is not None:
+        line += (f"; {summary['family']} block adapter failed verification ({state.verify_failure}): ComfyUI's "
+                 "own blocks computed the rest of this run, the next runs use the model-level fallback")
+    elif state.model_level:
+        line += f"; model-level fallback: {state.config.adapter.fallback_for}"
+    summary["verification"] = state.verify_failure
+    summary["fallback"] = bool(state.model_level)
     summary["line"] = line
     cfg = state.config
     with cfg._lock:
@@ -501,9 +559,20 @@ def active_run(owner: Any) -> CacheRun | None:
     if not stack:
         return None
     state = stack[-1]
-    if state.config is not owner or state.closed:
+    if state.config is not owner or state.closed or getattr(state, "blocks_off", False):
         return None
     return state.run
+
+
+def active_state(owner: Any) -> Any:
+    """The run state behind :func:`active_run` (same conditions), for the adapters' verification."""
+    stack = getattr(_ACTIVE, "stack", None)
+    if not stack:
+        return None
+    state = stack[-1]
+    if state.config is not owner or state.closed or getattr(state, "blocks_off", False):
+        return None
+    return state
 
 
 def _transformer_options(args: tuple, kwargs: dict) -> dict:
@@ -545,10 +614,24 @@ def apply_model_wrapper(executor, *args, **kwargs):
     stack = getattr(_ACTIVE, "stack", None)
     if stack is None:
         stack = _ACTIVE.stack = []
+    check = state.check
+    if check is not None and check.pending and not state.blocks_off and run.action == Action.FULL:
+        check.active, check.compared = True, 0   # this evaluation is compared with the host's blocks
     stack.append(state)
     try:
-        return executor(*args, **kwargs)
+        if state.model_level:  # the fallback after a failed verification (adapters/verify.py)
+            from .adapters.generic import cached_model_call
+
+            return cached_model_call(run, executor, args, kwargs)
+        out = executor(*args, **kwargs)
+        if check is not None and check.active:
+            from .adapters.verify import finish_evaluation
+
+            finish_evaluation(state)
+        return out
     finally:
+        if check is not None:
+            check.active = False
         stack.pop()
 
 

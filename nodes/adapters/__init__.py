@@ -38,7 +38,7 @@ import logging
 from typing import Any, Callable
 
 from ...procache_core.errors import UnsupportedModelError
-from ..runtime_bridge import active_run
+from ..runtime_bridge import active_run, active_state
 
 SUPPORTED_FAMILIES = {
     "pixart": "PixArt-α / PixArt-Σ",
@@ -162,7 +162,12 @@ class DitBlockReplace:
 
     ``prev`` is the replace patch that was on the block before (another pack's); it is called with this
     block as its ``original_block``, so it keeps working and wraps the cached block.
+
+    During a run the block goes through ``verify.guarded_block``: compared with ``original_block`` on
+    the run's first FULL evaluation, and replaced by it when the adapter fails (see ``verify.py``).
     """
+
+    block_name = "block"   # the dit replace name ("double_block", ...), set by install_dit_replace
 
     def __init__(self, adapter: "FamilyAdapter", index: int, owner: Any, prev: Callable | None = None) -> None:
         self.adapter, self.index, self.owner = adapter, index, owner
@@ -171,12 +176,29 @@ class DitBlockReplace:
     @outside_compile
     def __call__(self, args: dict, extra: dict) -> dict:
         run = active_run(self.owner)
+        host = extra["original_block"]
         if self.prev is not None:
-            inner = extra["original_block"] if run is None else (lambda a: self.run_block(run, a))
+            inner = host if run is None else (lambda a: self._checked(run, a, host))
             return self.prev(args, {**extra, "original_block": inner})
         if run is None:
-            return extra["original_block"](args)
-        return self.run_block(run, args)
+            return host(args)
+        return self._checked(run, args, host)
+
+    def _checked(self, run: Any, args: dict, host: Callable[[dict], dict]) -> dict:
+        state = active_state(self.owner)
+        if state is None:           # a failure earlier in this evaluation: the host's block from now on
+            return host(args)
+        if not getattr(state, "guarded", False):  # a bare run state (in-process adapter tests)
+            return self.run_block(run, args)
+        from .verify import guarded_block
+
+        return guarded_block(state, self.describe_block(), lambda: self.run_block(run, args), lambda: host(args))
+
+    def describe_block(self) -> str:
+        """``Class (block_name i)`` of the host block this patch replaces, for the verification warning."""
+        mod = _host_block(self.adapter.dm, self.block_name, self.index)
+        what = f"{self.block_name} {self.index}"
+        return f"{type(mod).__name__} ({what})" if mod is not None else what
 
     def run_block(self, run: Any, args: dict) -> dict:
         raise NotImplementedError
@@ -193,7 +215,23 @@ def install_dit_replace(model_patcher: Any, patch: DitBlockReplace, block_name: 
     if isinstance(prev, DitBlockReplace):
         prev = prev.prev
     patch.prev = prev
+    patch.block_name = block_name
     model_patcher.set_model_patch_replace(patch, "dit", block_name, index)
+
+
+_BLOCK_LISTS = {"double_block": ("double_blocks", "joint_blocks", "double_stream_blocks", "transformer_blocks"),
+                "single_block": ("single_blocks", "single_stream_blocks")}
+
+
+def _host_block(dm: Any, block_name: str, index: int) -> Any:
+    """The host module a ``dit`` replace patch stands for (by the usual list names), or None."""
+    for attr in _BLOCK_LISTS.get(block_name, ("blocks", "layers", "transformer_blocks")):
+        blocks = getattr(dm, attr, None)
+        try:
+            return blocks[index]
+        except (TypeError, IndexError, KeyError):
+            continue
+    return None
 
 
 class ChainedForward:
@@ -204,6 +242,15 @@ class ChainedForward:
         self.block, self.index, self.owner = block, index, owner
         self.prev = prev
         self._logged = False
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        """A family's ``__call__`` runs through ``verify.guarded_block`` during a run (compared with
+        :meth:`call_prev` on the first FULL evaluation, replaced by it when the adapter fails), so
+        family files need no verification code of their own."""
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None and not getattr(call, "_procache_guarded", False):
+            cls.__call__ = _guarded_call(call)
 
     def call_prev(self, *args, **kwargs):
         if self.prev is not None:
@@ -219,6 +266,25 @@ class ChainedForward:
             log.info("ProCache: block %d's forward was patched by another node before ProCache Apply; it is "
                      "cached as one residual (no selective compute in that block).", self.index)
         return run.run_block(self.index, x, (Branch("patched_block", lambda h: call(h) - h, None, False),))
+
+
+def _guarded_call(call: Callable) -> Callable:
+    import functools
+
+    @functools.wraps(call)
+    def guarded(self, *args, **kwargs):
+        state = active_state(self.owner)
+        if state is None or not getattr(state, "guarded", False):  # no run of ours / a bare test run state
+            return call(self, *args, **kwargs)
+        from .verify import guarded_block
+
+        what = f"{type(self.block).__name__} (block {self.index})"
+        return guarded_block(state, what, lambda: call(self, *args, **kwargs),
+                             lambda: self.call_prev(*args, **kwargs))
+
+    guarded = outside_compile(guarded)
+    guarded._procache_guarded = True
+    return guarded
 
 
 def install_forward_patch(model_patcher: Any, key: str, make: Callable[[Callable | None], ChainedForward]) -> None:
@@ -254,7 +320,8 @@ def detect_family(model_patcher: Any) -> str:
         return "flux2" if getattr(getattr(dm, "params", None), "global_modulation", False) else "flux"
     if isinstance(dm, MMDiT):
         return "sd3"
-    if isinstance(dm, WanModel) and all(isinstance(b, WanAttentionBlock) for b in dm.blocks):
+    # only blocks running WanAttentionBlock's own forward (HuMo audio / causal subclasses: their own maths)
+    if isinstance(dm, WanModel) and all(type(b).forward is WanAttentionBlock.forward for b in dm.blocks):
         return "wan"
     return _detect_more(dm, getattr(model_patcher.model, "model_config", None))
 
@@ -329,7 +396,36 @@ def model_name(model_patcher: Any) -> str:
 
 
 def adapter_for(model_patcher: Any) -> FamilyAdapter:
+    """The family's block adapter; the model-level fallback for other models, for a block adapter that
+    failed verification earlier in this process (``verify.py``) and for one that cannot be built on
+    this host (both logged)."""
     family = detect_family(model_patcher)
+    if family == GENERIC:
+        return _block_adapter(family, model_patcher)
+    from . import verify
+    from .generic import GenericAdapter
+
+    dm = model_patcher.model.diffusion_model
+    key = verify.host_key(family, dm)
+    why = verify.failure(key)
+    if why is None:
+        try:
+            adapter = _block_adapter(family, model_patcher)
+            adapter._host_key = key
+            return adapter
+        except Exception as e:  # the host's network no longer has what the adapter reads
+            if isinstance(e, UnsupportedModelError):
+                raise
+            why = f"{type(e).__name__} while building it: {e}"
+            if verify.record(key, why):
+                log.warning("ProCache: the %s block adapter cannot be built on ComfyUI %s (%s); this model uses "
+                            "the model-level fallback (schedule-only caching of the whole model call). Please report "
+                            "this with your ComfyUI version.", family, verify.comfy_version(), why)
+    return GenericAdapter(dm, model_name(model_patcher),
+                          fallback_for=f"the {family} block adapter failed verification ({why})")
+
+
+def _block_adapter(family: str, model_patcher: Any) -> FamilyAdapter:
     dm = model_patcher.model.diffusion_model
     if family == "pixart":
         from .pixart import PixArtAdapter as cls

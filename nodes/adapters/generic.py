@@ -20,6 +20,10 @@ mixes the scaled input with eps / v units and drifts with the noise level.)
 
 The block's residual stream starts at zero, so a computed step returns ``0 + D``, which is ``D`` bit
 for bit (up to the sign of a zero): an all-FULL schedule reproduces the unpatched model.
+
+It is also the safe fallback of a block adapter whose blocks no longer match the host's
+(``verify.py``): ``fallback_for`` says why, and the runtime bridge calls :func:`cached_model_call` from
+its own APPLY_MODEL wrapper when a config switched to it after ProCache Apply had run.
 """
 from __future__ import annotations
 
@@ -32,6 +36,18 @@ from . import FamilyAdapter
 WRAPPER_KEY = "procache_model"   # inside the bridge's APPLY_MODEL wrapper (key "procache")
 
 
+def cached_model_call(run: Any, executor, args: tuple, kwargs: dict):
+    """The model evaluation ``executor(*args, **kwargs)`` as engine block 0 with one branch."""
+    x = args[0]
+    stream = x.new_zeros((x.shape[0], 1, x[0].numel()))
+
+    def compute(h):
+        return executor(*args, **kwargs).reshape(h.shape)
+
+    out = run.run_block(0, stream, (Branch("model", compute, None, False, flops=1.0),))
+    return out.reshape(x.shape)
+
+
 class ModelCallWrapper:
     """APPLY_MODEL wrapper: the whole model evaluation as one cached branch while our run is active."""
 
@@ -42,14 +58,7 @@ class ModelCallWrapper:
         run = active_run(self.owner)
         if run is None:
             return executor(*args, **kwargs)
-        x = args[0]
-        stream = x.new_zeros((x.shape[0], 1, x[0].numel()))
-
-        def compute(h):
-            return executor(*args, **kwargs).reshape(h.shape)
-
-        out = run.run_block(0, stream, (Branch("model", compute, None, False, flops=1.0),))
-        return out.reshape(x.shape)
+        return cached_model_call(run, executor, args, kwargs)
 
 
 class GenericAdapter(FamilyAdapter):
@@ -57,10 +66,11 @@ class GenericAdapter(FamilyAdapter):
     selective_support = "none (schedule-only caching of the whole model call)"
     schedule_only = True
 
-    def __init__(self, diffusion_model: Any, what: str = "") -> None:
+    def __init__(self, diffusion_model: Any, what: str = "", fallback_for: str | None = None) -> None:
         super().__init__(diffusion_model)
         self.num_blocks = 1
         self.what = what or type(diffusion_model).__name__
+        self.fallback_for = fallback_for   # why a block adapter is not used (verify.py); None: no adapter
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         import comfy.patcher_extension as pe
@@ -81,5 +91,7 @@ class GenericAdapter(FamilyAdapter):
         return [BlockShape(1, width, 1, 0)]
 
     def describe(self) -> str:
-        return (f"{self.what}, which has no ProCache block adapter: schedule-only caching of the whole model "
-                f"call (a reused step returns the last computed clean-sample estimate), no selective compute")
+        head = (f"{self.what}, model-level fallback because {self.fallback_for}" if self.fallback_for
+                else f"{self.what}, which has no ProCache block adapter")
+        return (f"{head}: schedule-only caching of the whole model call (a reused step returns the last computed "
+                f"clean-sample estimate), no selective compute")

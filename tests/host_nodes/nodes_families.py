@@ -86,14 +86,22 @@ class ProCacheTestTinySDXL(io.ComfyNode):
 
 # -- tiny networks (host classes), shared by the nodes below and the in-process adapter tests ----------
 
-def tiny_qwen_image_net(seed: int = 0, layers: int = 2, context_dim: int = 48):
-    """QwenImageTransformer2DModel, width 64 (2 heads of 32); the loader fixes 24 heads of 128."""
+def tiny_qwen_image_net(seed: int = 0, layers: int = 2, context_dim: int = 48, ref_method: str | None = None):
+    """QwenImageTransformer2DModel, width 64 (2 heads of 32); the loader fixes 24 heads of 128.
+    ``ref_method``: the host's ``default_ref_method`` (``"index_timestep_zero"``: Qwen-Image-Edit 2511);
+    TypeError on a host whose class does not take it."""
+    import inspect
+
     import comfy.ops
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
     cfg = {"image_model": "qwen_image", "in_channels": 64, "out_channels": 16, "num_layers": layers,
            "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": context_dim,
            "axes_dims_rope": (8, 12, 12)}
+    if ref_method is not None:
+        if "default_ref_method" not in inspect.signature(QwenImageTransformer2DModel.__init__).parameters:
+            raise TypeError("this host's Qwen-Image has no default_ref_method")
+        cfg["default_ref_method"] = ref_method
     net = QwenImageTransformer2DModel(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
@@ -206,13 +214,20 @@ def tiny_hunyuan_image21_net(seed: int = 0, context_dim: int = 48):
     return net, cfg
 
 
-def tiny_ltxv_net(seed: int = 0, context_dim: int = 48):
-    """LTXVModel (128 latent channels, patch 1), width 64 (2 heads of 32), 2 blocks."""
+def tiny_ltxv_net(seed: int = 0, context_dim: int = 48, cross_adaln: bool = False):
+    """LTXVModel (128 latent channels, patch 1), width 64 (2 heads of 32), 2 blocks. ``cross_adaln``: the
+    9-row adaLN table with cross-attention modulation (LTX-2 layout); TypeError on a host without it."""
+    import inspect
+
     import comfy.ops
     from comfy.ldm.lightricks.model import LTXVModel
 
     cfg = {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
            "num_attention_heads": 2, "caption_channels": context_dim, "num_layers": 2}
+    if cross_adaln:
+        if "cross_attention_adaln" not in inspect.signature(LTXVModel.__init__).parameters:
+            raise TypeError("this host's LTXVModel has no cross_attention_adaln")
+        cfg["cross_attention_adaln"] = True
     net = LTXVModel(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
