@@ -190,9 +190,10 @@ class DitBlockReplace:
             return host(args)
         if not getattr(state, "guarded", False):  # a bare run state (in-process adapter tests)
             return self.run_block(run, args)
-        from .verify import guarded_block
+        from .verify import cloned, guarded_block
 
-        return guarded_block(state, self.describe_block(), lambda: self.run_block(run, args), lambda: host(args))
+        return guarded_block(state, self.describe_block, lambda: self.run_block(run, args),
+                             lambda copy: host(cloned(args) if copy else args))
 
     def describe_block(self) -> str:
         """``Class (block_name i)`` of the host block this patch replaces, for the verification warning."""
@@ -276,11 +277,13 @@ def _guarded_call(call: Callable) -> Callable:
         state = active_state(self.owner)
         if state is None or not getattr(state, "guarded", False):  # no run of ours / a bare test run state
             return call(self, *args, **kwargs)
-        from .verify import guarded_block
+        from .verify import cloned, guarded_block
 
-        what = f"{type(self.block).__name__} (block {self.index})"
-        return guarded_block(state, what, lambda: call(self, *args, **kwargs),
-                             lambda: self.call_prev(*args, **kwargs))
+        def host(copy: bool):
+            return self.call_prev(*cloned(args), **cloned(kwargs)) if copy else self.call_prev(*args, **kwargs)
+
+        return guarded_block(state, lambda: f"{type(self.block).__name__} (block {self.index})",
+                             lambda: call(self, *args, **kwargs), host)
 
     guarded = outside_compile(guarded)
     guarded._procache_guarded = True

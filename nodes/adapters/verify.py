@@ -206,22 +206,36 @@ def _passes_through(e: BaseException) -> bool:
     return type(e).__name__ == "InterruptProcessingException"
 
 
-def guarded_block(state: Any, block: str, adapter_fn: Callable[[], Any], host_fn: Callable[[], Any]) -> Any:
+def cloned(obj: Any) -> Any:
+    """``obj`` with its top-level tensors cloned (dict values, tuple/list items, or itself)."""
+    if torch.is_tensor(obj):
+        return obj.clone()
+    if isinstance(obj, dict):
+        return {k: (v.clone() if torch.is_tensor(v) else v) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(v.clone() if torch.is_tensor(v) else v for v in obj)
+    return obj
+
+
+def guarded_block(state: Any, block: str | Callable[[], str], adapter_fn: Callable[[], Any],
+                  host_fn: Callable[[bool], Any]) -> Any:
     """The adapter's result for one block, checked as the module docstring says; the host's on failure.
 
     ``state`` is the runtime bridge's RunState (``check``, ``blocks_off``); ``block`` names the block for
-    the warning (e.g. ``"JointBlock (double_block 0)"``)."""
+    the warning (e.g. ``"JointBlock (double_block 0)"``, or a callable giving it). ``host_fn(copy)`` runs
+    the host's block; ``copy=True`` on copies of the input tensors, because some host blocks add to their
+    input in place (Flux ``img +=``, LTXV ``x.addcmul_``), which must not touch tensors the run keeps."""
     check: RunCheck | None = getattr(state, "check", None)
     try:
         out = adapter_fn()
     except Exception as e:
         if _passes_through(e):
             raise
-        host = host_fn()
+        host = host_fn(False)
         fail(state, block, f"{type(e).__name__} in the adapter: {e}")
         return host
     if check is not None and check.active:
-        host = host_fn()
+        host = host_fn(True)
         why, rel = compare(out, host)
         check.compared += 1
         if why is not None:
@@ -231,9 +245,10 @@ def guarded_block(state: Any, block: str, adapter_fn: Callable[[], Any], host_fn
     return out
 
 
-def fail(state: Any, block: str, why: str) -> None:
+def fail(state: Any, block: str | Callable[[], str], why: str) -> None:
     """Switch the run to the host's blocks, record the failure, and warn once per host code."""
     state.blocks_off = True
+    block = block() if callable(block) else block
     check: RunCheck | None = getattr(state, "check", None)
     adapter = state.config.adapter
     family = getattr(adapter, "family", "?")
