@@ -115,7 +115,7 @@ def test_flux2_reference_image_at_timestep_zero_is_exact():
     """FluxKVCache's reference layout (``index_timestep_zero``): the image blocks get a two-row ``vec``
     and per-range modulation only the host's block call carries; the adapter reads it from there."""
     if not _has_timestep_zero_refs():
-        pytest.skip("this host's Flux has no timestep-zero reference images (ComfyUI before 0.2x)")
+        pytest.skip("this host's Flux.forward_orig has no timestep_zero_index (reference images at timestep zero)")
     dm = TAM.NF.tiny_flux2_net(seed=1)[0].eval()
     g = torch.Generator().manual_seed(3)
     x, refs = torch.randn(2, 128, 8, 8, generator=g), [torch.randn(2, 128, 4, 6, generator=g)]
@@ -143,7 +143,7 @@ def _host_node(file: str, node_id: str) -> bool:
 
 
 NAG_AND_KV = _host_node("nodes_nag.py", "NAGuidance") and _host_node("nodes_flux.py", "FluxKVCache")
-NO_NAG_KV = "this host has no NAGuidance / FluxKVCache node (added in ComfyUI 0.2x)"
+NO_NAG_KV = "this host has no NAGuidance / FluxKVCache node in comfy_extras"
 
 
 @pytest.mark.skipif(not NAG_AND_KV, reason=NO_NAG_KV)
@@ -266,3 +266,31 @@ def test_host_nag_and_flux_kv_cache_nodes_with_procache(comfy_server):
     assert torch.isfinite(lat).all() and not torch.equal(lat, plain)
     err = float((lat.double() - plain.double()).norm() / plain.double().norm())
     assert 0.0 < err < 0.5, err
+
+
+# -- Ovis layout: yak_mlp blocks (hosts whose Flux has it) ---------------------------------------------------
+
+def test_flux_yak_mlp_blocks_exact_and_selective():
+    """Ovis-style Flux (``yak_mlp``: SwiGLU MLPs; single blocks take SiLU of the second half of their MLP
+    rows times the first half): all-FULL bitwise the plain model; a selective step recomputes the MLP half
+    of single-block tokens through the same activation (a wrong one cannot even match linear2's width)."""
+    import dataclasses
+
+    import comfy.ops
+    from comfy.ldm.flux.model import Flux, FluxParams
+
+    fields = {f.name for f in dataclasses.fields(FluxParams)}
+    if "yak_mlp" not in fields:
+        pytest.skip("this host's FluxParams has no yak_mlp (Ovis blocks)")
+    extra = {"txt_ids_dims": []} if "txt_ids_dims" in fields else {}
+    dm = TAF._init(Flux(in_channels=4, out_channels=4, vec_in_dim=16, context_in_dim=32, hidden_size=64, mlp_ratio=2.0,
+                        num_heads=4, depth=2, depth_single_blocks=2, axes_dim=[4, 6, 6], theta=10000, patch_size=2,
+                        qkv_bias=True, guidance_embed=False, yak_mlp=True, operations=comfy.ops.disable_weight_init,
+                        **extra), 5)
+    assert dm.single_blocks[0].yak_mlp
+    ref = TAF.call("flux", dm, {})
+    outs, run = patched_run("flux", dm, "FF", TAF.call)
+    assert torch.equal(outs[0], ref) and torch.equal(outs[1], ref)
+    outs, run = patched_run("flux", dm, "FS", TAF.call, ratio=0.5)
+    assert torch.isfinite(outs[1]).all()
+    assert 0.0 < run.stats.block_eval_fraction < 1.0
