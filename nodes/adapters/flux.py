@@ -245,9 +245,10 @@ class FluxBlockReplace(DitBlockReplace):
         if any(k in args for k in keys):
             return tuple(args.get(k) for k in keys)
         kw = host_block_kwargs(getattr(self, "host_call", None))
-        if kw is None:
-            return None if multi_row else (None,) * len(keys)
-        return tuple(kw.get(k) for k in keys)
+        dims = tuple((kw or {}).get(k) for k in keys)
+        if multi_row and all(d is None for d in dims):
+            return None  # several modulation rows need ranges: another pack's wrapper may hide the host's
+        return dims
 
     def host_block(self, args: dict, why: str) -> dict:
         """Run the host's own block for this call (not cached): what the adapter cannot reproduce."""

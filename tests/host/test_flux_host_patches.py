@@ -134,6 +134,18 @@ def test_flux2_reference_image_at_timestep_zero_is_exact():
     assert not run.adapter._host_noted, run.adapter._host_noted  # the adapter's blocks, no host fallback
     assert run.stats.block_eval_fraction < 1.0  # the cached step reused the blocks
 
+    # another pack's replace patch installed over ProCache's, handing it its own original_block wrapper:
+    # the ranges cannot be read from there, so those blocks run as the host's own (still exact)
+    def install(fp, do_install):
+        do_install()
+        dit = fp.model_options["transformer_options"]["patches_replace"]["dit"]
+        for key, ours in list(dit.items()):
+            dit[key] = lambda args, extra, ours=ours: ours(args, {"original_block": lambda a: extra["original_block"](a)})
+
+    outs, run = patched_run("flux2", dm, "FF", call, install=install)
+    assert torch.equal(outs[0], ref) and torch.equal(outs[1], ref)
+    assert run.adapter._host_noted, "the two-row blocks should have run as the host's"
+
 
 # -- the host's NAG and FluxKVCache nodes on a tiny Flux.2 ------------------------------------------------
 
