@@ -128,3 +128,20 @@ def test_easycache_fp32_input_aliasing_and_the_benchs_copy_node(comfy_server):
     p_copied = metrics.psnr(copied, full).mean().item()
     assert p_shipped < 15.0, f"as-shipped EasyCache now follows full compute ({p_shipped:.1f} dB): host fixed?"
     assert p_copied > 25.0, f"copied-input EasyCache only {p_copied:.1f} dB to full compute"
+
+
+@pytest.mark.parametrize("name", ["digits_flux_procache", "digits_pixart_procache"])
+def test_shipped_digits_api_workflow_runs_as_is(comfy_server, featnet, name):
+    """The API workflows users post on their own ComfyUI (api_workflows/digits_*_procache.api.json), unedited:
+    they run, ProCache caches with a verified block adapter, and the 20 samples are the prompted digits."""
+    import json
+
+    p = json.loads((ROOT / "api_workflows" / f"{name}.api.json").read_text())
+    entry = comfy_server.run(p, timeout=600)
+    text = hd.stats_text(entry)
+    assert text is not None and "failed verification" not in text, text
+    st = hd.parse_stats(text)
+    assert st["block_eval_fraction"] < 0.75 and st["cached"] > 0, text
+    assert len(comfy_server.output_files(entry, "images")) == 20
+    x = hd.decode_latent_file(comfy_server.output_files(entry, "latents")[0])
+    assert accuracy(featnet, x, hd.labels_of(p["pos"]["inputs"]["digits"], p["pos"]["inputs"]["repeat"])) >= 0.8
