@@ -55,11 +55,22 @@ def test_wan_runs_attn2_patch_hooks_on_computed_steps():
         calls.append(args["x"].shape)
         return args["x"] + 0.25
 
+    # the host's own blocks: newer hosts' WanAttentionBlock runs attn2_patch hooks (once per block),
+    # older ones ignore them; ProCache's blocks must do what the host's do
+    host_out = call("wan", dm, {"patches": {"attn2_patch": [hook]}})
+    host_calls = len(calls)
+    assert host_calls in (0, len(dm.blocks))
+    calls.clear()
     outs = {name: patched_run("wan", dm, "FC", lambda _f, _dm, _to, p=patches: call("wan", dm, {"patches": p}))[0]
             for name, patches in (("plain", {}), ("hooked", {"attn2_patch": [hook]}))}
-    assert len(calls) == len(dm.blocks)  # once per block on the FULL step, never on the cached one
-    assert not torch.allclose(outs["hooked"][0], outs["plain"][0])
-    assert torch.allclose(outs["hooked"][1], outs["hooked"][0], atol=1e-5, rtol=1e-4)  # reused with the hook
+    assert len(calls) == host_calls  # as the host on the FULL step, never on the cached one
+    # all-FULL Wan equals the host to float rounding (see test_adapter_families)
+    assert torch.allclose(outs["hooked"][0], host_out, atol=1e-5, rtol=1e-4)
+    if host_calls:
+        assert not torch.allclose(outs["hooked"][0], outs["plain"][0])
+        assert torch.allclose(outs["hooked"][1], outs["hooked"][0], atol=1e-5, rtol=1e-4)  # reused with the hook
+    else:
+        assert torch.equal(outs["hooked"][0], outs["plain"][0])
 
 
 # --- families added later: a second pack's block patch composes with ProCache, before or after Apply ---
@@ -73,10 +84,12 @@ NF = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(NF)
 import test_adapter_families_more as M  # noqa: E402
 
-# family -> (builder, block patched with +offset: dit key or forward object-patch key, exact all-FULL)
+# family -> (builder, block patched with +offset: dit key or forward object-patch key, exact all-FULL:
+# bool or a predicate of the built network)
 LATER = {"qwen_image": (NF.tiny_qwen_image_net, ("double_block", 0), False),
          "z_image": (NF.tiny_lumina_net, "diffusion_model.layers.0.forward", True),
-         "cosmos_predict2": (NF.tiny_cosmos_predict2_net, "diffusion_model.blocks.0.forward", True),
+         # Cosmos: bitwise only on hosts whose block does not fuse its residual with addcmul (see its adapter)
+         "cosmos_predict2": (NF.tiny_cosmos_predict2_net, "diffusion_model.blocks.0.forward", M._cosmos_exact),
          "hidream": (NF.tiny_hidream_net, "diffusion_model.double_stream_blocks.0.forward", True)}
 
 
@@ -136,6 +149,7 @@ def _offset_only(family, dm):
 def test_later_families_compose_with_another_packs_block_patch(family, order):
     build, _, exact = LATER[family]
     dm = build(seed=1)[0].eval()
+    exact = exact(dm) if callable(exact) else exact
     ref = _offset_only(family, dm)
     full, calls = _run(family, dm, "FF", order)
     assert len(calls) == 2  # the offset ran on both computed steps
