@@ -87,9 +87,23 @@ def _class_hash(cls: type) -> str:
     return h
 
 
+_HOST_PACKAGES = ("comfy", "comfy_extras")
+
+
+def _host_class(cls: type) -> bool:
+    """The host's own module classes and their subclasses (another pack's block subclass changes the key).
+
+    Left out: plain wrapper modules another pack or a test puts into the network as object patches. The
+    host applies those when it loads the model and the key is taken at the start of a run, before the load,
+    so with them in it a model with such a patch would be verified again on its second run; what they wrap
+    is still in the key, and a host class whose ``forward`` another pack rewrote in place changes it too."""
+    return any(c.__module__.split(".", 1)[0] in _HOST_PACKAGES for c in cls.__mro__)
+
+
 def host_key(family: str, dm: Any) -> tuple:
     """(family, network class, hash over its module classes' code): see the module docstring."""
-    classes = {type(m) for m in dm.modules()} if isinstance(dm, torch.nn.Module) else {type(dm)}
+    classes = {type(m) for m in dm.modules() if _host_class(type(m))} if isinstance(dm, torch.nn.Module) else set()
+    classes.add(type(dm))
     parts = sorted(f"{c.__module__}.{c.__qualname__}:{_class_hash(c)}" for c in classes)
     digest = hashlib.sha1("\n".join(parts).encode()).hexdigest()[:20]
     return family, f"{type(dm).__module__}.{type(dm).__qualname__}", digest
@@ -194,6 +208,7 @@ class RunCheck:
     active: bool = False          # the model evaluation in progress is the one being verified
     compared: int = 0             # blocks compared in it
     worst: float = 0.0            # largest relative L2 seen (verified case)
+    deferred_logged: bool = False  # said once that other nodes' in-block patches defer the check
 
 
 def _passes_through(e: BaseException) -> bool:
