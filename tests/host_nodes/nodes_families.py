@@ -181,13 +181,19 @@ def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
     return net, cfg
 
 
-def tiny_hunyuan_video15_net(seed: int = 0, context_dim: int = 48):
+def tiny_hunyuan_video15_net(seed: int = 0, context_dim: int = 48, latent_channels: int | None = None):
     """HunyuanVideo 1.5 layout: ByT5 glyph-text mapper (the host fixes its 1472 -> 2048 widths), vision
-    tokens (``vision_in``), condition-type embeddings, no pooled vector; width 64, 2 double + 2 single."""
+    tokens (``vision_in``), condition-type embeddings, no pooled vector; width 64, 2 double + 2 single.
+
+    ``latent_channels``: the sampler's layout for a latent of that many channels (the host's
+    ``model_base.HunyuanVideo15`` concatenates an image condition of the same width and a mask channel
+    to the noise, sized from ``img_in``'s input width: in ``2 * latent_channels + 1``, out
+    ``latent_channels``); None keeps 16 in / 16 out for calling the network directly."""
     import comfy.ops
     from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
-    cfg = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": None,
+    c_in, c_out = (16, 16) if latent_channels is None else (2 * latent_channels + 1, latent_channels)
+    cfg = {"image_model": "hunyuan_video", "in_channels": c_in, "out_channels": c_out, "vec_in_dim": None,
            "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
            "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
            "qkv_bias": True, "guidance_embed": False, "byt5": True, "meanflow": False,
@@ -270,7 +276,16 @@ def tiny_hidream_net(seed: int = 0, context_dim: int = 48, llama_dim: int = 40, 
 
 TINY = {"hidream": ("HiDream", tiny_hidream_net), "ltxv": ("LTXV", tiny_ltxv_net), "cosmos_predict2": ("CosmosT2IPredict2", tiny_cosmos_predict2_net), "z_image": ("ZImage", tiny_lumina_net), "lumina2": ("Lumina2", tiny_lumina2_net),
         "qwen_image": ("QwenImage", tiny_qwen_image_net), "flux2": ("Flux2", tiny_flux2_net),
-        "chroma": ("Chroma", tiny_chroma_net)}
+        "chroma": ("Chroma", tiny_chroma_net),
+        "hunyuan_video15": ("HunyuanVideo15", lambda seed=0, context_dim=48: tiny_hunyuan_video15_net(
+            seed, context_dim, latent_channels=_latent_channels("HunyuanVideo15")))}
+
+
+def _latent_channels(format_name: str) -> int:
+    """Channel count of the host's latent format (what the family's Empty...Latent node makes)."""
+    import comfy.latent_formats
+
+    return int(getattr(comfy.latent_formats, format_name).latent_channels)
 
 
 class ProCacheTestTinyDiT(io.ComfyNode):
