@@ -555,17 +555,13 @@ _ACTIVE = threading.local()
 
 def active_run(owner: Any) -> CacheRun | None:
     """The CacheRun of the model evaluation in progress when it belongs to ``owner`` (a config)."""
-    stack = getattr(_ACTIVE, "stack", None)
-    if not stack:
-        return None
-    state = stack[-1]
-    if state.config is not owner or state.closed or getattr(state, "blocks_off", False):
-        return None
-    return state.run
+    state = active_state(owner)
+    return None if state is None else state.run
 
 
 def active_state(owner: Any) -> Any:
-    """The run state behind :func:`active_run` (same conditions), for the adapters' verification."""
+    """The run state of the model evaluation in progress when it belongs to ``owner`` and its patched
+    blocks are ProCache's (not switched to the host's forward after a failed self-check)."""
     stack = getattr(_ACTIVE, "stack", None)
     if not stack:
         return None

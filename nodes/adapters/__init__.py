@@ -83,6 +83,14 @@ class FamilyAdapter:
     def describe(self) -> str:
         return f"{self.family}: {self.num_blocks} cached blocks, selective compute {self.selective_support}"
 
+    def note_host_block(self, why: str) -> None:
+        """One log line per reason for blocks the adapter hands to the host's own forward."""
+        noted = self.__dict__.setdefault("_host_noted", set())
+        if why not in noted:
+            noted.add(why)
+            log.info("ProCache: %s; those %s blocks run as the host's own (computed every step, not cached).",
+                     why, self.family)
+
     def lanes(self) -> list | None:
         """Residual stream of each engine block, for the memory-light cache; None: one stream."""
         return None

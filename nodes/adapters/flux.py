@@ -385,13 +385,6 @@ class FluxAdapter(FamilyAdapter):
         self.num_blocks = 2 * self.n_double + self.n_single
         self.patch_size = int(getattr(diffusion_model, "patch_size", 2))
         self._noted = False
-        self._host_noted: set[str] = set()
-
-    def note_host_block(self, why: str) -> None:
-        if why not in self._host_noted:
-            self._host_noted.add(why)
-            log.info("ProCache: %s; those %s blocks run as the host's own (computed every step, not cached).",
-                     why, self.family)
 
     def note_unsliced(self) -> None:
         if not self._noted:

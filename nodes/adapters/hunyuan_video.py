@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import FamilyAdapter, install_dit_replace, log
+from . import FamilyAdapter, install_dit_replace
 from .flux import FluxDoubleBlock, FluxSingleBlock
 
 
@@ -61,13 +61,6 @@ class HunyuanVideoAdapter(FamilyAdapter):
         p = getattr(diffusion_model, "patch_size", (1, 2, 2))
         p = tuple(int(v) for v in p) if isinstance(p, (list, tuple)) else (int(p), int(p))
         self.patch_size = (1,) * (3 - len(p)) + p  # HunyuanImage 2.1 patches in 2-D
-        self._host_noted: set[str] = set()
-
-    def note_host_block(self, why: str) -> None:
-        if why not in self._host_noted:
-            self._host_noted.add(why)
-            log.info("ProCache: %s; those %s blocks run as the host's own (computed every step, not cached).",
-                     why, self.family)
 
     def lanes(self) -> list | None:
         return ["img", "txt"] * self.n_double + ["joint"] * self.n_single

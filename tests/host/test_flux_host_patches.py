@@ -28,8 +28,8 @@ import torch
 
 from _families import patched_run
 from _inprocess import load_pack
-from comfy_client import COMFY_DIR, load_latent
-from workflows import add_procache
+from comfy_client import COMFY_DIR
+from workflows import add_procache, saved_latent, stats_line
 
 load_pack()
 import test_adapter_families as TAF  # noqa: E402  (tiny Flux.1 and its inputs)
@@ -245,34 +245,23 @@ def nag_kv_prompt(prefix: str, procache: dict | None = None) -> dict:
     return copy.deepcopy(p)
 
 
-def _latent(client, entry) -> torch.Tensor:
-    files = client.output_files(entry, "latents")
-    assert len(files) == 1, entry.get("outputs")
-    return load_latent(files[0])
-
-
-def _stats(entry) -> str:
-    texts = [t for o in entry["outputs"].values() for t in (o.get("text") or []) if str(t).startswith("ProCache [")]
-    assert texts, entry["outputs"]
-    return texts[0]
-
 
 @pytest.mark.skipif(not NAG_AND_KV, reason=NO_NAG_KV)
 def test_host_nag_and_flux_kv_cache_nodes_with_procache(comfy_server):
-    plain = _latent(comfy_server, comfy_server.run(nag_kv_prompt("nagkv_plain"), timeout=600))
+    plain = saved_latent(comfy_server, comfy_server.run(nag_kv_prompt("nagkv_plain"), timeout=600))
     assert torch.isfinite(plain).all()
     # NAG and the KV cache act in this graph: without them the result is another one
     bare = nag_kv_prompt("nagkv_bare")
     bare["sampler"]["inputs"]["model"] = ["model", 0]
-    assert not torch.equal(_latent(comfy_server, comfy_server.run(bare, timeout=600)), plain)
+    assert not torch.equal(saved_latent(comfy_server, comfy_server.run(bare, timeout=600)), plain)
 
     full = comfy_server.run(nag_kv_prompt("nagkv_ffff", {"actions": "FFFF"}), timeout=600)
-    assert torch.equal(_latent(comfy_server, full), plain)
-    assert "[flux2]" in _stats(full) and "(4 full / 0 selective / 0 cached)" in _stats(full)
+    assert torch.equal(saved_latent(comfy_server, full), plain)
+    assert "[flux2]" in stats_line(full) and "(4 full / 0 selective / 0 cached)" in stats_line(full)
 
     # step 1 holds the reference tokens, later steps do not (the KV cache drops them): FFCC reuses step 2
     cached = comfy_server.run(nag_kv_prompt("nagkv_ffcc", {"actions": "FFCC"}), timeout=600)
-    lat, text = _latent(comfy_server, cached), _stats(cached)
+    lat, text = saved_latent(comfy_server, cached), stats_line(cached)
     m = re.search(r"blocks computed ([\d.]+)% of full", text)
     assert m and float(m.group(1)) < 100.0, text
     assert torch.isfinite(lat).all() and not torch.equal(lat, plain)

@@ -11,8 +11,7 @@ import re
 
 import torch
 
-from comfy_client import load_latent
-from workflows import add_procache
+from workflows import add_procache, saved_latent, stats_line
 
 CTX = 64
 
@@ -39,29 +38,18 @@ def flux_prompt(prefix: str, procache: dict | None = None) -> dict:
     return p
 
 
-def _latent(client, entry) -> torch.Tensor:
-    files = client.output_files(entry, "latents")
-    assert len(files) == 1, entry.get("outputs")
-    return load_latent(files[0])
-
-
-def _stats(entry) -> str:
-    texts = [t for o in entry["outputs"].values() for t in (o.get("text") or []) if str(t).startswith("ProCache [")]
-    assert texts, entry["outputs"]
-    return texts[0]
-
 
 def test_flux_graph_all_full_bitwise_and_schedule_saves_blocks(comfy_server):
-    plain = _latent(comfy_server, comfy_server.run(flux_prompt("flux_plain"), timeout=600))
+    plain = saved_latent(comfy_server, comfy_server.run(flux_prompt("flux_plain"), timeout=600))
     assert plain.shape == (1, 16, 32, 32) and torch.isfinite(plain).all()
 
     full = comfy_server.run(flux_prompt("flux_ffff", {"actions": "FFFF"}), timeout=600)
-    assert torch.equal(_latent(comfy_server, full), plain)
-    assert "[flux]" in _stats(full) and "(4 full / 0 selective / 0 cached)" in _stats(full)
+    assert torch.equal(saved_latent(comfy_server, full), plain)
+    assert "[flux]" in stats_line(full) and "(4 full / 0 selective / 0 cached)" in stats_line(full)
 
     cached = comfy_server.run(flux_prompt("flux_fcfc", {"actions": "FCFC"}), timeout=600)
-    lat = _latent(comfy_server, cached)
-    text = _stats(cached)
+    lat = saved_latent(comfy_server, cached)
+    text = stats_line(cached)
     print(text)
     assert "(2 full / 0 selective / 2 cached)" in text, text
     m = re.search(r"blocks computed ([\d.]+)% of full \(([\d.]+) of (\d+) block evals saved\)", text)

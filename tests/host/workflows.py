@@ -53,3 +53,19 @@ def add_procache(p: dict, model_node: str, procache: dict[str, Any]) -> dict:
     apply_inputs.update(procache.get("apply", {}))
     p["apply"] = {"class_type": "ProCacheApply", "inputs": apply_inputs}
     return p
+
+
+def saved_latent(client, entry: dict):
+    """The one latent a finished prompt saved (SaveLatent), as a tensor."""
+    from comfy_client import load_latent
+
+    files = client.output_files(entry, "latents")
+    assert len(files) == 1, entry.get("outputs")
+    return load_latent(files[0])
+
+
+def stats_line(entry: dict) -> str:
+    """The "ProCache [family] run: ..." line ProCache Stats showed for a finished prompt."""
+    texts = [t for o in entry["outputs"].values() for t in (o.get("text") or []) if str(t).startswith("ProCache [")]
+    assert texts, entry["outputs"]
+    return texts[0]
