@@ -43,17 +43,24 @@ class Branch:
     # steps ``partial(x_rows, aux_rows)`` gives the output rows (B, k, C) of the chosen tokens.
     aux: Callable[[], Tensor | None] | None = None
     partial: Callable[[Tensor, Tensor], Tensor] | None = None
+    # The host adds this residual with one fused multiply-add, ``torch.addcmul(x, gate, out)`` (one
+    # rounding, not the two of ``x + gate * out``): the engine then does the same, so an all-FULL
+    # schedule stays bit for bit the host's. Ignored when ``gate`` is None.
+    fused: bool = False
 
 
-def _apply(x: Tensor, gate: Tensor | Callable[[], Tensor] | None, out: Tensor) -> Tensor:
-    """The residual update, written exactly as the unpatched blocks write it.
+def _apply(x: Tensor, gate: Tensor | Callable[[], Tensor] | None, out: Tensor, fused: bool = False) -> Tensor:
+    """The residual update, written exactly as the unpatched blocks write it: ``x + gate * out``, or
+    ``torch.addcmul(x, gate, out)`` for a ``fused`` branch (the host's fused multiply-add rounds once).
 
     A callable gate is resolved here, after the branch's ``compute`` ran on computed steps, so the
     block's modulation is evaluated in full there and only its gate rows on reused steps.
     """
     if callable(gate):
         gate = gate()
-    return x + gate * out if gate is not None else x + out
+    if gate is None:
+        return x + out
+    return torch.addcmul(x, gate, out) if fused else x + gate * out
 
 
 class CacheRun:
@@ -178,7 +185,7 @@ class CacheRun:
         """Run one block on the residual stream ``x`` (B, N, C) and return the new stream."""
         if self._closed:  # used after the run ended: behave like the unpatched block
             for br in branches:
-                x = _apply(x, br.gate, br.compute(x))
+                x = _apply(x, br.gate, br.compute(x), br.fused)
             return x
         if self.memory.light and block < self.first_selective_block:
             return self._light_block(block, x, branches)
@@ -249,7 +256,7 @@ class CacheRun:
                 half = br.aux()
                 if half is not None:
                     aux[br.name] = own(half)
-            x = _apply(x, br.gate, out)
+            x = _apply(x, br.gate, out, br.fused)
             outs[br.name] = own(out)
         old = self.cache.get(self._stream_key, block, signature)
         entry = BlockEntry(signature=signature, outputs=outs, aux=aux, segment=self._segment)
@@ -297,7 +304,7 @@ class CacheRun:
                                 "use cache_mode full for this model (its adapter does not name its streams).")
         x_in = x
         for br in branches:
-            x = _apply(x, br.gate, br.compute(x))
+            x = _apply(x, br.gate, br.compute(x), br.fused)
         self.stats.record_block(self._costs(x_in, branches), [1.0] * len(branches))
         if block == first:
             start = x_in
@@ -313,7 +320,7 @@ class CacheRun:
     def _cached(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
         costs = self._costs(x, branches)
         for br in branches:
-            x = _apply(x, br.gate, entry.outputs[br.name])
+            x = _apply(x, br.gate, entry.outputs[br.name], br.fused)
         self.stats.record_block(costs, [0.0] * len(branches))
         return x
 
@@ -356,7 +363,7 @@ class CacheRun:
                 else:
                     part = br.compute(rows)
                 out.scatter_(1, idx.unsqueeze(-1).expand(b, k, out.shape[-1]), part.to(out.dtype))
-            x = _apply(x, br.gate, out)
+            x = _apply(x, br.gate, out, br.fused)
         # scoring state follows the union of the picks (the k_max best tokens)
         idx = None if order is None or k_max == n else order
         if entry.input_ref is not None:

@@ -3,7 +3,7 @@
 The host's blocks take the token grid as ``(B, T, H, W, D)`` and have no ``dit`` replace patches, so
 each block's ``forward`` is replaced with an object patch (``diffusion_model.blocks.N.forward``) that
 runs the block on the same values laid out as ``(B, T*H*W, D)`` (what the host's attention sees).
-Branches, each ``x + gate * out`` with the host's expressions:
+Branches, each ``x + gate * out`` (or fused, below) with the host's expressions:
 
 * ``self_attn`` = ``self_attn(norm(x) * (1 + scale) + shift, rope)``, reused on selective steps;
 * ``cross`` = ``cross_attn(norm(x) * (1 + scale) + shift, text)`` (no rotary embedding on
@@ -19,9 +19,9 @@ Newer hosts keep the residual stream in float32 when the model computes in float
 is cast to the compute dtype (that of ``emb_B_T_D``), its output and gate to the stream's dtype, and the
 residual is added with ``torch.addcmul`` (fused multiply-add); they also run ``mlp_patch`` hooks on the
 MLP input. Both are followed where the host's block does them (its code names ``residual_dtype`` /
-``mlp_patch``). Rounding: with the fused residual an all-FULL schedule equals the unpatched model up to
-that rounding (~1e-7 relative), elsewhere bit for bit. An MLP with ``mlp_patch`` hooks (unknown reach)
-is reused on selective steps.
+``mlp_patch``); the fused residual makes every branch ``fused`` there (the engine adds it with
+``torch.addcmul`` too), so an all-FULL schedule equals the unpatched model bit for bit on every host.
+An MLP with ``mlp_patch`` hooks (unknown reach) is reused on selective steps.
 """
 from __future__ import annotations
 
@@ -57,6 +57,7 @@ class CosmosBlockForward(ChainedForward):
             x = x + extra_per_block_pos_emb
         code = type(block).forward.__code__
         casts = "residual_dtype" in code.co_varnames          # fp32 residual stream, compute-dtype branches
+        fused = "addcmul" in code.co_names                    # torch.addcmul(x, gate, out) residuals
         hooks = list((transformer_options.get("patches") or {}).get("mlp_patch") or []) \
             if "mlp_patch" in code.co_consts else []
         res_dtype, comp_dtype = x_B_T_H_W_D.dtype, emb_B_T_D.dtype
@@ -98,11 +99,11 @@ class CosmosBlockForward(ChainedForward):
         branches = (
             Branch("self_attn", lambda h: cout(block.self_attn(cin(block.layer_norm_self_attn(h) * (1 + sc_sa) + sh_sa),
                                                                None, rope_emb=rope, transformer_options=to)),
-                   g_sa, False),
+                   g_sa, False, fused=fused),
             Branch("cross", lambda h: cout(block.cross_attn(cin(block.layer_norm_cross_attn(h) * (1 + sc_ca) + sh_ca),
                                                             crossattn_emb, rope_emb=rope, transformer_options=to)),
-                   g_ca, local),
-            Branch("mlp", mlp, g_m, local and not hooks),
+                   g_ca, local, fused=fused),
+            Branch("mlp", mlp, g_m, local and not hooks, fused=fused),
         )
         out = run.run_block(self.index, x.reshape(B, T * H * W, D), branches)
         return out.reshape(B, T, H, W, D)

@@ -19,9 +19,9 @@ Each host's own expressions are used: hosts whose block takes ``self_attention_m
 attention input as ``rms_norm(x) * (1 + scale) + shift`` and add its residual as ``x + out * gate``;
 older hosts use ``addcmul`` for both. The adaLN rows come from the block's ``scale_shift_table`` plus the
 model-wide timestep embedding, so there is no per-block linear to slice. Rounding: the MLP residual is
-added in place with ``addcmul_`` (fused multiply-add) on every host (older hosts: the attention residual
-too), the engine as ``x + gate * out``; an all-FULL schedule therefore equals the unpatched model up to
-that rounding (~1e-7 relative), not bit for bit.
+added in place with ``x.addcmul_(out, gate)`` (one fused multiply-add) on every host, on older hosts the
+attention residual too; those branches are ``fused`` (the engine's ``torch.addcmul(x, gate, out)``, the
+same bits), the others ``x + gate * out``, so an all-FULL schedule equals the unpatched model bit for bit.
 """
 from __future__ import annotations
 
@@ -49,6 +49,8 @@ class LTXVBlock(DitBlockReplace):
         x, context, mask, timestep, pe = args["img"], args["txt"], args.get("attention_mask"), args["vec"], args["pe"]
         to = args.get("transformer_options") or {}
         new = _new_style(block)
+        # the host's in-place fused residuals (x.addcmul_): MLP on every host, attention on older ones
+        fuses = "addcmul_" in type(block).forward.__code__.co_names
         rows = block.scale_shift_table.shape[0]
         table = block.scale_shift_table[None, None].to(device=x.device, dtype=x.dtype)
         ts = timestep.reshape(x.shape[0], timestep.shape[1], rows, -1)
@@ -82,7 +84,8 @@ class LTXVBlock(DitBlockReplace):
         else:
             cross = Branch("cross", lambda h: block.attn2(h, context=context, mask=mask, transformer_options=to),
                            None, True)
-        x = run.run_block(self.index, x, (Branch("attn", attn1, gate_msa, False), cross, Branch("mlp", mlp, gate_mlp, per_sample)))
+        x = run.run_block(self.index, x, (Branch("attn", attn1, gate_msa, False, fused=fuses and not new), cross,
+                                            Branch("mlp", mlp, gate_mlp, per_sample, fused=fuses)))
         return {"img": x}
 
 

@@ -20,11 +20,11 @@ block runs as two engine blocks (image stream ``2i``, text stream ``2i+1``) with
 adaLN (``img_mod`` / ``txt_mod``, one ``Linear(C, 6C)`` each) is lazy: reused blocks evaluate only the
 gate rows of plain host linears (``nodes/adapters/modulation.py``).
 
-Rounding: the host adds the attention residual as ``x + gate * out`` (the engine's arithmetic) but the
-MLP residual (both streams; the image stream only without ``timestep_zero_index``) as
-``torch.addcmul(x, gate, out)``, a fused multiply-add whose result can differ from ``x + gate * out`` in
-the last bit. An all-FULL schedule therefore equals the unpatched model up to that rounding (~1e-7
-relative on CPU), not bit for bit; with ``timestep_zero_index`` the image stream is bitwise.
+Rounding: the host adds the MLP residual of both streams with ``torch.addcmul(x, gate, out)`` (one fused
+multiply-add), on newer hosts (``_apply_gate``) the image stream's attention residual too, and the rest
+as ``x + gate * out``; with ``timestep_zero_index`` the image stream is ``x + cat(rows * gate)``, unfused.
+Each branch is marked ``fused`` exactly where the host's block fuses it (read from its code), so an
+all-FULL schedule equals the unpatched model bit for bit on every host.
 """
 from __future__ import annotations
 
@@ -74,6 +74,19 @@ def _split_gate(tzi: int, n: int):
     return gate
 
 
+def _host_fuses(block: Any) -> tuple[bool, bool, bool]:
+    """Which residuals the host's block adds with ``torch.addcmul`` when there is no
+    ``timestep_zero_index``: (image attention, image MLP, text MLP). Older hosts write both MLP
+    residuals as ``torch.addcmul`` in ``forward`` and the attention ones as ``x + gate * out``; newer ones
+    add the image stream's through ``_apply_gate`` (``addcmul`` without the index)."""
+    fwd = type(block).forward.__code__
+    apply_gate = getattr(type(block), "_apply_gate", None)
+    via_gate = ("_apply_gate" in fwd.co_names and apply_gate is not None
+                and "addcmul" in getattr(apply_gate, "__code__", fwd).co_names)
+    direct = "addcmul" in fwd.co_names
+    return via_gate, via_gate or direct, direct
+
+
 class QwenImageBlockForward(ChainedForward):
     """Replacement of one block's ``forward`` (what was there before when no run of ours is active)."""
 
@@ -95,6 +108,9 @@ class QwenImageBlockForward(ChainedForward):
         t_temb = temb.chunk(2, dim=0)[0] if tzi is not None else temb
         tm = _lazy_mod(block.txt_mod, t_temb)
         img_gate = _unsqueeze1 if tzi is None else _split_gate(int(tzi), img.shape[1])
+        fuse_img_attn, fuse_img_mlp, fuse_txt_mlp = _host_fuses(block)
+        if tzi is not None:  # the host's ``y + cat(x[:, :tzi] * g0, x[:, tzi:] * g1)``: not fused
+            fuse_img_attn = fuse_img_mlp = False
         joint: dict = {}
 
         def attn_out() -> dict:
@@ -107,14 +123,14 @@ class QwenImageBlockForward(ChainedForward):
             return joint
 
         img = run.run_block(2 * self.index, img, (
-            Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2, img_gate), False),
+            Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2, img_gate), False, fused=fuse_img_attn),
             Branch("mlp", lambda h: block.img_mlp(_modulate(block.img_norm2(h), im[3], im[4], tzi)),
-                   im.lazy_gate(5, img_gate), tzi is None),
+                   im.lazy_gate(5, img_gate), tzi is None, fused=fuse_img_mlp),
         ))
         txt = run.run_block(2 * self.index + 1, txt, (
-            Branch("attn", lambda h: attn_out()["txt"], tm.lazy_gate(2, _unsqueeze1), False),
+            Branch("attn", lambda h: attn_out()["txt"], tm.lazy_gate(2, _unsqueeze1), False),  # x + gate * out
             Branch("mlp", lambda h: block.txt_mlp(_modulate(block.txt_norm2(h), tm[3], tm[4])),
-                   tm.lazy_gate(5, _unsqueeze1), True),
+                   tm.lazy_gate(5, _unsqueeze1), True, fused=fuse_txt_mlp),
         ))
         joint.clear()
         return txt, img

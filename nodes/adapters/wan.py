@@ -12,9 +12,9 @@ cross-attention needs it), so each block's ``forward`` is replaced with an objec
 * ``ffn``, gated by ``e[5]``; token-local when the modulation is per sample (Wan 2.1/2.2 14B). With
   per-frame modulation (Wan 2.2 5B) it is treated as not token-local (reused on selective steps).
 
-The host writes the gated residual as ``torch.addcmul(x, y, gate)`` (fused); the engine writes
-``x + gate * y``. They differ in the last bits (measured ~1e-6 relative on CPU), so for Wan an all-FULL
-schedule equals the unpatched model up to float rounding, not bit for bit.
+The host writes both gated residuals as ``torch.addcmul(x, y, gate)`` (one fused multiply-add, every
+host); those branches are ``fused``: the engine's ``torch.addcmul(x, gate, y)`` gives the same bits (the
+product commutes), so an all-FULL schedule equals the unpatched model bit for bit.
 
 Only blocks whose ``forward`` is ``WanAttentionBlock.forward`` itself are split (detection): subclasses
 with their own arithmetic (HuMo's audio blocks, the causal blocks) get the model-level fallback. A call
@@ -55,7 +55,7 @@ class WanBlockForward(ChainedForward):
         branches = [
             Branch("self_attn", lambda h: block.self_attn(torch_addcmul(repeat_e(e[0], h), block.norm1(h), 1 + repeat_e(e[1], h)),
                                                           freqs, transformer_options=to),
-                   repeat_e(e[2], x), False),
+                   repeat_e(e[2], x), False, fused=True),
             Branch("cross", lambda h: block.cross_attn(block.norm3(h), context, context_img_len=context_img_len,
                                                        transformer_options=to), None, True),
         ]
@@ -63,7 +63,7 @@ class WanBlockForward(ChainedForward):
             branches.append(Branch("attn2_patch", lambda h: _run_attn2(attn2, h, to) - h, None, False))
         branches += [
             Branch("ffn", lambda h: block.ffn(torch_addcmul(repeat_e(e[3], h), block.norm2(h), 1 + repeat_e(e[4], h))),
-                   repeat_e(e[5], x), per_sample),
+                   repeat_e(e[5], x), per_sample, fused=True),
         ]
         return run.run_block(self.index, x, branches)
 

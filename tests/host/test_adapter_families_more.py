@@ -1,7 +1,7 @@
 """Adapters of the families added after the first four, in process, on tiny host-class models.
 
-For each: all-FULL through the adapter equals the unpatched network (bit for bit, or to float rounding
-where the host fuses a residual with ``addcmul``, see the adapter), a cached step computes no block and
+For each: all-FULL through the adapter equals the unpatched network bit for bit (where the host fuses a
+residual with ``addcmul`` the adapter's branch is ``fused`` and the engine does the same), a cached step computes no block and
 reproduces the step it reuses when the inputs are the same, and a selective step recomputes tokens.
 The server tests (tests/host/test_families_server.py) run the same models through the real sampler.
 """
@@ -30,25 +30,11 @@ _spec = importlib.util.spec_from_file_location(
 NF = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(NF)
 
-def _cosmos_exact(dm) -> bool:
-    """Cosmos blocks of hosts that add the residual with ``torch.addcmul`` (fp32 residual stream) differ from
-    the engine's ``x + gate * out`` by that fused rounding; older hosts write the engine's expression."""
-    return "addcmul" not in type(dm.blocks[0]).forward.__code__.co_names
-
-
-# family -> (builder, exact all-FULL equality: bool or a predicate of the built network)
-FAMILIES = {"qwen_image": (NF.tiny_qwen_image_net, False), "flux2": (NF.tiny_flux2_net, True),
-            "chroma": (NF.tiny_chroma_net, True), "z_image": (NF.tiny_lumina_net, True),
-            "lumina2": (NF.tiny_lumina2_net, True), "hunyuan_video": (NF.tiny_hunyuan_video_net, True),
-            "ltxv": (NF.tiny_ltxv_net, False), "cosmos_predict2": (NF.tiny_cosmos_predict2_net, _cosmos_exact),
-            "hidream": (NF.tiny_hidream_net, True)}
-
-
-def assert_fused_rounding_close(o: torch.Tensor, ref: torch.Tensor, what: str) -> None:
-    """All-FULL output of a family whose host fuses a residual with ``addcmul`` (one rounding instead of
-    two, the only difference from the engine's ``x + gate * out``): within 1e-6 of the output's scale."""
-    err = float((o - ref).abs().max())
-    assert err <= 1e-6 * float(ref.abs().max()), f"{what}: max diff {err} (scale {float(ref.abs().max())})"
+# family -> builder; all-FULL equals the unpatched network bit for bit on every host
+FAMILIES = {"qwen_image": NF.tiny_qwen_image_net, "flux2": NF.tiny_flux2_net, "chroma": NF.tiny_chroma_net,
+            "z_image": NF.tiny_lumina_net, "lumina2": NF.tiny_lumina2_net,
+            "hunyuan_video": NF.tiny_hunyuan_video_net, "ltxv": NF.tiny_ltxv_net,
+            "cosmos_predict2": NF.tiny_cosmos_predict2_net, "hidream": NF.tiny_hidream_net}
 
 
 BYT5, VISION = 5, 4   # extra text-stream tokens of the HunyuanVideo 1.5 inputs below
@@ -100,16 +86,11 @@ def patched_run(family: str, dm, schedule: str, ratio: float = 0.5):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_all_full_equals_unpatched(family):
-    build, exact = FAMILIES[family]
-    dm = build(seed=1)[0].eval()
-    exact = exact(dm) if callable(exact) else exact
+    dm = FAMILIES[family](seed=1)[0].eval()
     ref = call(family, dm, {})
     outs, stats = patched_run(family, dm, "FF")
     for o in outs:
-        if exact:
-            assert torch.equal(o, ref), f"{family}: max diff {(o - ref).abs().max().item()}"
-        else:
-            assert_fused_rounding_close(o, ref, family)
+        assert torch.equal(o, ref), f"{family}: max diff {(o - ref).abs().max().item()}"
     assert stats.block_eval_fraction == 1.0
 
 
@@ -141,8 +122,8 @@ VARIANTS = {"qwen_image_tzi": ("qwen_image", lambda: NF.tiny_qwen_image_net(seed
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_host_block_inputs_all_full_and_cached(variant):
     """Block inputs newer hosts add (Qwen-Image's text mask and ``timestep_zero_index``, LTXV's
-    cross-attention adaLN): all-FULL equals the plain host run (to the fused-residual rounding of those
-    families), a reused step reproduces it, and a selective step runs."""
+    cross-attention adaLN): all-FULL equals the plain host run bit for bit, a reused step reproduces it,
+    and a selective step runs."""
     family, build = VARIANTS[variant]
     try:
         dm = build()[0].eval()
@@ -153,7 +134,7 @@ def test_host_block_inputs_all_full_and_cached(variant):
     other = fn(family, NF.tiny_qwen_image_net(seed=1)[0].eval(), {}) if variant == "qwen_image_tzi" else None
     outs, run = shared_patched_run(family, dm, "FF", fn)
     for o in outs:
-        assert_fused_rounding_close(o, ref, variant)
+        assert torch.equal(o, ref), f"{variant}: max diff {(o - ref).abs().max().item()}"
     if other is not None:  # the zero-timestep rows really changed the model (else the test proves nothing)
         assert (other - ref).abs().max() > 1e-3
     outs, run = shared_patched_run(family, dm, "FC", fn)
@@ -165,7 +146,7 @@ def test_host_block_inputs_all_full_and_cached(variant):
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_cached_and_selective_steps(family):
-    dm = FAMILIES[family][0](seed=1)[0].eval()
+    dm = FAMILIES[family](seed=1)[0].eval()
     ref = call(family, dm, {})
     outs, stats = patched_run(family, dm, "FC")
     torch.testing.assert_close(outs[1], ref, rtol=1e-4, atol=1e-5)  # same inputs, fresh gates: same output
@@ -179,13 +160,13 @@ def test_cached_and_selective_steps(family):
 
 
 def test_detection_names():
-    for family, (build, _) in FAMILIES.items():
+    for family, build in FAMILIES.items():
         assert A.detect_family(FakePatcher(build(seed=0)[0])) == family
 
 
 # -- cache size estimate ------------------------------------------------------------------------------
 
-ESTIMATED = {**{f: b for f, (b, _) in FAMILIES.items()}, "hunyuan_video15": NF.tiny_hunyuan_video15_net,
+ESTIMATED = {**FAMILIES, "hunyuan_video15": NF.tiny_hunyuan_video15_net,
              "hunyuan_image21": NF.tiny_hunyuan_image21_net, "qwen_image_edit": NF.tiny_qwen_image_net}
 # without the host's model config, 1.5 and Image 2.1 are detected by their network class alone
 DETECTED = {"hunyuan_video15": "hunyuan_video", "hunyuan_image21": "hunyuan_video", "qwen_image_edit": "qwen_image"}
@@ -271,7 +252,7 @@ def test_light_cache_differs_only_by_the_gates(family):
     same timestep (same gates) and a new latent on the reused steps, light and full agree to float
     rounding on cached and selective steps, although both differ from computing the step; with another
     timestep on the reused step they differ. The light cache holds less."""
-    dm = FAMILIES[family][0](seed=1)[0].eval()
+    dm = FAMILIES[family](seed=1)[0].eval()
 
     def run(light: bool, steps):
         return shared_patched_run(family, dm, "FCS", _stepping(steps), depth_fraction=0.5,
@@ -302,7 +283,7 @@ def test_light_cache_differs_only_by_the_gates(family):
 def test_hidream_reused_step_evaluates_only_gate_rows():
     """A cached HiDream step needs the gates alone: the blocks' full adaLN modules run on the computed
     step only, and the cached step still reproduces it (same inputs)."""
-    dm = FAMILIES["hidream"][0](seed=1)[0].eval()
+    dm = FAMILIES["hidream"](seed=1)[0].eval()
     mods = [b.block.adaLN_modulation for b in (*dm.double_stream_blocks, *dm.single_stream_blocks)]
     calls = []
     hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for m in mods]
