@@ -23,7 +23,9 @@ HOSTS ?=
 test: setup
 	bash scripts/setup_browser.sh
 	bash scripts/setup_hosts.sh $(HOSTS)
-	rc=0; $(PY) -m pytest tests -q || rc=$$?; bash scripts/test_hosts.sh || rc=$$?; exit $$rc
+	rc=0; start=$$SECONDS; $(PY) -m pytest tests -q || rc=$$?; \
+	echo "[procache] ComfyUI 0.3.75, whole suite: rc=$$rc in $$((SECONDS - start)) s"; \
+	bash scripts/test_hosts.sh || rc=$$?; exit $$rc
 
 # only the host matrix (after `make test` set it up once)
 test-hosts: setup
