@@ -163,3 +163,16 @@ def test_another_block_patch_composes_before_and_after_apply(comfy_server, famil
         assert len(calls) == expected, (where, calls)
         proc_only, _, _ = run(comfy_server, prompt(family, f"{where}P_{family}", actions="FCFC"))
         assert not torch.equal(fcfc, proc_only), where  # the offset took effect under ProCache
+
+
+@pytest.mark.parametrize("family", ["sd3", "wan"])
+def test_all_full_equals_plain_host_and_caching_schedule_runs(comfy_server, family):
+    """SD3 (``dit`` joint blocks) and Wan (object-patched blocks) through the server of this host: an all-FULL
+    schedule gives the plain host run bit for bit; a caching schedule reuses blocks and changes the output."""
+    plain, _, _ = run(comfy_server, prompt(family, f"plain_{family}"))
+    full, stats, _ = run(comfy_server, prompt(family, f"ffff_{family}", actions="FFFF"))
+    assert torch.equal(full, plain), f"{family}: all-FULL differs, max {(full - plain).abs().max().item()}"
+    assert f"[{family}]" in stats and "(4 full / 0 selective / 0 cached)" in stats, stats
+    cached, stats_c, _ = run(comfy_server, prompt(family, f"fcfc_{family}", actions="FCFC"))
+    assert f"[{family}]" in stats_c and "(2 full / 0 selective / 2 cached)" in stats_c, stats_c
+    assert torch.isfinite(cached).all() and not torch.equal(cached, plain)
