@@ -9,7 +9,8 @@ import re
 
 import torch
 
-from test_flux_server import _latent, _stats, flux_prompt
+from test_flux_server import flux_prompt
+from workflows import saved_latent, stats_line
 
 
 # the deeper half of the 6 engine blocks (the text stream of double block 1, both single blocks): its
@@ -22,7 +23,7 @@ def _run(client, prefix: str, actions: str, **apply) -> tuple[torch.Tensor, str]
     p = flux_prompt(prefix, {"actions": actions, "apply": apply, "selective": SELECTIVE} if actions else None)
     p["sampler"]["inputs"]["cfg"] = 2.0
     entry = client.run(p, timeout=600)
-    return _latent(client, entry), (_stats(entry) if actions else "")
+    return saved_latent(client, entry), (stats_line(entry) if actions else "")
 
 
 def _peak(text: str) -> float:
