@@ -72,6 +72,7 @@ class FamilyAdapter:
         # the host's torch_compile_kwargs during a run of a compiled model (set by the runtime bridge):
         # adapters that support it compile their branch maths with them (adapters/compiled.py)
         self.block_compile: dict | None = None
+        self._host_noted: set[str] = set()   # reasons already logged by note_host_block
 
     def install(self, model_patcher: Any, owner: Any) -> None:
         raise NotImplementedError
@@ -85,9 +86,8 @@ class FamilyAdapter:
 
     def note_host_block(self, why: str) -> None:
         """One log line per reason for blocks the adapter hands to the host's own forward."""
-        noted = self.__dict__.setdefault("_host_noted", set())
-        if why not in noted:
-            noted.add(why)
+        if why not in self._host_noted:
+            self._host_noted.add(why)
             log.info("ProCache: %s; those %s blocks run as the host's own (computed every step, not cached).",
                      why, self.family)
 
