@@ -230,16 +230,27 @@ def test_save_as_preset_then_reload(page, base_url, presets, user_presets, artif
     # click the canvas button "Save as preset" and answer the app's name dialog (never a native prompt)
     native = []
     page.on("dialog", lambda d: (native.append(d.type), d.dismiss()))
-    xy = page.evaluate("""() => {
-        const n = app.graph.getNodeById(%d); const w = n.widgets.find(w => w.name === 'Save as preset');
-        const ds = app.canvas.ds; const r = app.canvas.canvas.getBoundingClientRect();
-        const h = w.computedHeight || LiteGraph.NODE_WIDGET_HEIGHT || 20;
-        const gx = n.pos[0] + n.size[0] / 2, gy = n.pos[1] + (w.y ?? w.last_y) + h / 2;
-        return [r.left + (gx + ds.offset[0]) * ds.scale, r.top + (gy + ds.offset[1]) * ds.scale];
-    }""" % LOADER_ID)
-    page.mouse.click(*xy)
     box = page.get_by_role("dialog").filter(has_text="Save as ProCache preset").locator("input").first
-    box.wait_for(state="visible", timeout=30_000)
+    # The widget's position is known only once the canvas has drawn it; a click computed before that lands
+    # beside the button (seen once on 0.29.0's front end under load), so the click is placed after a redraw
+    # and tried again, at most three times, until the dialog shows.
+    for attempt in range(3):
+        xy = page.evaluate("""() => {
+            app.canvas.draw(true, true);
+            const n = app.graph.getNodeById(%d); const w = n.widgets.find(w => w.name === 'Save as preset');
+            const ds = app.canvas.ds; const r = app.canvas.canvas.getBoundingClientRect();
+            const h = w.computedHeight || LiteGraph.NODE_WIDGET_HEIGHT || 20;
+            const gx = n.pos[0] + n.size[0] / 2, gy = n.pos[1] + (w.y ?? w.last_y) + h / 2;
+            return [r.left + (gx + ds.offset[0]) * ds.scale, r.top + (gy + ds.offset[1]) * ds.scale];
+        }""" % LOADER_ID)
+        page.mouse.click(*xy)
+        try:
+            box.wait_for(state="visible", timeout=15_000)
+            break
+        except Exception:
+            if attempt == 2:
+                page.screenshot(path=str(artifacts / "web_save_no_dialog.png"))
+                raise
     page.screenshot(path=str(artifacts / "web_save_dialog.png"))
     box.fill(name)
     box.press("Enter")
