@@ -83,10 +83,10 @@ def test_fused_branch_without_gate_is_a_plain_add():
     assert torch.equal(run.run_block(0, x, [Branch("cross", mlp, None, True, fused=True)]), x + mlp(x))
 
 
-def test_fused_branch_on_cached_step_reapplies_the_cached_output_fused():
-    x0, ga0, gm0 = _data(4)
-    x1, ga1, gm1 = _data(5)
-    run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(enabled=False), num_blocks=1)
+def _full_then(schedule: str, settings: SelectiveSettings, x0, ga0, gm0, x1, ga1, gm1):
+    """Step 0 FULL on (x0, gates 0), step 1 as ``schedule[1]`` on (x1, gates 1); the run, step 1's output and
+    the branch outputs step 0 cached (attention, MLP)."""
+    run = CacheRun(Schedule.from_string(schedule), settings, num_blocks=1)
     run.begin_step(0)
     run.set_stream("s")
     run.run_block(0, x0, branches(ga0, gm0))
@@ -94,7 +94,13 @@ def test_fused_branch_on_cached_step_reapplies_the_cached_output_fused():
     m0 = mlp(torch.addcmul(x0, ga0, a0))
     run.begin_step(1)
     run.set_stream("s")
-    out = run.run_block(0, x1, branches(ga1, gm1))
+    return run, run.run_block(0, x1, branches(ga1, gm1)), a0, m0
+
+
+def test_fused_branch_on_cached_step_reapplies_the_cached_output_fused():
+    x0, ga0, gm0 = _data(4)
+    x1, ga1, gm1 = _data(5)
+    run, out, a0, m0 = _full_then("FC", SelectiveSettings(enabled=False), x0, ga0, gm0, x1, ga1, gm1)
     assert run.stats.tokens_recomputed == 0
     assert torch.equal(out, torch.addcmul(torch.addcmul(x1, ga1, a0), gm1, m0))
     assert not torch.equal(out, x1 + ga1 * a0 + gm1 * m0)
@@ -104,15 +110,7 @@ def _selective_step(ratio: float):
     x0, ga0, gm0 = _data(6)
     x1, ga1, gm1 = _data(8)
     x1 = x0 + 0.3 * x1  # close to step 0, as between solver steps
-    run = CacheRun(Schedule.from_string("FS"), SelectiveSettings(ratio=ratio, start_block=0), num_blocks=1)
-    run.begin_step(0)
-    run.set_stream("s")
-    run.run_block(0, x0, branches(ga0, gm0))
-    a0 = attn(x0)
-    m0 = mlp(torch.addcmul(x0, ga0, a0))
-    run.begin_step(1)
-    run.set_stream("s")
-    out = run.run_block(0, x1, branches(ga1, gm1))
+    run, out, a0, m0 = _full_then("FS", SelectiveSettings(ratio=ratio, start_block=0), x0, ga0, gm0, x1, ga1, gm1)
     h = torch.addcmul(x1, ga1, a0)  # attention (not token-local): reused, re-applied fused
     return run, out, h, gm1, m0
 
