@@ -15,7 +15,8 @@ generic    any other model the host samples (UNets included)       ``APPLY_MODEL
 =========  ======================================================  ===================================
 
 Later families (flux2, chroma, qwen_image, z_image/lumina2, hunyuan_*, hidream, ltxv, cosmos_predict2) are
-detected in ``_detect_more``; ``docs/families.md`` has the full table.
+detected in ``_detect_more``; families added since register themselves from their own file
+(``registry.py``); ``docs/families.md`` has the full table.
 
 A patched block that finds no ProCache run of its own in progress (see
 ``runtime_bridge.active_run``) calls what was installed before it (another pack's patch, or the host's
@@ -307,7 +308,11 @@ def install_forward_patch(model_patcher: Any, key: str, make: Callable[[Callable
 
 
 def supported_text() -> str:
-    return ", ".join(SUPPORTED_FAMILIES.values())
+    from . import registry
+
+    labels = list(SUPPORTED_FAMILIES.values())
+    labels += [f.label for n, f in registry.families().items() if n not in SUPPORTED_FAMILIES]
+    return ", ".join(labels)
 
 
 def detect_family(model_patcher: Any) -> str:
@@ -396,7 +401,9 @@ def _detect_more(dm: Any, model_config: Any = None) -> str:
             return "cosmos_predict2"
     except ImportError:
         pass
-    return GENERIC
+    from . import registry  # families that register themselves (one file each, registry.py)
+
+    return registry.detect(dm, model_config) or GENERIC
 
 
 def model_name(model_patcher: Any) -> str:
@@ -465,7 +472,8 @@ def _block_adapter(family: str, model_patcher: Any) -> FamilyAdapter:
 
         return HunyuanVideoAdapter(dm, family)
     else:
+        from . import registry
         from .generic import GenericAdapter
 
-        return GenericAdapter(dm, model_name(model_patcher))
+        return registry.build(family, dm) or GenericAdapter(dm, model_name(model_patcher))
     return cls(dm)

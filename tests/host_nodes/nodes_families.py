@@ -281,11 +281,32 @@ TINY = {"hidream": ("HiDream", tiny_hidream_net), "ltxv": ("LTXV", tiny_ltxv_net
             seed, context_dim, latent_channels=_latent_channels("HunyuanVideo15")))}
 
 
+def _load_more_tiny() -> None:
+    """Families added later keep their tiny builders in ``tiny_<family>.py`` beside this file: each defines
+    ``TINY = {family: (supported_models config name, builder(seed, context_dim) -> (net, cfg))}``.
+    Loaded by path with ``seeded_``, ``host_params`` and ``latent_channels`` set as globals, so they work
+    both as package modules and when this file is loaded by path (tests/host/test_adapter_families_more.py)."""
+    import importlib.util
+    from pathlib import Path
+
+    for path in sorted(Path(__file__).parent.glob("tiny_*.py")):
+        if path.name == "tiny_models.py":
+            continue
+        spec = importlib.util.spec_from_file_location(f"procache_test_{path.stem}", path)
+        mod = importlib.util.module_from_spec(spec)
+        mod.seeded_, mod.host_params, mod.latent_channels = seeded_, host_params, _latent_channels
+        spec.loader.exec_module(mod)
+        TINY.update(getattr(mod, "TINY", {}))
+
+
 def _latent_channels(format_name: str) -> int:
     """Channel count of the host's latent format (what the family's Empty...Latent node makes)."""
     import comfy.latent_formats
 
     return int(getattr(comfy.latent_formats, format_name).latent_channels)
+
+
+_load_more_tiny()
 
 
 class ProCacheTestTinyDiT(io.ComfyNode):
