@@ -7,6 +7,9 @@ per model call and handed to every block as ``vec``. The Flux.1 adapter's branch
 token-local ``mlp`` (SiLU-gated MLP in Flux.2); single blocks are one fused ``attn_mlp`` branch reused on
 selective steps. Reference images of Flux.2 edits are part of the image stream and cached with it.
 
+Flux.2 klein is the same network with another config (no guidance embedding, fewer double blocks, a
+Qwen3 prompt); the host's ``model_base.Flux2`` pads its prompt to 512 tokens too, so nothing differs here.
+
 There is no per-block adaLN linear to slice, so reused steps cost the shared modulation only. The
 family has its own name so presets and the ``auto`` choice can tell Flux.2 from Flux.1.
 """

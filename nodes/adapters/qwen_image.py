@@ -17,6 +17,10 @@ block runs as two engine blocks (image stream ``2i``, text stream ``2i+1``) with
   stream's tokens from that index on take the second row's shift/scale/gate; the gate is then laid out
   per token and the image MLP is reused on selective steps, like the attention.
 
+Qwen-Image layered (the same class with ``use_additional_t_cond``; latents of batch x 16 x (layers + 1)
+x h x w): the host patches every layer into the one image stream, so its blocks are the ones above; the
+extra timestep embedding is already in ``temb``, which every block takes as is.
+
 adaLN (``img_mod`` / ``txt_mod``, one ``Linear(C, 6C)`` each) is lazy: reused blocks evaluate only the
 gate rows of plain host linears (``nodes/adapters/modulation.py``).
 
@@ -177,19 +181,29 @@ class QwenImageAdapter(FamilyAdapter):
 
     def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
         """Per block an image (latent tokens + reference-image tokens of an edit) and a text engine
-        block, two branches each, ``inner_dim`` wide."""
+        block, two branches each, ``inner_dim`` wide. Qwen-Image layered: every layer of the 5-D latent
+        (batch, channels, layers, h, w) is image tokens (the host patches each layer), and so is every
+        frame of a 5-D reference latent."""
         from ...procache_core.memory import BlockShape
-        from . import ref_latent_tokens
 
         hw = self.grid_hw(x_shape)
         if hw is None:
             return None
-        img = hw[0] * hw[1] + ref_latent_tokens(cond, self.patch_size)
+        refs = (cond or {}).get("reference_latents") or []
+        img = hw[0] * hw[1] + sum(self._tokens(tuple(r.shape)) for r in refs
+                                  if getattr(r, "shape", None) is not None and len(r.shape) in (4, 5))
         width, txt = int(self.dm.inner_dim), context_tokens or 256
         return [s for _ in range(self.n_blocks) for s in (BlockShape(img, width, 2, "img"), BlockShape(txt, width, 2, "txt"))]
 
+    def _tokens(self, shape: tuple) -> int:
+        hw = self.grid_hw(shape)
+        return hw[0] * hw[1] if hw is not None else 0
+
     def grid_hw(self, x_shape: tuple) -> tuple[int, int] | None:
+        """Token grid of the host's ``process_img``: the latent padded to the patch size, patched per
+        layer (frame), layers stacked: (layers * rows, columns); a 4-D latent is one layer."""
         if len(x_shape) not in (4, 5):
             return None
         p = self.patch_size
-        return ((x_shape[-2] + p // 2) // p, (x_shape[-1] + p // 2) // p)
+        layers = int(x_shape[2]) if len(x_shape) == 5 else 1
+        return (layers * -(-int(x_shape[-2]) // p), -(-int(x_shape[-1]) // p))
