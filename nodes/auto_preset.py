@@ -29,6 +29,8 @@ FAMILY_PRESETS: dict[str, str] = {
     "hunyuan_video15": "wan-30-balanced",
     "ltxv": "wan-30-balanced",
     "cosmos_predict2": "wan-30-balanced",
+    "kandinsky5": "wan-30-balanced",
+    "kandinsky5_image": "flux-28-balanced",
     FALLBACK_KEY: "flux-28-balanced",  # any other model (schedule-only caching of the whole model call)
 }
 
