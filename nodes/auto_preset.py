@@ -28,6 +28,7 @@ FAMILY_PRESETS: dict[str, str] = {
     "hunyuan_video": "wan-30-balanced",
     "hunyuan_video15": "wan-30-balanced",
     "ltxv": "wan-30-balanced",
+    "ltxav": "wan-30-balanced",   # LTX-2 audio-video
     "cosmos_predict2": "wan-30-balanced",
     "kandinsky5": "wan-30-balanced",
     "kandinsky5_image": "flux-28-balanced",

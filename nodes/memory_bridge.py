@@ -115,11 +115,17 @@ def _call_layout(layout_fn: Any, shape: tuple, context_tokens: int | None, cond:
     return layout_fn(shape, context_tokens, cond) if takes_cond else layout_fn(shape, context_tokens)
 
 
-def estimate(state: Any, guider: Any, noise_shape: tuple) -> Estimate | None:
-    """Cache size for this run from shapes (None when the family gives no layout)."""
+def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | None = None) -> Estimate | None:
+    """Cache size for this run from shapes (None when the family gives no layout).
+
+    ``latent_shapes``: the sampler's shapes of a packed multi-latent (LTX-2 video + audio, ComfyUI 0.8 on);
+    with more than one, the family's layout gets that tuple of shapes instead of the packed ``noise_shape``."""
     config, run = state.config, state.run
     layout_fn = getattr(config.adapter, "cache_layout", None)
-    layout = _call_layout(layout_fn, tuple(noise_shape), _context_tokens(guider), _first_cond(guider)) \
+    shape = tuple(noise_shape)
+    if latent_shapes is not None and len(latent_shapes) > 1:
+        shape = tuple(tuple(int(d) for d in s) for s in latent_shapes)
+    layout = _call_layout(layout_fn, shape, _context_tokens(guider), _first_cond(guider)) \
         if layout_fn is not None else None
     if not layout:
         return None

@@ -501,7 +501,7 @@ def outer_sample_wrapper(executor, *args, **kwargs):
         config.adapter.block_compile = _block_compile(config, orig_options)
         guider.model_options["transformer_options"][RUN_KEY] = state
         try:
-            memory_bridge.estimate(state, guider, tuple(args[0].shape))
+            memory_bridge.estimate(state, guider, tuple(args[0].shape), kwargs.get("latent_shapes"))
         except Exception as e:  # an estimate must never stop sampling
             log.warning("ProCache: no cache size estimate (%s: %s)", type(e).__name__, e)
         args, kwargs = _with_step_callback(state, args, kwargs)
