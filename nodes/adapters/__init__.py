@@ -41,22 +41,12 @@ from typing import Any, Callable
 from ...procache_core.errors import UnsupportedModelError
 from ..runtime_bridge import active_run, active_state
 
-SUPPORTED_FAMILIES = {
-    "pixart": "PixArt-α / PixArt-Σ",
+SUPPORTED_FAMILIES = {   # detected below; the other families register themselves (registry.py)
     "flux": "Flux.1 (dev, schnell)",
-    "sd3": "SD3 / SD3.5 (MMDiT)",
-    "wan": "Wan 2.x",
     "flux2": "Flux.2",
     "chroma": "Chroma / Chroma Radiance",
     "qwen_image": "Qwen-Image (and Edit)",
-    "z_image": "Z-Image",
-    "lumina2": "Lumina 2",
-    "hunyuan_video": "HunyuanVideo 1.0",
-    "hunyuan_video15": "HunyuanVideo 1.5",
-    "hunyuan_image21": "HunyuanImage 2.1",
-    "hidream": "HiDream-I1",
     "ltxv": "LTX-Video",
-    "cosmos_predict2": "Cosmos Predict2",
 }
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
@@ -323,27 +313,17 @@ def detect_family(model_patcher: Any) -> str:
     if dm is None:
         raise UnsupportedModelError("model", "is not a diffusion MODEL ComfyUI can sample.",
                                     f"connect the MODEL output of a loader. Supported families: {supported_text()}.")
-    from comfy.ldm.pixart.pixartms import PixArtMS
     from comfy.ldm.flux.model import Flux
     from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
-    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
-    from comfy.ldm.wan.model import WanModel, WanAttentionBlock
 
-    if isinstance(dm, PixArtMS):
-        return "pixart"
     if isinstance(dm, Flux) and all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
             all(type(b) is SingleStreamBlock for b in dm.single_blocks):
         return "flux2" if getattr(getattr(dm, "params", None), "global_modulation", False) else "flux"
-    if isinstance(dm, MMDiT):
-        return "sd3"
-    # only blocks running WanAttentionBlock's own forward (HuMo audio / causal subclasses: their own maths)
-    if isinstance(dm, WanModel) and all(type(b).forward is WanAttentionBlock.forward for b in dm.blocks):
-        return "wan"
     return _detect_more(dm, getattr(model_patcher.model, "model_config", None))
 
 
 def _detect_more(dm: Any, model_config: Any = None) -> str:
-    """Families added after the first four (one check each; the fallback when none matches)."""
+    """Chroma, Qwen-Image and LTX-Video (one check each), then the registered families, then the fallback."""
     from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
 
     try:
@@ -361,44 +341,9 @@ def _detect_more(dm: Any, model_config: Any = None) -> str:
     except ImportError:
         pass
     try:
-        from comfy.ldm.lumina.model import JointTransformerBlock, NextDiT
-        if isinstance(dm, NextDiT) and len(dm.layers) and \
-                all(type(b) is JointTransformerBlock and b.modulation for b in dm.layers):
-            from .lumina import lumina_variant
-
-            return lumina_variant(dm)
-    except ImportError:
-        pass
-    try:
-        from comfy.ldm.hunyuan_video.model import HunyuanVideo
-        if isinstance(dm, HunyuanVideo) and all(type(b) is DoubleStreamBlock and b.modulation for b in dm.double_blocks) \
-                and all(type(b) is SingleStreamBlock and b.modulation is not None for b in dm.single_blocks):
-            from .hunyuan_video import hunyuan_variant
-
-            return hunyuan_variant(model_config)
-    except ImportError:
-        pass
-    try:
-        from comfy.ldm.hidream.model import (HiDreamImageBlock, HiDreamImageSingleTransformerBlock,
-                                             HiDreamImageTransformer2DModel, HiDreamImageTransformerBlock)
-        if isinstance(dm, HiDreamImageTransformer2DModel) and \
-                all(type(b) is HiDreamImageBlock and type(b.block) is HiDreamImageTransformerBlock
-                    for b in dm.double_stream_blocks) and \
-                all(type(b) is HiDreamImageBlock and type(b.block) is HiDreamImageSingleTransformerBlock
-                    for b in dm.single_stream_blocks):
-            return "hidream"
-    except ImportError:
-        pass
-    try:
         from comfy.ldm.lightricks.model import BasicTransformerBlock, LTXVModel
         if type(dm) is LTXVModel and all(type(b) is BasicTransformerBlock for b in dm.transformer_blocks):
             return "ltxv"
-    except ImportError:
-        pass
-    try:
-        from comfy.ldm.cosmos.predict2 import Block as CosmosBlock, MiniTrainDIT
-        if isinstance(dm, MiniTrainDIT) and all(type(b) is CosmosBlock for b in dm.blocks):
-            return "cosmos_predict2"
     except ImportError:
         pass
     from . import registry  # families that register themselves (one file each, registry.py)
@@ -445,32 +390,16 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
 
 def _block_adapter(family: str, model_patcher: Any) -> FamilyAdapter:
     dm = model_patcher.model.diffusion_model
-    if family == "pixart":
-        from .pixart import PixArtAdapter as cls
-    elif family == "flux":
+    if family == "flux":
         from .flux import FluxAdapter as cls
-    elif family == "sd3":
-        from .sd3 import SD3Adapter as cls
-    elif family == "wan":
-        from .wan import WanAdapter as cls
     elif family == "flux2":
         from .flux2 import Flux2Adapter as cls
     elif family == "chroma":
         from .chroma import ChromaAdapter as cls
     elif family == "qwen_image":
         from .qwen_image import QwenImageAdapter as cls
-    elif family in ("z_image", "lumina2"):
-        from .lumina import LuminaAdapter as cls
     elif family == "ltxv":
         from .ltxv import LTXVAdapter as cls
-    elif family == "cosmos_predict2":
-        from .cosmos import CosmosPredict2Adapter as cls
-    elif family == "hidream":
-        from .hidream import HiDreamAdapter as cls
-    elif family.startswith("hunyuan_"):
-        from .hunyuan_video import HunyuanVideoAdapter
-
-        return HunyuanVideoAdapter(dm, family)
     else:
         from . import registry
         from .generic import GenericAdapter

@@ -32,6 +32,7 @@ import torch
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
+from .registry import register
 
 
 class CosmosBlockForward(ChainedForward):
@@ -137,3 +138,13 @@ class CosmosPredict2Adapter(FamilyAdapter):
         if len(x_shape) == 4:
             return (x_shape[2] // ps, x_shape[3] // ps)
         return None
+
+
+def _is_cosmos_predict2(dm: Any, model_config: Any) -> bool:
+    from comfy.ldm.cosmos.predict2 import Block, MiniTrainDIT
+
+    return isinstance(dm, MiniTrainDIT) and all(type(b) is Block for b in dm.blocks)
+
+
+register("cosmos_predict2", "Cosmos Predict2", _is_cosmos_predict2, lambda dm, name: CosmosPredict2Adapter(dm),
+         preset="wan-30-balanced")

@@ -27,6 +27,7 @@ import torch
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, log, outside_compile
+from .registry import register
 from .modulation import lazy_chunks
 
 
@@ -174,3 +175,17 @@ class HiDreamAdapter(FamilyAdapter):
             for i, b in enumerate(getattr(self.dm, name)):
                 out[f"{name}.{i}.block.adaLN_modulation"] = b.block.adaLN_modulation[-1]
         return out
+
+
+def _is_hidream(dm: Any, model_config: Any) -> bool:
+    from comfy.ldm.hidream.model import (HiDreamImageBlock, HiDreamImageSingleTransformerBlock,
+                                         HiDreamImageTransformer2DModel, HiDreamImageTransformerBlock)
+
+    return isinstance(dm, HiDreamImageTransformer2DModel) and \
+        all(type(b) is HiDreamImageBlock and type(b.block) is HiDreamImageTransformerBlock
+            for b in dm.double_stream_blocks) and \
+        all(type(b) is HiDreamImageBlock and type(b.block) is HiDreamImageSingleTransformerBlock
+            for b in dm.single_stream_blocks)
+
+
+register("hidream", "HiDream-I1", _is_hidream, lambda dm, name: HiDreamAdapter(dm), preset="flux-28-balanced")

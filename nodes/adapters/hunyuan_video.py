@@ -26,6 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import FamilyAdapter, install_dit_replace
+from .registry import register
 from .flux import FluxDoubleBlock, FluxSingleBlock
 
 
@@ -97,3 +98,22 @@ class HunyuanVideoAdapter(FamilyAdapter):
         if len(x_shape) == 4:
             return ((x_shape[2] + ph - 1) // ph, (x_shape[3] + pw - 1) // pw)
         return None
+
+
+def _is_hunyuan(variant: str):
+    def detect(dm: Any, model_config: Any) -> bool:
+        from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+        from comfy.ldm.hunyuan_video.model import HunyuanVideo
+
+        return isinstance(dm, HunyuanVideo) and \
+            all(type(b) is DoubleStreamBlock and b.modulation for b in dm.double_blocks) and \
+            all(type(b) is SingleStreamBlock and b.modulation is not None for b in dm.single_blocks) and \
+            hunyuan_variant(model_config) == variant
+    return detect
+
+
+register("hunyuan_video", "HunyuanVideo 1.0", _is_hunyuan("hunyuan_video"), HunyuanVideoAdapter, preset="wan-30-balanced")
+register("hunyuan_video15", "HunyuanVideo 1.5", _is_hunyuan("hunyuan_video15"), HunyuanVideoAdapter,
+         preset="wan-30-balanced")
+register("hunyuan_image21", "HunyuanImage 2.1", _is_hunyuan("hunyuan_image21"), HunyuanVideoAdapter,
+         preset="flux-28-balanced")

@@ -247,4 +247,5 @@ def _is_ltxav(dm: Any, model_config: Any = None) -> bool:
         all(type(b) is BasicAVTransformerBlock for b in blocks)
 
 
-registry.register("ltxav", "LTX-2 audio-video", _is_ltxav, lambda dm, name: LTXAVAdapter(dm))
+registry.register("ltxav", "LTX-2 audio-video", _is_ltxav, lambda dm, name: LTXAVAdapter(dm),
+                  preset="wan-30-balanced")

@@ -31,6 +31,7 @@ import torch
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
+from .registry import register
 from .modulation import lazy_chunks
 
 
@@ -126,3 +127,16 @@ class LuminaAdapter(FamilyAdapter):
         for i, block in enumerate(self.dm.layers):
             install_forward_patch(model_patcher, f"diffusion_model.layers.{i}.forward",
                                   lambda prev, b=block, i=i: LuminaBlockForward(b, i, owner, prev))
+
+
+def _is_lumina(variant: str):
+    def detect(dm: Any, model_config: Any) -> bool:
+        from comfy.ldm.lumina.model import JointTransformerBlock, NextDiT
+
+        return isinstance(dm, NextDiT) and len(dm.layers) > 0 and \
+            all(type(b) is JointTransformerBlock and b.modulation for b in dm.layers) and lumina_variant(dm) == variant
+    return detect
+
+
+register("z_image", "Z-Image", _is_lumina("z_image"), lambda dm, name: LuminaAdapter(dm), preset="flux-28-balanced")
+register("lumina2", "Lumina 2", _is_lumina("lumina2"), lambda dm, name: LuminaAdapter(dm), preset="flux-28-balanced")

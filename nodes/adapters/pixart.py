@@ -19,6 +19,7 @@ from typing import Any
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
+from .registry import register
 
 
 class PixArtBlockForward(ChainedForward):
@@ -70,3 +71,13 @@ class PixArtAdapter(FamilyAdapter):
         if len(x_shape) != 4:
             return None
         return (x_shape[2] // self.patch_size, x_shape[3] // self.patch_size)
+
+
+def _is_pixart(dm: Any, model_config: Any) -> bool:
+    from comfy.ldm.pixart.pixartms import PixArtMS
+
+    return isinstance(dm, PixArtMS)
+
+
+register("pixart", "PixArt-α / PixArt-Σ", _is_pixart, lambda dm, name: PixArtAdapter(dm),
+         preset="pixart-alpha-20-balanced")

@@ -5,8 +5,10 @@ built without touching ``adapters/__init__.py``: :func:`detect` imports every mo
 name is not in ``_NOT_FAMILIES`` once (a module whose host classes are missing on this ComfyUI fails to
 import and is skipped, logged at debug level) and asks each registered family in turn.
 
-The families of the first rounds are still detected in ``adapters/__init__.py`` (``detect_family`` /
-``_detect_more``); they are checked first, so a registered family never shadows one of them.
+The Flux-block families (flux, flux2, chroma), Qwen-Image and LTX-Video are still detected in
+``adapters/__init__.py`` (``detect_family`` / ``_detect_more``); they are checked first, so a registered
+family never shadows one of them. Registered detectors are exact (every block of the host's own class),
+so their order does not matter.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Family:
     label: str                                  # what the supported-families list shows users
     detect: Callable[[Any, Any], bool]          # (diffusion_model, model_config) -> is it this family
     build: Callable[[Any, str], Any]            # (diffusion_model, name) -> FamilyAdapter
+    preset: str | None = None                   # the shipped preset ProCache Apply's "auto" picks
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -36,9 +39,10 @@ _LOADED = False
 _LOCK = threading.Lock()
 
 
-def register(name: str, label: str, detect: Callable[[Any, Any], bool], build: Callable[[Any, str], Any]) -> None:
+def register(name: str, label: str, detect: Callable[[Any, Any], bool], build: Callable[[Any, str], Any],
+             preset: str | None = None) -> None:
     """Called by a family file at import time; a second call with the same name replaces the first."""
-    _FAMILIES[name] = Family(name, label, detect, build)
+    _FAMILIES[name] = Family(name, label, detect, build, preset)
 
 
 def _load_all() -> None:
@@ -77,6 +81,12 @@ def detect(dm: Any, model_config: Any) -> str | None:
         except Exception as e:  # a detector must never break Apply on a host it does not know
             log.debug("ProCache: %s detection raised %s: %s", fam.name, type(e).__name__, e)
     return None
+
+
+def preset_of(name: str) -> str | None:
+    """The registered family's "auto" preset (None: not registered, or no preset of its own)."""
+    fam = families().get(name)
+    return None if fam is None else fam.preset
 
 
 def build(name: str, dm: Any) -> Any | None:

@@ -23,6 +23,7 @@ import torch
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace
+from .registry import register
 from .modulation import lazy_chunks
 
 
@@ -164,3 +165,12 @@ class SD3Adapter(FamilyAdapter):
             for side in ("x_block", "context_block"):
                 out[f"joint_blocks.{i}.{side}.adaLN_modulation"] = getattr(jb, side).adaLN_modulation[-1]
         return out
+
+
+def _is_sd3(dm: Any, model_config: Any) -> bool:
+    from comfy.ldm.modules.diffusionmodules.mmdit import MMDiT
+
+    return isinstance(dm, MMDiT)
+
+
+register("sd3", "SD3 / SD3.5 (MMDiT)", _is_sd3, lambda dm, name: SD3Adapter(dm), preset="sd3-28-balanced")

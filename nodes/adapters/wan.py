@@ -29,6 +29,7 @@ import torch
 from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
+from .registry import register
 
 
 class WanBlockForward(ChainedForward):
@@ -111,3 +112,14 @@ class WanAdapter(FamilyAdapter):
         pt, ph, pw = self.patch_size
         t = (x_shape[2] + pt - 1) // pt
         return (t * ((x_shape[3] + ph - 1) // ph), (x_shape[4] + pw - 1) // pw)
+
+
+def _is_wan(dm: Any, model_config: Any) -> bool:
+    """Only blocks running WanAttentionBlock's own forward (the HuMo audio and causal subclasses have their
+    own maths: model-level fallback)."""
+    from comfy.ldm.wan.model import WanAttentionBlock, WanModel
+
+    return isinstance(dm, WanModel) and all(type(b).forward is WanAttentionBlock.forward for b in dm.blocks)
+
+
+register("wan", "Wan 2.x", _is_wan, lambda dm, name: WanAdapter(dm), preset="wan-30-balanced")

@@ -30,8 +30,7 @@ class _Adapter(A.FamilyAdapter):
 
 @pytest.fixture
 def registered():
-    before = dict(registry._FAMILIES)
-    registry.families()  # the shipped family files first, as in a server
+    before = registry.families()  # the shipped family files first, as in a server
     yield
     registry._FAMILIES.clear()
     registry._FAMILIES.update(before)
@@ -55,3 +54,15 @@ def test_raising_detector_is_no_match(registered):
     registry.register("procache_test_broken", "Broken", broken, lambda dm, name: _Adapter(dm))
     assert A.detect_family(FakePatcher(_Net())) == A.GENERIC
     assert type(A.adapter_for(FakePatcher(_Net()))).__name__ == "GenericAdapter"
+
+
+def test_every_family_has_a_shipped_auto_preset():
+    """"auto" on ProCache Apply resolves, for every family the pack detects, to a preset file it ships."""
+    from procache_pack.nodes.auto_preset import preset_name_for
+    from procache_pack.nodes.schedule_loader import available_presets
+
+    names = set(A.SUPPORTED_FAMILIES) | set(registry.families()) | {A.GENERIC}
+    assert {"pixart", "sd3", "wan", "z_image", "hunyuan_video15", "cosmos_predict2"} <= names
+    shipped = set(available_presets())
+    missing = {n: preset_name_for(n) for n in names if preset_name_for(n) not in shipped}
+    assert not missing, missing
