@@ -43,6 +43,7 @@ import torch
 
 from ..procache_core.engine import CacheRun
 from ..procache_core.errors import ProCacheError
+from ..procache_core import few_step
 from ..procache_core.schedule import Action, Schedule, even_noise, map_by_noise
 from ..procache_core.settings import SelectiveSettings
 from . import memory_bridge
@@ -55,7 +56,9 @@ RUN_KEY = "procache_run"         # transformer_options key of the current RunSta
 WRAPPER_KEY = "procache"         # key of every wrapper we add
 
 _REL_TOL = 1e-5
-SHORT_RUN_FLOOR = 10   # runs with fewer steps compute every step unless ProCache Apply says otherwise
+# runs with fewer steps compute every step unless ProCache Apply says otherwise; 4 from the measurement in
+# benchmarks/few_step.py (results/few_step_cpu.md): the best 3-step reuse loses too much, 4 steps hold the bar
+SHORT_RUN_FLOOR = 4
 # host samplers (k-diffusion function names) that evaluate a corrector at the next step's sigma
 CORRECTOR_AT_NEXT_SIGMA = frozenset({
     "sample_heun", "sample_heunpp2", "sample_dpm_2_ancestral", "sample_dpm_2_ancestral_RF",
@@ -116,6 +119,7 @@ class RunState:
     _last_i: int = 0
     noise: list[float] = field(default_factory=list)      # noise position of every sigma of the run
     mapping: str = "as written"                            # "as written" / "noise" / "short run"
+    few_step: Any = None                                   # the few-step preset this run took (plan_run)
     evals_per_step: list[int] = field(default_factory=list)
     corrector_at_next: bool = False                         # prior, then learned (see module docstring)
     _cb_step: int | None = None                             # step of the last sampler callback
@@ -262,6 +266,7 @@ class RunPlan:
     noise: list[float]
     mapping: str                      # "as written", "noise" or "short run"
     notes: list[str]                  # log lines (the "no noise record" one is logged once per config)
+    few_step: Any = None              # the shipped few-step preset that replaced a long schedule (or None)
 
 
 def plan_run(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -> RunPlan:
@@ -273,6 +278,10 @@ def plan_run(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -
     * Without a record (presets written before the noise axis, typed schedules) the preset's steps are
       taken as evenly spaced in noise level, except that a schedule with exactly the run's step count on
       a run that starts at the top of the noise range runs as written (it was written for this run).
+    * A few-step run (fewer than ``few_step.FEW_STEP_BELOW`` steps) never carries a schedule made for
+      long runs: it takes the shipped few-step preset nearest its step count instead, as written when
+      it has the run's steps from the top of the noise range, else mapped as above
+      (``procache_core.few_step``; one log line). The floor below applies to it.
     * Runs shorter than ``config.short_run_floor`` steps compute every step (reuse across a few large
       steps costs the most detail), unless the schedule runs as written or the floor is 0.
     Then selective injection and the start/end percent range apply as before.
@@ -284,9 +293,15 @@ def plan_run(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -
     notes: list[str] = []
     remapped_from = None
     mapping = "as written"
+    few = _few_step_preset(config, len(sched), n)
+    if few is not None:
+        preset, sched = few, few.schedule
     rec = getattr(preset, "noise", None)
     has_record = rec is not None and len(rec) == len(sched)
-    if n >= 1 and (has_record or len(sched) != n or noise[0] > 1e-3):
+    # a few-step preset of the run's own step count runs as written from the top of the noise range: at 4
+    # steps the schedulers' small offsets from i/4 (sgm_uniform) would move its reuse by a whole step
+    exact_few = few is not None and len(sched) == n and noise[0] <= 1e-3
+    if n >= 1 and not exact_few and (has_record or len(sched) != n or noise[0] > 1e-3):
         if not has_record and "no-noise" not in config.noted:
             config.noted.add("no-noise")
             notes.append(f"ProCache: schedule '{config.name}' has no noise record; its {len(sched)} steps are "
@@ -297,7 +312,13 @@ def plan_run(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -
             remapped_from = len(sched)
         sched = mapped
         mapping = "noise"
-    if n >= 1 and mapping != "as written" and 0 < config.short_run_floor and n < config.short_run_floor:
+    if few is not None:
+        notes.append(f"ProCache: {n}-step run: schedule '{config.name}' ({len(config.schedule)} steps) is made for "
+                     f"runs of {few_step.FEW_STEP_BELOW}+ steps; this run uses the few-step preset '{few.name}' "
+                     f"({few.schedule.to_string()})" + (" as written." if exact_few else
+                                                         f" carried onto its noise levels: {sched.to_string()}."))
+    if n >= 1 and (mapping != "as written" or few is not None) and 0 < config.short_run_floor and \
+            n < config.short_run_floor:
         sched = Schedule(tuple([Action.FULL] * n))
         mapping = "short run"
         notes.append(f"ProCache: {n} steps is below the short-run floor of {config.short_run_floor}: every step is "
@@ -310,7 +331,47 @@ def plan_run(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -
     if not all(active):
         acts = [a if active[i] else Action.FULL for i, a in enumerate(sched.actions)]
         sched = Schedule.from_string("".join(Action(a).value for a in acts))
-    return RunPlan(schedule=sched, remapped_from=remapped_from, noise=noise, mapping=mapping, notes=notes)
+    return RunPlan(schedule=sched, remapped_from=remapped_from, noise=noise, mapping=mapping, notes=notes,
+                   few_step=few)
+
+
+_FEW_STEP_CACHE: dict[str, Any] = {}
+
+
+def _few_step_preset(config: ProCacheConfig, schedule_steps: int, run_steps: int) -> Any:
+    """The shipped few-step preset a ``run_steps``-step run takes in place of its schedule, or None
+    (``procache_core.few_step.few_step_choice``). A missing or broken preset file keeps the schedule
+    (one log line per config)."""
+    family = getattr(config.block_adapter or config.adapter, "family", "")
+    table = few_step.presets_for(family)
+    steps = few_step.few_step_choice(schedule_steps, run_steps, table)
+    if steps is None:
+        return None
+    name = table[steps]
+    if name not in _FEW_STEP_CACHE:
+        from .schedule_loader import load_named_preset
+
+        try:
+            _FEW_STEP_CACHE[name] = load_named_preset(name)
+        except ProCacheError as e:
+            if "few-step-missing" not in config.noted:
+                config.noted.add("few-step-missing")
+                log.warning("ProCache: few-step preset unavailable (%s); short runs map '%s' as it is.", e, config.name)
+            return None
+    return _FEW_STEP_CACHE[name]
+
+
+def few_step_note(few: Any, sched: Schedule) -> str:
+    """What a few-step run reused and what that cost on the measured models (the preset's provenance)."""
+    reused = sum(1 for a in sched.actions if a is not Action.FULL)
+    text = (f"{len(sched)}-step run: few-step preset '{few.name}' ({sched.to_string()}), {reused} of {len(sched)} "
+            "steps reused")
+    measured = (getattr(few, "provenance", None) or {}).get("measured")
+    if measured and reused:
+        text += f"; quality traded for speed: {measured}"
+    elif reused:
+        text += "; quality traded for speed"
+    return text
 
 
 def build_run_schedule(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -> tuple[Schedule, int | None]:
@@ -367,7 +428,7 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, 
     sched, remapped_from = plan.schedule, plan.remapped_from
     for note in plan.notes:
         log.info(note)
-    if remapped_from is not None and plan.mapping == "noise":
+    if remapped_from is not None and plan.mapping == "noise" and plan.few_step is None:
         n = len(sig) - 1
         head = (f"has {remapped_from} steps but the sampler runs {n}" if remapped_from != n
                 else f"({remapped_from} steps) differs from the sampler's noise levels")
@@ -380,7 +441,8 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, 
     device = getattr(model_patcher, "load_device", None)
     state = RunState(config=config, run=run, sample_sigmas=sig, schedule=sched, remapped_from=remapped_from,
                      device=device if isinstance(device, torch.device) else sigmas.device,
-                     noise=plan.noise, mapping=plan.mapping, corrector_at_next=fn_name in CORRECTOR_AT_NEXT_SIGMA)
+                     noise=plan.noise, mapping=plan.mapping, corrector_at_next=fn_name in CORRECTOR_AT_NEXT_SIGMA,
+                     few_step=plan.few_step if plan.mapping != "short run" else None)
     state.model_level = state.blocks_off = config.block_adapter is not None
     state.check = _new_check(config)
     log.debug("ProCache: run started, %d steps, schedule %s", len(sig) - 1, sched.to_string())
@@ -427,6 +489,7 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
         "evals_per_step": list(state.evals_per_step[:state.n_steps]),
         "noise": [round(v, 6) for v in state.noise],
         "mapping": state.mapping,
+        "few_step_preset": getattr(state.few_step, "name", None),
         "block_evals_saved": stats.block_evals_full - stats.block_evals_done,
         "sampling_s": wall,
         "interrupted": interrupted,
@@ -439,7 +502,10 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             f"{stats.cache_text()}, sampling {wall:.2f} s")
     if stats.forced_full_evals:
         line += f", {stats.forced_full_evals} forced full (no usable cache)"
-    if state.remapped_from is not None and state.mapping == "noise":
+    if state.few_step is not None:
+        summary["few_step_note"] = few_step_note(state.few_step, state.schedule)
+        line += f"; {summary['few_step_note']}"
+    elif state.remapped_from is not None and state.mapping == "noise":
         line += f", schedule remapped {state.remapped_from}->{state.n_steps} steps by noise level"
     if state.mapping == "short run":
         line += f", short run (< {state.config.short_run_floor} steps): every step computed"

@@ -139,8 +139,45 @@ def generated_presets() -> list[Preset]:
     return out
 
 
+# few-step presets (procache_core/few_step.py picks them for runs of fewer than 10 steps): searched over every
+# F/C pattern of 4 and 8 steps on the trained digits models inside the host (euler / simple, cfg 1 and 3);
+# kept: the most reused steps whose worst PSNR to full compute stays >= 30 dB (benchmarks/few_step.py)
+FEW_STEP_DATE = "2026-12-02"
+FEW_STEP = [
+    ("fewstep-4", "FFCF", "any", "4-step flow models (Flux.2 klein, Qwen-Image Lightning 4, Wan lightx2v)",
+     "euler / simple, cfg 1 and 3, on the trained digits Flux (default for every family but PixArt)",
+     "PSNR 34.9 / 33.0 dB, FD-full 4.1 / 5.1 to full compute at cfg 1 / 3 on the digits Flux (few_step_cpu.md)"),
+    ("fewstep-4-pixart", "FCFF", "pixart", "4-step PixArt-alpha/Sigma runs",
+     "euler / simple, cfg 1 and 3, on the trained digits PixArt-alpha",
+     "PSNR 47.1 / 45.3 dB, FD-full 0.5 / 0.6 to full compute at cfg 1 / 3 on the digits PixArt-alpha (few_step_cpu.md)"),
+    ("fewstep-8", "FCFCFCFF", "any", "8-step distilled models (Z-Image Turbo, Qwen-Image Lightning 8)",
+     "euler / simple, cfg 1 and 3, on the trained digits Flux and PixArt-alpha",
+     "PSNR 34.8-37.0 dB, FD-full 2.8-6.1 to full compute at cfg 1 / 3 on the digits Flux and PixArt-alpha (few_step_cpu.md)"),
+]
+
+
+def few_step_presets() -> list[Preset]:
+    out = []
+    for name, actions, family, model, sampler, measured in FEW_STEP:
+        sched = Schedule.from_string(actions)
+        n = len(sched)
+        out.append(Preset(
+            name=name, schedule=sched, family=family, model=model,
+            selective=SelectiveSettings(enabled=False, depth_fraction=1.0, ratio=0.3), noise=even_noise(n),
+            provenance={"kind": "searched", "source": "benchmarks/few_step.py (every F/C pattern of this step count)",
+                        "sampler": sampler, "budget": sched.counts()["full"],
+                        "noise_axis": f"timestep percent i/{n} (euler / simple)",
+                        "objective": "most reused steps with worst-case PSNR to full compute >= 30 dB "
+                                     "(both cfg values; fewstep-8 both models)",
+                        "measured": measured, "date": FEW_STEP_DATE,
+                        "notes": f"{n - sched.counts()['full']} of {n} steps reused; no selective steps (an exploratory "
+                                 "F/C/S sweep on the same models found them adding at most 0.4 dB). Runs of 5-9 steps "
+                                 "take the nearest of the 4- and 8-step presets, carried by noise level."}))
+    return out
+
+
 def all_presets() -> list[Preset]:
-    return paper_presets() + generated_presets()
+    return paper_presets() + generated_presets() + few_step_presets()
 
 
 def render() -> dict[str, str]:

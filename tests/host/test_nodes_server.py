@@ -128,13 +128,13 @@ def test_interrupt_then_next_run_equals_fresh_run(comfy_server, cached_fcsf):
 
 
 def test_schedule_length_differs_from_steps_is_remapped_and_logged(comfy_server):
-    p = with_stats(pixart_prompt(steps=3, prefix="remap", cfg=1.0, procache={"preset": "pixart-alpha-dpm20-paper",
-                                                                            "apply": {"short_run_floor": 0}}))
+    # 12 steps: a run of fewer than 10 would take a few-step preset instead (tests/host/test_few_step.py)
+    p = with_stats(pixart_prompt(steps=12, prefix="remap", cfg=1.0, procache={"preset": "pixart-alpha-dpm20-paper"}))
     entry = comfy_server.run(p, timeout=900)
     log = comfy_server.server.log()
-    assert re.search(r"ProCache: schedule 'pixart-alpha-dpm20-paper' has 20 steps but the sampler runs 3; "
-                     r"remapped to F[FCS]{2}", log), log[-3000:]
-    assert "schedule remapped 20->3 steps" in stats_text(entry)
+    assert re.search(r"ProCache: schedule 'pixart-alpha-dpm20-paper' has 20 steps but the sampler runs 12; "
+                     r"remapped to F[FCS]{11}", log), log[-3000:]
+    assert "schedule remapped 20->12 steps" in stats_text(entry)
 
 
 def test_malformed_schedule_text_errors_in_history(comfy_server):

@@ -107,7 +107,7 @@ SOLVERS = {
     "uni_pc": lambda n: [1] * n,
     "res_multistep": lambda n: [1] * n,
 }
-STEPS = 8
+STEPS = 10  # not fewer: a run of fewer than 10 steps takes a few-step preset in place of PRESET
 
 
 def test_every_solver_maps_each_evaluation_to_its_step(comfy_server):
@@ -194,7 +194,8 @@ def test_short_run_computes_every_step_with_one_log_line(comfy_server):
     assert st["step_actions"] == "FFFF" and st["mapping"] == "short run"
     log = comfy_server.server.log()
     assert len(re.findall(r"4 steps is below the short-run floor of 10: every step is computed", log)) == 1
-    # asked for on the node: the schedule is followed even for 4 steps
+    # asked for on the node: 4 steps are cached, with the few-step preset in place of the 20-step one
+    # (procache_core/few_step.py; euler / simple at 4 steps: as written)
     st2 = summaries(comfy_server.run(p2, timeout=600))["four"]
-    assert st2["mapping"] == "noise" and "C" in st2["step_actions"], st2
+    assert st2["few_step_preset"] == "fewstep-4" and st2["mapping"] == "as written" and "C" in st2["step_actions"], st2
     assert json.dumps(st2)  # the summary is plain JSON
