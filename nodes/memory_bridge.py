@@ -16,6 +16,15 @@ the host's model loader is told.
 * At the first model evaluation, with the weights loaded, :func:`decide` compares the estimate with
   free device memory, picks the placement (``procache_core.memory.choose``) and logs one line, before
   anything is cached.
+
+Dynamic VRAM (ComfyUI 0.16+ with comfy-aimdo, the default on CUDA): weights are faulted in on demand
+and evicted when other allocations need the memory, and ``model_management.get_free_memory`` leaves
+that evictable memory out. Free device memory is therefore asked of the sampled ModelPatcher
+(``ModelPatcher.get_free_memory``: free plus what aimdo can evict, the figure the host batches CFG
+with) where the host has it, and the room beside a dynamic model's weights is the whole device
+(``procache_core.memory.room_beside_weights``); the hint still goes into ``memory_required``, the
+estimate the loader frees other models for (a dynamic loader unloads non-dynamic models for it and
+lets aimdo evict the rest on demand).
 """
 from __future__ import annotations
 
@@ -26,7 +35,7 @@ from typing import Any
 import torch
 
 from ..procache_core.errors import ProCacheError
-from ..procache_core.memory import choose, estimate_bytes
+from ..procache_core.memory import choose, estimate_bytes, room_beside_weights
 
 log = logging.getLogger("ProCache")
 
@@ -121,6 +130,7 @@ def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | 
     ``latent_shapes``: the sampler's shapes of a packed multi-latent (LTX-2 video + audio, ComfyUI 0.8 on);
     with more than one, the family's layout gets that tuple of shapes instead of the packed ``noise_shape``."""
     config, run = state.config, state.run
+    state.model_patcher = guider.model_patcher   # free memory is asked of it (decide), also without a layout
     layout_fn = getattr(config.adapter, "cache_layout", None)
     shape = tuple(noise_shape)
     if latent_shapes is not None and len(latent_shapes) > 1:
@@ -139,7 +149,6 @@ def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | 
     est = Estimate(estimate_bytes(layout, light=False, **args), estimate_bytes(layout, light=True, **args),
                    block, rows, dtype)
     state.memory_estimate = est
-    state.model_patcher = guider.model_patcher
     return est
 
 
@@ -173,7 +182,8 @@ def _room(state: Any) -> int | None:
         mp = state.model_patcher
         if mp is None or mm.is_device_cpu(mp.load_device):
             return None
-        return int(mm.get_total_memory(mp.load_device)) - int(mp.model_size())
+        dynamic = bool(getattr(mp, "is_dynamic", lambda: False)())
+        return room_beside_weights(int(mm.get_total_memory(mp.load_device)), int(mp.model_size()), dynamic)
     except Exception:
         return None
 
@@ -224,13 +234,31 @@ def _free(device: torch.device) -> int | None:
         return None
 
 
+def free_device_memory(state: Any, device: torch.device) -> tuple[int | None, int]:
+    """(free device memory for the cache, the part of it only evictable) for ``device``.
+
+    The sampled ModelPatcher's own ``get_free_memory`` where the host has it (ComfyUI 0.16+): it adds the
+    memory the dynamic-VRAM loader can evict to ``model_management.get_free_memory``; else the latter
+    alone (older hosts, or no patcher known)."""
+    plain = _free(device)
+    mp = getattr(state, "model_patcher", None)
+    fn = getattr(mp, "get_free_memory", None)
+    if fn is None or device.type == "cpu":
+        return plain, 0
+    try:
+        total = int(fn(device))
+    except Exception:
+        return plain, 0
+    return total, max(total - plain, 0) if plain is not None else 0
+
+
 def decide(state: Any, x: torch.Tensor) -> None:
     """Place the cache before the first evaluation caches anything; one log line."""
     est = getattr(state, "memory_estimate", None)
     if est is not None and est.decided:
         return
     req = request_of(state.config)
-    dev_free = _free(x.device)
+    dev_free, evictable = free_device_memory(state, x.device)
     host_free = _free(torch.device("cpu"))
     full = est.full_bytes if est else 0
     light = est.light_bytes if est else 0
@@ -239,11 +267,14 @@ def decide(state: Any, x: torch.Tensor) -> None:
         plan = choose("device", req.mode if req.mode != "auto" else ("light" if plan.memory.light else "full"),
                       req.dtype, full, light, dev_free, host_free)  # on a CPU model the device IS CPU memory
     state.run.set_memory(plan.memory)
+    reason = plan.reason
+    if evictable:
+        reason += f" (of which {_mib(evictable)} held by weights the dynamic VRAM loader evicts on demand)"
     if est is not None:
         est.decided = True
         log.info("ProCache: cache estimate %s full / %s light (%d rows, %s) on %s; %s -> %s",
                  _mib(est.full_bytes), _mib(est.light_bytes), est.rows, str(est.dtype).replace("torch.", ""),
-                 x.device, plan.reason, plan.memory.describe())
+                 x.device, reason, plan.memory.describe())
     else:
         state.memory_estimate = Estimate(0, 0, 0, 0, x.dtype, decided=True)
         log.info("ProCache: no cache size estimate for this model family; %s", plan.memory.describe())

@@ -27,6 +27,13 @@ name) or seen (learned from a previous step) to put one there. Calls for cond an
 at one sigma count as one evaluation. A
 sampler that never calls the callback is mapped by sigma alone (see :meth:`RunState.step_for_sigma`).
 
+Under the host's multi-GPU CFG split (``transformer_options["multigpu_thread_device"]``, ComfyUI 0.29)
+cond and uncond run at once in worker threads, each on its device's deep clone of the model. The step
+of an evaluation is still found once, on the run (under its lock); the blocks of each worker device get
+a worker state of their own (:meth:`RunState.worker`: its own CacheRun, cache streams, placement and
+self-check, merged into the run's stats at the end), and the patches are bound to the clone's modules
+(``multigpu_bridge``). The per-thread stack of :func:`active_state` then hands each thread its own.
+
 Which action a step takes comes from the noise axis: see :func:`plan_run`. Reading the sigma costs one
 device-to-host copy per model call; nothing else in the bridge synchronises the device.
 """
@@ -46,7 +53,7 @@ from ..procache_core.errors import ProCacheError
 from ..procache_core import few_step
 from ..procache_core.schedule import Action, Schedule, even_noise, map_by_noise
 from ..procache_core.settings import SelectiveSettings
-from . import memory_bridge
+from . import memory_bridge, multigpu_bridge
 from .noise_axis import noise_positions
 
 log = logging.getLogger("ProCache")
@@ -138,6 +145,36 @@ class RunState:
     model_level: bool = False
     verify_failure: str | None = None
     guarded: bool = True                                     # adapter exceptions fall back to the host
+    # multi-GPU CFG split (module docstring): the network a worker state's blocks run on (None: the run
+    # itself), the worker states by device, their rebound patches, and the lock of the step mapping
+    dm: Any = None
+    workers: dict = field(default_factory=dict)
+    rebound: dict = field(default_factory=dict)
+    lock: Any = field(default_factory=threading.Lock, repr=False)
+
+    def worker(self, device: Any, base_model: Any) -> "RunState":
+        """The worker state of ``device`` (created on its first evaluation of this run)."""
+        with self.lock:
+            sub = self.workers.get(device)
+            if sub is not None:
+                return sub
+            cfg = self.config
+            lanes = getattr(cfg.adapter, "lanes", None)
+            run = CacheRun(self.schedule, cfg.selective, num_blocks=cfg.adapter.num_blocks,
+                           lanes=lanes() if lanes else None)
+            sub = RunState(config=cfg, run=run, sample_sigmas=self.sample_sigmas, schedule=self.schedule,
+                           remapped_from=self.remapped_from, device=device, noise=self.noise, mapping=self.mapping,
+                           model_patcher=getattr(base_model, "current_patcher", None) or self.model_patcher)
+            sub.model_level, sub.blocks_off = self.model_level, self.blocks_off
+            sub.check = None if self.check is None else _new_check(cfg)
+            est = self.memory_estimate
+            if est is not None:
+                import dataclasses
+
+                sub.memory_estimate = dataclasses.replace(est, decided=False)
+            sub.dm = getattr(base_model, "diffusion_model", None)
+            self.workers[device] = sub
+            return sub
 
     @property
     def n_steps(self) -> int:
@@ -465,12 +502,19 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
         return
     state.closed = True
     try:
-        if state.device is not None and state.device.type == "cuda" and torch.cuda.is_available():
-            torch.cuda.synchronize(state.device)  # the measured time must include queued kernels
+        for dev in [state.device, *state.workers]:
+            if isinstance(dev, torch.device) and dev.type == "cuda" and torch.cuda.is_available():
+                torch.cuda.synchronize(dev)  # the measured time must include queued kernels
     except Exception:
         pass
     state.run.close()
     stats = state.run.stats
+    for sub in list(state.workers.values()):  # multi-GPU CFG split: each worker device's cache
+        sub.closed = True
+        sub.run.close()
+        _merge_stats(stats, sub.run.stats)
+        if sub.verify_failure is not None and state.verify_failure is None:
+            state.verify_failure = sub.verify_failure
     wall = (time.perf_counter() - state.t_first) if state.t_first is not None else 0.0
     counts = {"F": 0, "C": 0, "S": 0}
     for i in state.steps_seen:
@@ -514,6 +558,9 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
                  "own blocks computed the rest of this run, the next runs use the model-level fallback")
     elif state.model_level:
         line += f"; model-level fallback: {state.config.adapter.fallback_for}"
+    if state.workers:
+        summary["devices"] = [str(d) for d in state.workers]
+        line += f"; multi-GPU CFG split over {len(state.workers)} devices, one cache per device"
     summary["verification"] = state.verify_failure
     summary["fallback"] = bool(state.model_level)
     summary["line"] = line
@@ -529,6 +576,17 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             del cfg.history[:-HISTORY]
     log.info(line)
     _notify_ui(summary)
+
+
+def _merge_stats(dst: Any, src: Any) -> None:
+    """Add a worker device's run stats to the run's (counts summed, peaks per device)."""
+    for name in ("steps_full", "steps_cached", "steps_selective", "forced_full_evals", "block_evals_full",
+                 "block_evals_done", "tokens_recomputed", "flops_full", "flops_done", "peak_cache_bytes"):
+        setattr(dst, name, getattr(dst, name) + getattr(src, name))
+    for dev, n in src.peak_cache_bytes_by_device.items():
+        dst.peak_cache_bytes_by_device[dev] = max(dst.peak_cache_bytes_by_device.get(dev, 0), n)
+    if src.cache_placement and src.cache_placement not in dst.cache_placement.split("; "):
+        dst.cache_placement = "; ".join(p for p in (dst.cache_placement, src.cache_placement) if p)
 
 
 def _notify_ui(summary: dict) -> None:
@@ -632,7 +690,7 @@ def active_state(owner: Any) -> Any:
     if not stack:
         return None
     state = stack[-1]
-    if state.config is not owner or state.closed or getattr(state, "blocks_off", False):
+    if state.closed or getattr(state, "blocks_off", False) or not multigpu_bridge.owns(state, owner):
         return None
     return state
 
@@ -675,14 +733,30 @@ def apply_model_wrapper(executor, *args, **kwargs):
     cond_or_uncond = to.get("cond_or_uncond") or [0]
     uuids = to.get("uuids")
     key = tuple(uuids) if uuids else tuple(cond_or_uncond)
-    step = state.step_for_eval(s, key)
-    if state.t_first is None:
-        state.t_first = time.perf_counter()
-        state.run.stats.start()  # time sampling, not model loading
-    if state.evals == 0:
-        memory_bridge.decide(state, x)  # place the cache before anything is stored
-    state.steps_seen.add(step)
-    state.evals += 1
+    device = to.get("multigpu_thread_device")
+    if device is None:
+        step = state.step_for_eval(s, key)
+        if state.t_first is None:
+            state.t_first = time.perf_counter()
+            state.run.stats.start()  # time sampling, not model loading
+        if state.evals == 0:
+            memory_bridge.decide(state, x)  # place the cache before anything is stored
+        state.steps_seen.add(step)
+        state.evals += 1
+    else:  # a worker thread of the host's multi-GPU CFG split (module docstring)
+        with state.lock:
+            step = state.step_for_eval(s, key)
+            if state.t_first is None:
+                state.t_first = time.perf_counter()
+                state.run.stats.start()
+            state.steps_seen.add(step)
+            state.evals += 1
+        state = state.worker(device, getattr(executor, "class_obj", None))
+        if state.evals == 0:
+            memory_bridge.decide(state, x)
+        state.steps_seen.add(step)
+        state.evals += 1
+        args, kwargs = multigpu_bridge.rebound_call(state, args, kwargs, to)
     run = state.run
     run.begin_step(step)
     chunks = len(cond_or_uncond)
@@ -723,6 +797,7 @@ def install_wrappers(model_patcher: Any, config: ProCacheConfig) -> None:
                       (pe.WrappersMP.APPLY_MODEL, apply_model_wrapper)):
         model_patcher.remove_wrappers_with_key(wtype, WRAPPER_KEY)
         model_patcher.add_wrapper_with_key(wtype, WRAPPER_KEY, fn)
+    multigpu_bridge.install_callbacks(model_patcher)
     to = model_patcher.model_options.setdefault("transformer_options", {})
     to[CONFIG_KEY] = config
     to.pop(RUN_KEY, None)

@@ -7,7 +7,8 @@
   the cache size can be worked out before the first step, or for a model that is not loaded at all
   (``benchmarks/memory.py`` uses the published layouts of Flux.1 and Wan 2.1).
 * :func:`choose` turns the user's request (``auto`` included) plus free memory into a CacheMemory and
-  a sentence saying why.
+  a sentence saying why; :func:`room_beside_weights` is the device memory a cache can claim beside the
+  model's weights, for the hint the host's loader gets.
 
 Light mode keeps per-block caches only for the deep blocks that selective steps use
 (``block >= first_selective_block``) and, for the shallower blocks, one residual per *lane* (a
@@ -139,3 +140,13 @@ def choose(placement: str, light: str, dtype: torch.dtype | None, full_bytes: in
         want_light = True
         why += f"; the full cache does not fit in free CPU memory ({mib(host_free or 0)}) either: light mode"
     return Plan(CacheMemory(where, dtype, want_light), why, full_bytes, light_bytes)
+
+
+def room_beside_weights(total_bytes: int, model_bytes: int, dynamic: bool) -> int:
+    """Device memory a cache can take beside the model's weights.
+
+    A loader that keeps the weights resident leaves ``total - model``. A dynamic-VRAM loader (ComfyUI's
+    comfy-aimdo ``ModelPatcherDynamic``) keeps no fixed share for them: it faults weights in on demand
+    and evicts them when other allocations need the memory, so the whole device is room (how much is
+    free when the cache is placed is checked then, evictable memory included)."""
+    return int(total_bytes) if dynamic else int(total_bytes) - int(model_bytes)

@@ -41,6 +41,7 @@ see, as the host's forward sets them.
 from __future__ import annotations
 
 import inspect
+import threading
 from typing import Any, Callable
 
 import torch
@@ -221,16 +222,37 @@ def _rows(t) -> int:
     return int(t.shape[1]) if getattr(t, "ndim", 0) == 3 else 1
 
 
+_HOST_CALLS = threading.local()   # per thread: id(patch) -> the host's block_wrap of the call in progress
+
+
 class FluxBlockReplace(DitBlockReplace):
     """What Flux-family blocks share: the host's own block call (kept per call for the two fallbacks
-    below), the block's transformer_options, and the modulation ranges of the call."""
+    below), the block's transformer_options, and the modulation ranges of the call.
+
+    The patch object is shared by every thread that samples the model (the host's multi-GPU CFG split
+    runs cond and uncond in worker threads at once), so the host's block call is kept per thread and
+    per call (restored after a nested call), never on the object."""
 
     block_type = ""
 
     @outside_compile
     def __call__(self, args: dict, extra: dict) -> dict:
-        self.host_call = extra.get("original_block")  # the host's block_wrap for this call
-        return super().__call__(args, extra)
+        calls = _HOST_CALLS.__dict__.setdefault("calls", {})
+        key = id(self)
+        outer = calls.get(key)
+        calls[key] = extra.get("original_block")  # the host's block_wrap for this call
+        try:
+            return super().__call__(args, extra)
+        finally:
+            if outer is None:
+                calls.pop(key, None)
+            else:
+                calls[key] = outer
+
+    @property
+    def host_call(self) -> Callable | None:
+        """The host's block call of this thread's call in progress (None outside one)."""
+        return getattr(_HOST_CALLS, "calls", {}).get(id(self))
 
     def block_options(self, args: dict, total: int) -> dict:
         """A copy of the call's transformer_options with block_index / total_blocks / block_type, as the
