@@ -128,7 +128,7 @@ def test_interrupt_then_next_run_equals_fresh_run(comfy_server, cached_fcsf):
 
 
 def test_schedule_length_differs_from_steps_is_remapped_and_logged(comfy_server):
-    # 12 steps: a run of fewer than 10 would take a few-step preset instead (tests/host/test_few_step.py)
+    # 12 steps: a run of fewer than 10 would take a few-step preset instead (tests/host/test_few_step_server.py)
     p = with_stats(pixart_prompt(steps=12, prefix="remap", cfg=1.0, procache={"preset": "pixart-alpha-dpm20-paper"}))
     entry = comfy_server.run(p, timeout=900)
     log = comfy_server.server.log()
