@@ -34,9 +34,18 @@ class BlockEntry:
     segment: int = -1                   # segment (opening FULL step) in which the outputs were computed
     aux: dict[str, Tensor] = field(default_factory=dict)  # branch name -> its token-mixing half (deep
                                         # blocks of branches with ``Branch.partial``, e.g. Flux single blocks)
+    # forecast history (procache_core.forecast): noise-axis values of the computed outputs, newest first,
+    # and per branch the divided differences [d1, d2, ...] (``outputs`` is d0); empty when not forecasting
+    nodes: tuple[float, ...] = ()
+    diffs: dict[str, list[Tensor]] = field(default_factory=dict)
+
+    def history_nbytes(self) -> int:
+        """Bytes of the forecast differences (part of :meth:`nbytes`)."""
+        return sum(t.nbytes for ds in self.diffs.values() for t in ds)
 
     def nbytes(self) -> int:
         total = sum(t.nbytes for t in self.outputs.values()) + sum(t.nbytes for t in self.aux.values())
+        total += self.history_nbytes()
         for t in (self.input_ref, self.last_refresh):
             if t is not None:
                 total += t.nbytes
@@ -139,7 +148,8 @@ class BlockCache:
         t = pending.ready()
         return BlockEntry(signature=entry.signature, outputs={k: v for k, v in t.items() if not k.startswith("\x00")},
                           input_ref=t.get(_INPUT), last_refresh=entry.last_refresh, segment=entry.segment,
-                          aux={k[len(_AUX):]: v for k, v in t.items() if k.startswith(_AUX)})
+                          aux={k[len(_AUX):]: v for k, v in t.items() if k.startswith(_AUX)},
+                          nodes=entry.nodes, diffs=entry.diffs)  # forecasting runs only on a pass-through
 
     def prefetch(self, key: Hashable, block: Hashable) -> None:
         """Start loading the stored entry of ``block`` (if any) so a later ``checkout`` finds it ready."""
@@ -186,6 +196,7 @@ class BlockCache:
             for entry in list(state.blocks.values()) + list(state.lanes.values()):
                 entry.outputs.clear()
                 entry.aux.clear()
+                entry.diffs.clear()
                 entry.input_ref = None
                 entry.last_refresh = None
             state.blocks.clear()
@@ -201,11 +212,16 @@ class BlockCache:
         """Bytes held by cached tensors (metadata only: no device sync)."""
         return sum(entry.nbytes() for entry in self.entries())
 
+    def history_nbytes(self) -> int:
+        """Bytes of the forecast differences among :meth:`nbytes`."""
+        return sum(entry.history_nbytes() for entry in self.entries())
+
     def nbytes_by_device(self) -> dict[str, int]:
         """Bytes held per device (``"cuda:0"``, ``"cpu"``, ...), loads in flight not included."""
         out: dict[str, int] = {}
         for entry in self.entries():
-            for t in (*entry.outputs.values(), *entry.aux.values(), entry.input_ref, entry.last_refresh):
+            for t in (*entry.outputs.values(), *entry.aux.values(), entry.input_ref, entry.last_refresh,
+                      *(d for ds in entry.diffs.values() for d in ds)):
                 if t is not None:
                     out[str(t.device)] = out.get(str(t.device), 0) + t.nbytes
         return out

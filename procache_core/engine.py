@@ -18,6 +18,7 @@ from torch import Tensor
 
 from .cache import BlockCache, BlockEntry, block_signature, own
 from .errors import ProCacheError
+from .forecast import ORDER_NAMES, extend, predict
 from .memory import CacheMemory
 from .schedule import Action, Schedule
 from .settings import SelectiveSettings, branch_kind
@@ -118,6 +119,7 @@ class CacheRun:
             seg = i if a == Action.FULL else seg
             self._segment_of.append(seg)
         self._segment = 0
+        self._t = 0.0   # noise-axis value of the current evaluation (forecasting)
         self.stats.start()
 
     def set_memory(self, memory: CacheMemory) -> None:
@@ -128,6 +130,12 @@ class CacheRun:
         self.memory = memory
         self.cache.storage = CacheStorage(memory.placement, memory.dtype)
         self.stats.cache_placement = memory.describe()
+        self.stats.forecast = ORDER_NAMES[self.selective.forecast]
+        if self.selective.forecast and (memory.placement != "device" or memory.dtype is not None):
+            # the differences are formed from the newest outputs as working tensors: a cache kept in CPU
+            # memory or in another dtype would convert every old output back for it, so reused steps copy
+            where = "CPU memory" if memory.placement != "device" else f"{memory.dtype}"
+            self.stats.forecast = f"off (copy): the cache is kept in {where}"
 
     # -- step / stream -----------------------------------------------------------------------
     @property
@@ -143,12 +151,16 @@ class CacheRun:
     def closed(self) -> bool:
         return self._closed
 
-    def begin_step(self, step: int) -> Action:
+    def begin_step(self, step: int, noise: float | None = None) -> Action:
         """Start a model evaluation at ``step``; returns its scheduled action.
 
-        Steps outside the schedule run FULL (safe default if a sampler takes more steps).
+        ``noise``: where this evaluation sits on the noise axis (the bridge passes the model's timestep,
+        scaled to about one unit per step); forecasting extrapolates along it. Without it the step index
+        is the axis. Steps outside the schedule run FULL (safe default if a sampler takes more steps).
         """
-        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device())
+        self._t = float(step if noise is None else noise)
+        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device(),
+                                       self.cache.history_nbytes())
         step = int(step)
         inside = 0 <= step < len(self.schedule)
         action = self.schedule[step] if inside else Action.FULL
@@ -174,6 +186,17 @@ class CacheRun:
         self.cache.stream(key).chunks = chunks
 
     # -- blocks -------------------------------------------------------------------------------
+    def forecast_order(self, x: Tensor) -> int:
+        """The forecast order used for stream ``x`` (0 when the cache is not kept as working tensors)."""
+        order = self.selective.forecast
+        return order if order and self.cache.storage.passthrough(x.dtype) else 0
+
+    def _forecast(self, entry: BlockEntry, name: str) -> Tensor:
+        """A reused branch output: the cached one, or its forecast at this evaluation's noise value."""
+        base = entry.outputs[name]
+        diffs = entry.diffs.get(name)
+        return predict(base, diffs, entry.nodes, self._t) if diffs else base
+
     def block_action(self, block: int) -> Action:
         """What ``block`` does this step if its cache is usable (SELECTIVE only for deep blocks)."""
         if self._action == Action.SELECTIVE:
@@ -260,6 +283,14 @@ class CacheRun:
             outs[br.name] = own(out)
         old = self.cache.get(self._stream_key, block, signature)
         entry = BlockEntry(signature=signature, outputs=outs, aux=aux, segment=self._segment)
+        order = self.forecast_order(x_in)
+        if order and outs:
+            for name, out in outs.items():
+                nodes, entry.diffs[name] = extend(old.nodes if old is not None else (),
+                                                  old.outputs.get(name) if old is not None else None,
+                                                  old.diffs.get(name, ()) if old is not None else (),
+                                                  out, self._t, order)
+            entry.nodes = nodes
         if deep:
             b, n = x_in.shape[0], x_in.shape[1]
             if self._keep_input:  # reuse the old buffers: no allocation churn on refresh
@@ -320,7 +351,7 @@ class CacheRun:
     def _cached(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
         costs = self._costs(x, branches)
         for br in branches:
-            x = _apply(x, br.gate, entry.outputs[br.name], br.fused)
+            x = _apply(x, br.gate, self._forecast(entry, br.name), br.fused)
         self.stats.record_block(costs, [0.0] * len(branches))
         return x
 
@@ -343,7 +374,7 @@ class CacheRun:
         costs = self._costs(x, branches)
         x_in = x
         order = None  # (B, k_max) token indices, most important first
-        if k_max < n or any(br.partial is not None for br in local):
+        if any(0 < k < n for k in ks.values()) or any(br.partial is not None for br in local):
             order = self.selector.rank(step=self._step, k=k_max, chunks=chunks, last_refresh=entry.last_refresh,
                                        x_in=x_in if entry.input_ref is not None else None,
                                        input_ref=entry.input_ref, cached=[entry.outputs[br.name] for br in local],
@@ -351,7 +382,11 @@ class CacheRun:
         for br in branches:
             out = entry.outputs[br.name]
             k = ks.get(br.name, 0)
-            if k == n and br.partial is None:  # every token: plain recompute, bitwise what FULL gives
+            if entry.diffs.get(br.name):
+                # forecasting: the reused rows are the forecast; recomputed rows are fresh and shift the base
+                # (d0) so the polynomial passes through them from now on
+                out = self._forecast_selective(entry, br, x, k, order)
+            elif k == n and br.partial is None:  # every token: plain recompute, bitwise what FULL gives
                 out = entry.outputs[br.name] = own(br.compute(x))
             elif k > 0:
                 assert order is not None
@@ -382,12 +417,37 @@ class CacheRun:
         self.stats.record_block(costs, [ks.get(br.name, 0) / n for br in branches], tokens=b * k_max)
         return x
 
+    def _forecast_selective(self, entry: BlockEntry, br: Branch, x: Tensor, k: int, order: Tensor | None) -> Tensor:
+        """Branch output on a selective step under forecasting (see ``_selective``)."""
+        pred = self._forecast(entry, br.name)
+        base = entry.outputs[br.name]
+        b, n, c = x.shape[0], x.shape[1], x.shape[-1]
+        if k <= 0:
+            return pred
+        if k == n and br.partial is None:
+            fresh = br.compute(x).to(pred.dtype)
+            base.add_(fresh - pred)
+            return fresh
+        assert order is not None
+        idx = torch.sort(order[:, :k], dim=-1).values
+        if br.partial is not None:
+            half = entry.aux[br.name]
+            part = br.partial(x.gather(1, idx.unsqueeze(-1).expand(b, k, c)),
+                              half.gather(1, idx.unsqueeze(-1).expand(b, k, half.shape[-1])))
+        else:
+            part = br.compute(x.gather(1, idx.unsqueeze(-1).expand(b, k, c)))
+        ix = idx.unsqueeze(-1).expand(b, k, pred.shape[-1])
+        part = part.to(pred.dtype)
+        base.scatter_add_(1, ix, part - pred.gather(1, ix))
+        return pred.scatter_(1, ix, part)
+
     # -- end ----------------------------------------------------------------------------------
     def close(self) -> None:
         """Free every cached tensor and stop the clock. Safe to call twice."""
         if self._closed:
             return
-        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device())
+        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device(),
+                                       self.cache.history_nbytes())
         self.cache.clear()
         self._lane_start.clear()
         self.stats.stop()

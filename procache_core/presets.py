@@ -193,6 +193,8 @@ def _selective_dict(sel: SelectiveSettings) -> dict[str, Any]:
            "ratio": d["ratio"], "weights": dict(d["weights"])}
     if d["ratio_schedule"] != "constant":  # written only when used, so older presets read back unchanged
         out["ratio_schedule"] = d["ratio_schedule"]
+    if d["forecast"]:  # likewise
+        out["forecast"] = d["forecast"]
     return out
 
 
@@ -228,7 +230,7 @@ def _parse_selective(value: Any) -> SelectiveSettings:
     for k in value:
         if not isinstance(k, str):
             raise ScheduleError(f"selective.{k!r}", "has a key that is not text.",
-                                "use enabled, depth_fraction, start_block, ratio, weights.")
+                                "use enabled, depth_fraction, start_block, ratio, weights, forecast.")
     if "enabled" in value and not isinstance(value["enabled"], bool):
         raise ScheduleError("selective.enabled", f"is {value['enabled']!r}, not true/false.",
                             "write 'enabled: true' or 'enabled: false'.")
@@ -239,6 +241,9 @@ def _parse_selective(value: Any) -> SelectiveSettings:
     for k in ("depth_fraction", "ratio"):
         if k in value and (isinstance(value[k], bool) or not isinstance(value[k], (int, float))):
             raise ScheduleError(f"selective.{k}", f"is {value[k]!r}, not a number.", "use a number in [0, 1].")
+    if "forecast" in value and (isinstance(value["forecast"], bool) or not isinstance(value["forecast"], int)):
+        raise ScheduleError("selective.forecast", f"is {value['forecast']!r}, not 0, 1 or 2.",
+                            "write 'forecast: 0' (copy), 'forecast: 1' (light) or 'forecast: 2'.")
     w = value.get("weights")
     if w is not None:
         if not isinstance(w, Mapping):

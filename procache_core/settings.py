@@ -27,6 +27,7 @@ def branch_kind(name: str) -> str:
     return "cross" if "cross" in name.lower() else "mlp"
 
 from .errors import ProCacheError
+from .forecast import check_order
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class SelectiveSettings:
     ratio: float = 0.3
     weights: ScoreWeights = field(default_factory=ScoreWeights)
     ratio_schedule: str = "constant"
+    # reused steps: 0 copies the cached outputs, 1 / 2 extrapolate them on the noise axis from the last
+    # computed outputs (procache_core.forecast); independent of ``enabled``, which is about selective steps
+    forecast: int = 0
 
     def token_ratio(self, kind: str, progress: float, depth: float) -> float:
         """Share of tokens a ``kind`` ("mlp"/"cross") branch recomputes at ``progress``/``depth`` in [0, 1]."""
@@ -85,6 +89,7 @@ class SelectiveSettings:
             raise ProCacheError("ratio_schedule", f"is '{self.ratio_schedule}', which is not a known schedule.",
                                 f"use one of {sorted(RATIO_SCHEDULES)}.")
         self.weights.validate()
+        check_order(self.forecast)
         return self
 
     def first_selective_block(self, num_blocks: int) -> int:
@@ -108,7 +113,7 @@ class SelectiveSettings:
         if not isinstance(data, Mapping):
             raise ProCacheError("selective", f"must be a mapping, got {type(data).__name__}.",
                                 "write e.g. 'selective: {enabled: true, ratio: 0.3}'.")
-        known = {"enabled", "depth_fraction", "start_block", "ratio", "weights", "ratio_schedule"}
+        known = {"enabled", "depth_fraction", "start_block", "ratio", "weights", "ratio_schedule", "forecast"}
         unknown = set(data) - known
         if unknown:
             raise ProCacheError(f"selective.{sorted(unknown)[0]}", "is not a known setting.",
@@ -121,6 +126,7 @@ class SelectiveSettings:
         if set(w) - wknown:
             raise ProCacheError(f"selective.weights.{sorted(set(w) - wknown)[0]}", "is not a known weight.",
                                 f"use only {sorted(wknown)}.")
+        forecast = check_order(data.get("forecast", 0), "selective.forecast")
         try:
             weights = ScoreWeights(**{k: float(v) for k, v in w.items()})
             sb = data.get("start_block")
@@ -128,7 +134,8 @@ class SelectiveSettings:
                       depth_fraction=float(data.get("depth_fraction", 0.25)),
                       start_block=None if sb is None else int(sb),
                       ratio=float(data.get("ratio", 0.3)), weights=weights,
-                      ratio_schedule=str(data.get("ratio_schedule", "constant")))
+                      ratio_schedule=str(data.get("ratio_schedule", "constant")),
+                      forecast=forecast)
         except (TypeError, ValueError) as exc:
             raise ProCacheError("selective", f"has a value of the wrong type ({exc}).",
                                 "use numbers for ratio/depth_fraction/weights and an integer start_block.") from None

@@ -64,6 +64,8 @@ class RunStats:
     peak_cache_bytes: int = 0
     peak_cache_bytes_by_device: dict[str, int] = field(default_factory=dict)  # per device, each its own peak
     cache_placement: str = ""         # what the cache was kept as, e.g. "full cache in CPU memory (bfloat16)"
+    forecast: str = "off (copy)"     # how reused steps got their features (procache_core.forecast.ORDER_NAMES)
+    peak_history_bytes: int = 0       # of peak_cache_bytes' kind: the forecast differences alone
     wall_s: float | None = None
     _t0: float | None = field(default=None, repr=False)
 
@@ -98,8 +100,9 @@ class RunStats:
         self.flops_done += float(sum(c * d for c, d in zip(costs, done)))
         self.tokens_recomputed += int(tokens)
 
-    def observe_cache_bytes(self, nbytes: int, by_device: dict[str, int] | None = None) -> None:
+    def observe_cache_bytes(self, nbytes: int, by_device: dict[str, int] | None = None, history: int = 0) -> None:
         self.peak_cache_bytes = max(self.peak_cache_bytes, int(nbytes))
+        self.peak_history_bytes = max(self.peak_history_bytes, int(history))
         for dev, n in (by_device or {}).items():
             self.peak_cache_bytes_by_device[dev] = max(self.peak_cache_bytes_by_device.get(dev, 0), int(n))
 
@@ -151,6 +154,8 @@ class RunStats:
             "peak_cache_bytes": self.peak_cache_bytes,
             "peak_cache_bytes_by_device": dict(self.peak_cache_bytes_by_device),
             "cache_placement": self.cache_placement,
+            "forecast": self.forecast,
+            "peak_history_bytes": self.peak_history_bytes,
             "wall_s": self.wall_s,
         }
 
@@ -164,6 +169,9 @@ class RunStats:
             f"{self.tokens_recomputed} tokens recomputed",
             self.cache_text(),
         ]
+        if self.forecast != "off (copy)":
+            parts.append(f"forecast {self.forecast}" + (f", history {self.peak_history_bytes / 2**20:.1f} MiB"
+                                                        if self.peak_history_bytes else ""))
         if self.forced_full_evals:
             parts.append(f"{self.forced_full_evals} forced full (no usable cache)")
         if self.wall_s is not None:

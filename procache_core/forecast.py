@@ -1,0 +1,90 @@
+"""Forecasting reused features from their history on the noise axis (host independent).
+
+A reused step normally copies each branch's cached output. With a forecast order ``p`` > 0 every cached
+branch also keeps the Newton divided differences of its last ``p + 1`` computed outputs, taken over the
+*noise axis* value of each evaluation (the bridge passes the model's timestep, scaled so the run spans
+about one unit per step), and a reused step evaluates the interpolating polynomial at its own noise
+value: a TaylorSeer-style extrapolation in which the spacing comes from the sampler's sigmas, not from
+the step count, so Heun's extra evaluations, karras spacing and denoise < 1 are all placed right.
+
+Newton form, newest node first (``n0`` the newest evaluation, ``n1`` the one before)::
+
+    f(t) ~ d0 + d1 (t - n0) + d2 (t - n0)(t - n1)
+
+``d0`` is the entry's stored output itself, so order 0 is exactly the copy and costs nothing extra;
+each order adds one tensor per branch (counted in the cache size and its estimate). Order 1 is the
+``light`` choice (one extra tensor, a straight line through the last two computed outputs).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .errors import ProCacheError
+
+MAX_ORDER = 2
+# node / preset labels of the orders (what the Stats line says too)
+ORDER_NAMES = {0: "off (copy)", 1: "light (order 1)", 2: "full (order 2)"}
+# two evaluations closer than this on the axis are one point (the newest output replaces the older)
+SAME_POINT = 1e-6
+
+
+def check_order(order: object, field: str = "forecast") -> int:
+    """The forecast order as an int in [0, MAX_ORDER]; a clear error otherwise."""
+    try:
+        value = int(order)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = None
+    if value is None or value != order or not (0 <= value <= MAX_ORDER):
+        raise ProCacheError(field, f"is {order!r}; it must be 0 (copy), 1 (light) or 2.",
+                            "use 0 to reuse cached features as they are, 1 or 2 to extrapolate them.")
+    return value
+
+
+def extend(nodes: Sequence[float], d0_old: Tensor | None, diffs_old: Sequence[Tensor], d0_new: Tensor,
+           t: float, order: int) -> tuple[tuple[float, ...], list[Tensor]]:
+    """Divided differences after a new computed output ``d0_new`` at axis value ``t``.
+
+    ``nodes`` (newest first), ``d0_old`` and ``diffs_old`` (``[d1, d2, ...]``) describe the history before
+    it. Returns the new nodes and differences (at most ``order`` of them). A point at the newest node's
+    axis value replaces it (the differences are kept: they still describe the slope there)."""
+    if order <= 0 or d0_old is None or not nodes:
+        return (float(t),), []
+    if abs(float(t) - nodes[0]) <= SAME_POINT:
+        return (float(t), *nodes[1:]), list(diffs_old)
+    new_nodes = (float(t), *nodes)[:order + 1]
+    diffs: list[Tensor] = []
+    prev = d0_new
+    below = d0_old      # the previous level's difference at the old newest node
+    for k in range(1, min(order, len(nodes)) + 1):
+        span = float(t) - nodes[k - 1]
+        d = (prev - below) / span
+        diffs.append(d)
+        if k - 1 < len(diffs_old):
+            below = diffs_old[k - 1]
+            prev = d
+        else:
+            break
+    return new_nodes, diffs
+
+
+def coefficients(nodes: Sequence[float], n_diffs: int, t: float) -> list[float]:
+    """Multipliers of ``d1, d2, ...`` in the Newton form at ``t``."""
+    out, prod = [], 1.0
+    for k in range(n_diffs):
+        prod *= float(t) - nodes[k]
+        out.append(prod)
+    return out
+
+
+def predict(d0: Tensor, diffs: Sequence[Tensor], nodes: Sequence[float], t: float) -> Tensor:
+    """The forecast at ``t`` (``d0`` itself when there are no differences: order 0 is the copy)."""
+    if not diffs:
+        return d0
+    coef = coefficients(nodes, len(diffs), t)
+    out = torch.add(d0, diffs[0], alpha=coef[0])
+    for d, c in zip(diffs[1:], coef[1:]):
+        out.add_(d, alpha=c)
+    return out
