@@ -145,9 +145,11 @@ def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | 
     args = dict(rows=rows, elem_bytes=torch.empty((), dtype=dtype).element_size(),
                 first_selective_block=run.first_selective_block, track_tokens=run._track_tokens,
                 keep_input=run._keep_input)
+    # forecasting keeps its differences only while the cache stays working tensors on the device
+    history = run.selective.forecast if (req.dtype is None or req.dtype == dtype) else 0
     block = max(rows * b.tokens * b.width * b.branches for b in layout) * args["elem_bytes"]
-    est = Estimate(estimate_bytes(layout, light=False, **args), estimate_bytes(layout, light=True, **args),
-                   block, rows, dtype)
+    est = Estimate(estimate_bytes(layout, light=False, history=history, **args),
+                   estimate_bytes(layout, light=True, history=history, **args), block, rows, dtype)
     state.memory_estimate = est
     return est
 

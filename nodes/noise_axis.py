@@ -64,3 +64,43 @@ def _monotone(values: list[float]) -> list[float]:
     for v in values:
         out.append(max(v, out[-1]) if out else v)
     return out
+
+
+class ForecastAxis:
+    """Where a model evaluation at sigma ``s`` sits for forecasting (procache_core.forecast).
+
+    The model's own timestep of ``s`` (what the network is conditioned on: sigma for flow models, the
+    discrete step for eps/v models), scaled so the run's first and last sigma are ``n_steps`` apart, so one
+    step is about one unit whatever the model's timestep scale. Falls back to sigma itself when the model
+    sampling has no usable ``timestep``. Divided-difference extrapolation does not depend on the scale;
+    the scaling only keeps the stored differences in the activation dtype's range.
+    """
+
+    def __init__(self, model_sampling: Any, sigmas: Sequence[float]) -> None:
+        self._timestep = getattr(model_sampling, "timestep", None)
+        pos = [float(s) for s in sigmas if float(s) > 0.0]
+        n = max(len(sigmas) - 1, 1)
+        self._origin, self._scale = 0.0, 1.0
+        if not pos:
+            return
+        hi, lo = self.raw(pos[0]), self.raw(pos[-1])
+        if not (math.isfinite(hi) and math.isfinite(lo)):
+            self._timestep = None
+            hi, lo = pos[0], pos[-1]
+        if hi != lo:
+            self._origin, self._scale = hi, n / (lo - hi)
+
+    def raw(self, s: float) -> float:
+        """The model's timestep of sigma ``s`` (sigma itself without one)."""
+        if self._timestep is None:
+            return float(s)
+        try:
+            import torch
+
+            return float(self._timestep(torch.tensor([float(s)], dtype=torch.float32)).reshape(-1)[0])
+        except Exception:  # noqa: BLE001 - an exotic model sampling: sigma is the axis from now on
+            self._timestep = None
+            return float(s)
+
+    def __call__(self, s: float) -> float:
+        return (self.raw(s) - self._origin) * self._scale

@@ -54,7 +54,7 @@ from ..procache_core import few_step
 from ..procache_core.schedule import Action, Schedule, even_noise, map_by_noise
 from ..procache_core.settings import SelectiveSettings
 from . import memory_bridge, multigpu_bridge
-from .noise_axis import noise_positions
+from .noise_axis import ForecastAxis, noise_positions
 
 log = logging.getLogger("ProCache")
 
@@ -125,6 +125,7 @@ class RunState:
     model_patcher: Any = None           # the sampled ModelPatcher (memory_bridge: room beside the weights)
     _last_i: int = 0
     noise: list[float] = field(default_factory=list)      # noise position of every sigma of the run
+    axis: Any = None                                       # noise_axis.ForecastAxis (forecasting runs only)
     mapping: str = "as written"                            # "as written" / "noise" / "short run"
     few_step: Any = None                                   # the few-step preset this run took (plan_run)
     evals_per_step: list[int] = field(default_factory=list)
@@ -164,6 +165,7 @@ class RunState:
                            lanes=lanes() if lanes else None)
             sub = RunState(config=cfg, run=run, sample_sigmas=self.sample_sigmas, schedule=self.schedule,
                            remapped_from=self.remapped_from, device=device, noise=self.noise, mapping=self.mapping,
+                           axis=self.axis,
                            model_patcher=getattr(base_model, "current_patcher", None) or self.model_patcher)
             sub.model_level, sub.blocks_off = self.model_level, self.blocks_off
             sub.check = None if self.check is None else _new_check(cfg)
@@ -479,7 +481,8 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, 
     state = RunState(config=config, run=run, sample_sigmas=sig, schedule=sched, remapped_from=remapped_from,
                      device=device if isinstance(device, torch.device) else sigmas.device,
                      noise=plan.noise, mapping=plan.mapping, corrector_at_next=fn_name in CORRECTOR_AT_NEXT_SIGMA,
-                     few_step=plan.few_step if plan.mapping != "short run" else None)
+                     few_step=plan.few_step if plan.mapping != "short run" else None,
+                     axis=ForecastAxis(model_sampling, sig) if config.selective.forecast else None)
     state.model_level = state.blocks_off = config.block_adapter is not None
     state.check = _new_check(config)
     log.debug("ProCache: run started, %d steps, schedule %s", len(sig) - 1, sched.to_string())
@@ -581,7 +584,8 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
 def _merge_stats(dst: Any, src: Any) -> None:
     """Add a worker device's run stats to the run's (counts summed, peaks per device)."""
     for name in ("steps_full", "steps_cached", "steps_selective", "forced_full_evals", "block_evals_full",
-                 "block_evals_done", "tokens_recomputed", "flops_full", "flops_done", "peak_cache_bytes"):
+                 "block_evals_done", "tokens_recomputed", "flops_full", "flops_done", "peak_cache_bytes",
+                 "peak_history_bytes"):
         setattr(dst, name, getattr(dst, name) + getattr(src, name))
     for dev, n in src.peak_cache_bytes_by_device.items():
         dst.peak_cache_bytes_by_device[dev] = max(dst.peak_cache_bytes_by_device.get(dev, 0), n)
@@ -758,7 +762,7 @@ def apply_model_wrapper(executor, *args, **kwargs):
         state.evals += 1
         args, kwargs = multigpu_bridge.rebound_call(state, args, kwargs, to)
     run = state.run
-    run.begin_step(step)
+    run.begin_step(step, None if state.axis is None else state.axis(s))
     chunks = len(cond_or_uncond)
     if x.shape[0] % chunks:
         chunks = 1

@@ -1,8 +1,9 @@
-"""Selective Compute Settings: how ProCache's selective (S) steps recompute tokens."""
+"""Selective Compute Settings: how ProCache's selective (S) steps recompute tokens and reused steps forecast."""
 from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..procache_core.forecast import ORDER_NAMES
 from ..procache_core.settings import RATIO_SCHEDULES, ScoreWeights, SelectiveSettings
 
 SelectiveSocket = io.Custom("PROCACHE_SELECTIVE")
@@ -45,6 +46,11 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                                tooltip="constant: every selective block recomputes `ratio` of its tokens. "
                                        "reference-dit / reference-pixart: the reference code's token share, "
                                        "scaled by step and depth, each branch (MLP, cross-attention) its own."),
+                io.Combo.Input("forecast", options=list(ORDER_NAMES.values()), default=ORDER_NAMES[0], optional=True,
+                               tooltip="Reused (C and S) steps: off copies each block's cached output; light "
+                                       "extrapolates it along the noise level from the last two computed steps "
+                                       "(one more cached tensor per branch), full from the last three (two "
+                                       "more). Stats shows the order and the memory it took."),
             ],
             outputs=[SelectiveSocket.Output(display_name="selective")],
         )
@@ -52,11 +58,17 @@ class ProCacheSelectiveSettings(io.ComfyNode):
     @classmethod
     def execute(cls, enabled: bool, depth_fraction: float, ratio: float, w_staleness: float = 1.0,
                 w_input_change: float = 0.0, w_output_norm: float = 0.0, w_spatial: float = 0.0,
-                ratio_schedule: str = "constant") -> io.NodeOutput:
+                ratio_schedule: str = "constant", forecast: str = ORDER_NAMES[0]) -> io.NodeOutput:
+        orders = {name: order for order, name in ORDER_NAMES.items()}
+        if forecast not in orders:
+            from ..procache_core.errors import ProCacheError
+
+            raise ProCacheError("forecast", f"is {forecast!r}, not one of the choices.",
+                                f"pick one of {list(orders)}.")
         settings = SelectiveSettings(
             enabled=bool(enabled), depth_fraction=float(depth_fraction), ratio=float(ratio),
             weights=ScoreWeights(staleness=float(w_staleness), input_change=float(w_input_change),
                                  output_norm=float(w_output_norm), spatial=float(w_spatial)),
-            ratio_schedule=str(ratio_schedule),
+            ratio_schedule=str(ratio_schedule), forecast=orders[forecast],
         ).validate()
         return io.NodeOutput(settings)

@@ -38,6 +38,7 @@ class BlockEntry:
     # and per branch the divided differences [d1, d2, ...] (``outputs`` is d0); empty when not forecasting
     nodes: tuple[float, ...] = ()
     diffs: dict[str, list[Tensor]] = field(default_factory=dict)
+    gains: dict[str, Tensor] = field(default_factory=dict)  # per branch: share of the extrapolation used
 
     def history_nbytes(self) -> int:
         """Bytes of the forecast differences (part of :meth:`nbytes`)."""
@@ -149,7 +150,7 @@ class BlockCache:
         return BlockEntry(signature=entry.signature, outputs={k: v for k, v in t.items() if not k.startswith("\x00")},
                           input_ref=t.get(_INPUT), last_refresh=entry.last_refresh, segment=entry.segment,
                           aux={k[len(_AUX):]: v for k, v in t.items() if k.startswith(_AUX)},
-                          nodes=entry.nodes, diffs=entry.diffs)  # forecasting runs only on a pass-through
+                          nodes=entry.nodes, diffs=entry.diffs, gains=entry.gains)  # forecasting runs only on a pass-through
 
     def prefetch(self, key: Hashable, block: Hashable) -> None:
         """Start loading the stored entry of ``block`` (if any) so a later ``checkout`` finds it ready."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .cache import BlockCache, BlockEntry, block_signature, own
 from .errors import ProCacheError
-from .forecast import ORDER_NAMES, extend, predict
+from .forecast import FIRST_GAIN, ORDER_NAMES, extend, fit_gain, predict
 from .memory import CacheMemory
 from .schedule import Action, Schedule
 from .settings import SelectiveSettings, branch_kind
@@ -120,6 +120,7 @@ class CacheRun:
             self._segment_of.append(seg)
         self._segment = 0
         self._t = 0.0   # noise-axis value of the current evaluation (forecasting)
+        self._first_gain = torch.tensor(FIRST_GAIN)
         self.stats.start()
 
     def set_memory(self, memory: CacheMemory) -> None:
@@ -195,7 +196,12 @@ class CacheRun:
         """A reused branch output: the cached one, or its forecast at this evaluation's noise value."""
         base = entry.outputs[name]
         diffs = entry.diffs.get(name)
-        return predict(base, diffs, entry.nodes, self._t) if diffs else base
+        if not diffs:
+            return base
+        gain = entry.gains.get(name)
+        if gain is None:  # no forecast of this branch was checked yet: trust half of it (FIRST_GAIN)
+            gain = self._first_gain
+        return predict(base, diffs, entry.nodes, self._t, gain)
 
     def block_action(self, block: int) -> Action:
         """What ``block`` does this step if its cache is usable (SELECTIVE only for deep blocks)."""
@@ -286,10 +292,14 @@ class CacheRun:
         order = self.forecast_order(x_in)
         if order and outs:
             for name, out in outs.items():
-                nodes, entry.diffs[name] = extend(old.nodes if old is not None else (),
-                                                  old.outputs.get(name) if old is not None else None,
-                                                  old.diffs.get(name, ()) if old is not None else (),
-                                                  out, self._t, order)
+                d0_old = old.outputs.get(name) if old is not None else None
+                diffs_old = old.diffs.get(name, []) if old is not None else []
+                nodes_old = old.nodes if old is not None else ()
+                if d0_old is not None and diffs_old:
+                    gain = fit_gain(d0_old, diffs_old, nodes_old, self._t, out, old.gains.get(name))
+                    if gain is not None:
+                        entry.gains[name] = gain
+                nodes, entry.diffs[name] = extend(nodes_old, d0_old, diffs_old, out, self._t, order)
             entry.nodes = nodes
         if deep:
             b, n = x_in.shape[0], x_in.shape[1]

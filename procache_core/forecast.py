@@ -14,6 +14,13 @@ Newton form, newest node first (``n0`` the newest evaluation, ``n1`` the one bef
 ``d0`` is the entry's stored output itself, so order 0 is exactly the copy and costs nothing extra;
 each order adds one tensor per branch (counted in the cache size and its estimate). Order 1 is the
 ``light`` choice (one extra tensor, a straight line through the last two computed outputs).
+
+Plain extrapolation overshoots where a feature bends (dense-early karras steps, long reuse runs): on the
+digits bench it lost to the copy by up to 5 dB there. So each branch keeps a *gain* in [0, 1], the share
+of the extrapolated step it uses: at every computed step the previous forecast is checked against the
+output just computed (:func:`fit_gain`, a least-squares scale, on the device, no sync), and until a
+branch's forecast has been checked once it uses ``FIRST_GAIN``. Features that move as the polynomial
+predicts keep gain 1 (the exactness tests); a forecast that was no better than the copy falls back to it.
 """
 from __future__ import annotations
 
@@ -29,6 +36,9 @@ MAX_ORDER = 2
 ORDER_NAMES = {0: "off (copy)", 1: "light (order 1)", 2: "full (order 2)"}
 # two evaluations closer than this on the axis are one point (the newest output replaces the older)
 SAME_POINT = 1e-6
+# gain of a forecast not checked yet (benchmarks/results/forecast_cpu.md: 1.0 lost most on karras runs,
+# 0.0 gave up most of the gain on euler runs; 0.5 was the better compromise on the digits models)
+FIRST_GAIN = 0.5
 
 
 def check_order(order: object, field: str = "forecast") -> int:
@@ -79,12 +89,34 @@ def coefficients(nodes: Sequence[float], n_diffs: int, t: float) -> list[float]:
     return out
 
 
-def predict(d0: Tensor, diffs: Sequence[Tensor], nodes: Sequence[float], t: float) -> Tensor:
-    """The forecast at ``t`` (``d0`` itself when there are no differences: order 0 is the copy)."""
+def predict(d0: Tensor, diffs: Sequence[Tensor], nodes: Sequence[float], t: float,
+            gain: Tensor | None = None) -> Tensor:
+    """The forecast at ``t`` (``d0`` itself when there are no differences: order 0 is the copy).
+
+    ``gain`` (a 0-dim tensor in [0, 1], see :func:`fit_gain`) scales the extrapolated part."""
     if not diffs:
         return d0
     coef = coefficients(nodes, len(diffs), t)
-    out = torch.add(d0, diffs[0], alpha=coef[0])
+    if gain is None:
+        out = torch.add(d0, diffs[0], alpha=coef[0])
+        for d, c in zip(diffs[1:], coef[1:]):
+            out.add_(d, alpha=c)
+        return out
+    ext = diffs[0] * coef[0]
     for d, c in zip(diffs[1:], coef[1:]):
-        out.add_(d, alpha=c)
-    return out
+        ext.add_(d, alpha=c)
+    return torch.addcmul(d0, ext, gain.to(d0.dtype))
+
+
+def fit_gain(d0_old: Tensor, diffs_old: Sequence[Tensor], nodes_old: Sequence[float], t: float,
+             d0_new: Tensor, prior: Tensor | None) -> Tensor | None:
+    """How much of the extrapolation to trust next: the least-squares scale in [0, 1] of the old forecast's
+    step ``P(t) - d0_old`` that best matched the output computed now at ``t`` (0: copying would have been
+    as good, 1: the forecast was right). Stays on the device (no sync); None without an old forecast."""
+    if not diffs_old:
+        return prior
+    step = (predict(d0_old, diffs_old, nodes_old, t) - d0_old).float()
+    moved = (d0_new - d0_old).float()
+    den = (step * step).sum()
+    g = torch.where(den > 0, (step * moved).sum() / den.clamp_min(1e-30), torch.zeros_like(den))
+    return g.clamp(0.0, 1.0)

@@ -78,12 +78,15 @@ def double_single_layout(n_double: int, n_single: int, img_tokens: int, txt_toke
 
 
 def estimate_bytes(layout: Sequence[BlockShape], rows: int, elem_bytes: int, first_selective_block: int,
-                   light: bool = False, track_tokens: bool = True, keep_input: bool = True) -> int:
+                   light: bool = False, track_tokens: bool = True, keep_input: bool = True,
+                   history: int = 0) -> int:
     """Bytes the cache holds for ``rows`` batch rows summed over every stream (e.g. 2 with CFG).
 
-    Per-block entries: ``branches`` outputs; deep blocks (``>= first_selective_block``) add the input
-    reference (``keep_input``) and the int32 refresh steps (``track_tokens``). Light mode replaces the
-    shallow entries with one residual per lane (the shape of the lane's last shallow block).
+    Per-block entries: ``branches`` outputs, times ``1 + history`` with forecasting (``history``: the
+    forecast order, one stored difference per order and branch; light-mode lanes are not forecast); deep
+    blocks (``>= first_selective_block``) add the input reference (``keep_input``) and the int32 refresh
+    steps (``track_tokens``). Light mode replaces the shallow entries with one residual per lane (the shape
+    of the lane's last shallow block).
     """
     total = 0
     lanes: dict[Hashable, BlockShape] = {}
@@ -93,7 +96,7 @@ def estimate_bytes(layout: Sequence[BlockShape], rows: int, elem_bytes: int, fir
             if b.branches:  # a block that caches nothing (never runs) ends no lane
                 lanes[b.lane] = b
             continue
-        total += rows * b.tokens * b.width * elem_bytes * b.branches
+        total += rows * b.tokens * b.width * elem_bytes * b.branches * (1 + history)
         if deep and track_tokens:
             total += rows * b.tokens * 4 + rows * b.tokens * b.aux_width * elem_bytes
             if keep_input:

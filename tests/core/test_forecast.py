@@ -12,7 +12,7 @@ import torch
 from procache_core.cache import BlockEntry
 from procache_core.engine import Branch, CacheRun
 from procache_core.errors import ProCacheError
-from procache_core.forecast import check_order, extend, predict
+from procache_core.forecast import FIRST_GAIN, check_order, extend, fit_gain, predict
 from procache_core.memory import CacheMemory
 from procache_core.presets import Preset, ScheduleError, dump_preset, parse_preset_text
 from procache_core.schedule import Schedule
@@ -137,7 +137,8 @@ def test_selective_rows_are_fresh_and_the_forecast_passes_through_them():
     # feature quadratic, forecast linear: the forecast is off; selective rows are exact
     outs, _ = run("FFSC", [0.0, 1.0, 2.0, 3.0], forecast=1, order_of_feature=2, selective=sel)
     want = exact(2.0, 2)
-    lin = 2 * feature(1.0, 2) - feature(0.0, 2)  # the linear forecast at t = 2 from t = 0, 1
+    # the attention branch's linear forecast at t = 2 from t = 0, 1, not checked yet: FIRST_GAIN of the step
+    lin = feature(1.0, 2) + FIRST_GAIN * (feature(1.0, 2) - feature(0.0, 2))
     got_mlp = (outs[2] - 0.5 * lin)[..., 1:] / 0.25  # the mlp branch's contribution (channel 0 holds indices)
     fresh_rows = torch.isclose(got_mlp, feature(2.0, 2)[..., 1:], atol=1e-9).all(-1)
     assert fresh_rows.sum(-1).tolist() == [N // 4] * B
@@ -192,3 +193,21 @@ def test_check_order_accepts_the_three_orders():
 def test_entry_history_is_part_of_its_size():
     e = BlockEntry(signature=(), outputs={"a": torch.zeros(4)}, diffs={"a": [torch.zeros(4), torch.zeros(4)]})
     assert e.history_nbytes() == 32 and e.nbytes() == 48
+
+
+def test_gain_falls_to_zero_when_the_forecast_was_no_better_than_the_copy():
+    """A feature that jumps back: the checked forecast moved the wrong way, so the next one copies."""
+    d0_old, d1 = torch.zeros(4), torch.ones(4)   # slope 1 at node 1 (from 0 at 0 to ... )
+    g = fit_gain(d0_old, [d1], (1.0,), 2.0, torch.full((4,), -0.5), None)
+    assert float(g) == 0.0
+    g = fit_gain(d0_old, [d1], (1.0,), 2.0, torch.full((4,), 0.5), None)
+    assert abs(float(g) - 0.5) < 1e-6
+    assert fit_gain(d0_old, [], (1.0,), 2.0, torch.ones(4), None) is None
+
+
+def test_first_forecast_stretch_uses_the_first_gain():
+    outs, _ = run("FFCC", [0.0, 1.0, 2.0, 3.0], forecast=1, order_of_feature=1)
+    f0, f1 = feature(0.0, 1), feature(1.0, 1)
+    x = exact(0.0, 1) - 0.75 * f0  # the stream before the branches
+    want = x + 0.75 * (f1 + FIRST_GAIN * (f1 - f0) * 1.0)
+    assert torch.allclose(outs[2], want, atol=1e-9, rtol=0)

@@ -1,0 +1,172 @@
+"""Forecast against copy on the trained digits models, sampled by the REAL ComfyUI server.
+
+For each model (the demo Flux and PixArt-alpha in the host's own classes) and the in-host bench's four
+sampler cases (euler/normal, dpmpp_2m/karras, heun/normal, img2img euler/normal at denoise 0.6), 20 steps,
+with the same seed, prompts and latent as full compute, two schedules at the same budget:
+
+- uniform   4 full steps of 20 (full every 5th step: 20 % of the block evaluations)
+- paper     the family's paper preset carried to 20 steps (selective steps as reuse)
+
+each run three ways through Selective Compute Settings (selective steps off): forecast ``off (copy)``,
+``light (order 1)`` and ``full (order 2)``. Metrics against full compute: PSNR, FD-full (Fréchet distance in
+the digits feature net's space), label accuracy; the block-evaluation ratio (Stats); the wall time ratio of
+full compute over the row, both timed in this run (one sample each: a quality table, the speed figure is
+rough on a shared CPU).
+
+    python -m benchmarks.forecast                  # about 10 minutes on a shared 2-core CPU
+    python -m benchmarks.forecast --report-only    # rewrite the table from raw/forecast_cpu.json
+
+Writes benchmarks/results/forecast_cpu.md and raw/forecast_cpu.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import host_digits as hd
+from .common import RESULTS, md_table
+from .host_quality import CASES, paper_schedule, uniform_schedule
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("flux", "pixart")
+STEPS = 20
+BUDGET = 4
+MODES = ("off (copy)", "light (order 1)", "full (order 2)")
+
+
+def _settings(mode: str) -> dict:
+    return {"enabled": False, "depth_fraction": 1.0, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 0.0,
+            "w_output_norm": 0.0, "w_spatial": 0.0, "forecast": mode}
+
+
+def _server():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from comfy_client import ComfyServer
+
+    return ComfyServer
+
+
+def run(families=FAMILIES, cases=None, repeat: int = 3, log=print) -> dict:
+    from .data import features, load_digits_images, load_or_train_featnet
+
+    hd.ensure_host()
+    cases = cases or CASES
+    featnet, feat_info = load_or_train_featnet(log=log)
+    real, _ = load_digits_images(32)
+    f_real = features(featnet, real).numpy()
+    digits = "0123456789"
+    labels = hd.labels_of(digits, repeat)
+    t0 = time.time()
+    res: dict[str, Any] = {"steps": STEPS, "budget": BUDGET, "repeat": repeat, "n_samples": len(labels),
+                           "featnet": feat_info, "families": {}}
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix="procache-forecast-"))
+    from .host_quality import _init_images, _save_tiff
+
+    with _server()(workdir=workdir) as srv:
+        client = srv.client()
+        init_img, _ = _init_images(repeat)
+        _save_tiff(init_img, workdir / "input" / "digits_init.tiff")
+        for fam in families:
+            client.run(hd.digits_prompt(fam, digits="0", steps=2, prefix="warm"), timeout=900)
+            schedules = {"uniform": uniform_schedule(STEPS, BUDGET), "paper": paper_schedule(fam, STEPS)}
+            cells = []
+            for case in cases:
+                base = dict(digits=digits, repeat=repeat, steps=STEPS, sampler=case["sampler"],
+                            scheduler=case["scheduler"], denoise=case["denoise"], seed=0)
+                if case["denoise"] < 1.0:
+                    base["init_image"] = "digits_init.tiff"
+
+                def sample(**kw):
+                    e = client.run(hd.digits_prompt(fam, prefix="fc", **base, **kw), timeout=1800)
+                    return hd.decode_latent_file(client.output_files(e, "latents")[0]), e, hd.exec_seconds(e)
+
+                x_full, _, t_full = sample()
+                f_full = features(featnet, x_full).numpy()
+                rows = []
+                for sname, acts in schedules.items():
+                    for mode in MODES:
+                        x, e, t = sample(procache={"actions": acts, "selective": _settings(mode)})
+                        st = hd.parse_stats(hd.stats_text(e))
+                        line = hd.stats_text(e) or ""
+                        m = hd.sample_metrics(featnet, labels, x, x_full, f_full, f_real)
+                        rows.append({"schedule_kind": sname, "schedule": acts, "forecast": mode,
+                                     "block_eval_fraction": st["block_eval_fraction"], "seconds": t,
+                                     "wall_ratio": t_full / t if t > 0 else float("nan"),
+                                     "forecast_in_stats": ("forecast " + mode) in line if mode != MODES[0]
+                                     else "forecast" not in line, **m})
+                        log(f"[forecast] {fam} {case['name']:<34s} {sname:<7s} {mode:<16s} "
+                            f"blocks {st['block_eval_fraction']:.3f} PSNR {m['psnr']:6.2f} FD-full {m['fd_full']:7.3f} "
+                            f"acc {m['label_acc']:.2f} wall {t_full / t:.2f}x")
+                cells.append({"case": case["name"], "full_seconds": t_full, "rows": rows})
+            res["families"][fam] = {"schedules": schedules, "cells": cells}
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def _commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def report(res: dict) -> str:
+    lines = ["# Forecast against copy (digits models, in-host)", "",
+             f"Made at commit `{res.get('commit', '?')}` on {res.get('date', '?')} by `python -m benchmarks.forecast` "
+             f"({res['seconds']:.0f} s, CPU). {res['steps']} steps, {res['n_samples']} samples per row, selective "
+             "steps off; PSNR and FD-full against full compute of the same seed; the wall ratio is one timed "
+             "sample each (rough).", ""]
+    for fam, fr in res["families"].items():
+        lines += [f"## {fam}", "", "Schedules: " + ", ".join(f"{k} `{v}`" for k, v in fr["schedules"].items()), ""]
+        rows = []
+        for cell in fr["cells"]:
+            for r in cell["rows"]:
+                rows.append([cell["case"], r["schedule_kind"], r["forecast"], f"{r['block_eval_fraction']:.3f}",
+                             f"{r['psnr']:.2f}", f"{r['fd_full']:.3f}", f"{r['label_acc']:.2f}",
+                             f"{r['wall_ratio']:.2f}x"])
+        lines += [md_table(["case", "schedule", "forecast", "blocks", "PSNR dB", "FD-full", "acc", "wall"], rows), ""]
+    lines += ["## Forecast against copy, same schedule", ""]
+    rows = []
+    for fam, fr in res["families"].items():
+        for cell in fr["cells"]:
+            by = {(r["schedule_kind"], r["forecast"]): r for r in cell["rows"]}
+            for sk in fr["schedules"]:
+                c = by[(sk, MODES[0])]
+                for mode in MODES[1:]:
+                    f = by[(sk, mode)]
+                    rows.append([fam, cell["case"], sk, mode, f"{f['psnr'] - c['psnr']:+.2f}",
+                                 f"{f['fd_full'] - c['fd_full']:+.3f}"])
+    lines += [md_table(["model", "case", "schedule", "forecast", "PSNR gain dB", "FD-full change"], rows), ""]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    args = ap.parse_args(argv)
+    raw = RESULTS / "raw" / "forecast_cpu.json"
+    if args.report_only:
+        res = json.loads(raw.read_text())
+    else:
+        res = run(families=tuple(args.families.split(",")), repeat=args.repeat)
+        res["commit"], res["date"] = _commit(), time.strftime("%Y-%m-%d")
+        raw.parent.mkdir(parents=True, exist_ok=True)
+        raw.write_text(json.dumps(res, indent=1))
+    (RESULTS / "forecast_cpu.md").write_text(report(res))
+    print(f"wrote {RESULTS / 'forecast_cpu.md'}")
+
+
+if __name__ == "__main__":
+    main()
