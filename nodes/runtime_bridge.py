@@ -546,7 +546,8 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             f"{state.evals} model evals; blocks computed {100.0 * stats.block_eval_fraction:.1f}% of full "
             f"({summary['block_evals_saved']:.1f} of {stats.block_evals_full} block evals saved), "
             f"est. FLOPs speed-up {stats.flops_speedup:.2f}x, {stats.tokens_recomputed} tokens recomputed, "
-            f"{stats.cache_text()}, sampling {wall:.2f} s")
+            f"{stats.cache_text()}, "
+            + (f"{stats.forecast_text()}, " if stats.forecast_text() else "") + f"sampling {wall:.2f} s")
     if stats.forced_full_evals:
         line += f", {stats.forced_full_evals} forced full (no usable cache)"
     if state.few_step is not None:

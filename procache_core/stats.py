@@ -115,6 +115,13 @@ class RunStats:
             text += f"; {self.cache_placement})" if self.cache_placement else ")"
         return text
 
+    def forecast_text(self) -> str:
+        """``forecast light (order 1), history 3.5 MiB``; empty when reused steps copy (the default)."""
+        if self.forecast == "off (copy)":
+            return ""
+        hist = f", history {self.peak_history_bytes / 2**20:.1f} MiB" if self.peak_history_bytes else ""
+        return f"forecast {self.forecast}{hist}"
+
     # -- reports -------------------------------------------------------------------------------
     @property
     def steps(self) -> int:
@@ -169,9 +176,8 @@ class RunStats:
             f"{self.tokens_recomputed} tokens recomputed",
             self.cache_text(),
         ]
-        if self.forecast != "off (copy)":
-            parts.append(f"forecast {self.forecast}" + (f", history {self.peak_history_bytes / 2**20:.1f} MiB"
-                                                        if self.peak_history_bytes else ""))
+        if self.forecast_text():
+            parts.append(self.forecast_text())
         if self.forced_full_evals:
             parts.append(f"{self.forced_full_evals} forced full (no usable cache)")
         if self.wall_s is not None:
