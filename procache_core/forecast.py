@@ -18,9 +18,10 @@ each order adds one tensor per branch (counted in the cache size and its estimat
 Plain extrapolation overshoots where a feature bends (dense-early karras steps, long reuse runs): on the
 digits bench it lost to the copy by up to 5 dB there. So each branch keeps a *gain* in [0, 1], the share
 of the extrapolated step it uses: at every computed step the previous forecast is checked against the
-output just computed (:func:`fit_gain`, a least-squares scale, on the device, no sync), and until a
-branch's forecast has been checked once it uses ``FIRST_GAIN``. Features that move as the polynomial
-predicts keep gain 1 (the exactness tests); a forecast that was no better than the copy falls back to it.
+output just computed (:func:`fit_gain`, a least-squares scale, at most ``UNSURE_GAIN`` unless the fit was
+near perfect; on the device, no sync), and until a branch's forecast has been checked once it uses
+``FIRST_GAIN``. Features that move as the polynomial predicts keep gain 1 (the exactness tests); a
+forecast that was no better than the copy falls back to it.
 """
 from __future__ import annotations
 
@@ -36,9 +37,13 @@ MAX_ORDER = 2
 ORDER_NAMES = {0: "off (copy)", 1: "light (order 1)", 2: "full (order 2)"}
 # two evaluations closer than this on the axis are one point (the newest output replaces the older)
 SAME_POINT = 1e-6
-# gain of a forecast not checked yet (benchmarks/results/forecast_cpu.md: 1.0 lost most on karras runs,
-# 0.0 gave up most of the gain on euler runs; 0.5 was the better compromise on the digits models)
-FIRST_GAIN = 0.5
+# Gains (see fit_gain), chosen on the digits bench (benchmarks/results/forecast_cpu.md and its notes):
+# the first forecast stretch of a branch cannot be checked yet; 1.0 there lost most on karras runs, 0.0
+# gave up 1-2 dB on euler runs. A checked forecast that did not fit the move almost exactly is trusted at
+# most by half: the full least-squares gain lost up to 5 dB on PixArt karras / euler uniform runs.
+FIRST_GAIN = 0.25
+UNSURE_GAIN = 0.5
+SURE_FIT = 0.99
 
 
 def check_order(order: object, field: str = "forecast") -> int:
@@ -110,13 +115,16 @@ def predict(d0: Tensor, diffs: Sequence[Tensor], nodes: Sequence[float], t: floa
 
 def fit_gain(d0_old: Tensor, diffs_old: Sequence[Tensor], nodes_old: Sequence[float], t: float,
              d0_new: Tensor, prior: Tensor | None) -> Tensor | None:
-    """How much of the extrapolation to trust next: the least-squares scale in [0, 1] of the old forecast's
-    step ``P(t) - d0_old`` that best matched the output computed now at ``t`` (0: copying would have been
-    as good, 1: the forecast was right). Stays on the device (no sync); None without an old forecast."""
+    """How much of the extrapolation to trust next, from the check of the old forecast against the output
+    computed now at ``t``: the least-squares scale ``g`` of the old forecast's step ``P(t) - d0_old`` that
+    best matched the move ``d0_new - d0_old``, in [0, 1] (0: copying would have been as good), and at most
+    ``UNSURE_GAIN`` unless that scaled step explained the move almost wholly (R^2 >= ``SURE_FIT``). Stays on
+    the device (no sync); ``prior`` (None) when there was no old forecast to check."""
     if not diffs_old:
         return prior
     step = (predict(d0_old, diffs_old, nodes_old, t) - d0_old).float()
     moved = (d0_new - d0_old).float()
-    den = (step * step).sum()
-    g = torch.where(den > 0, (step * moved).sum() / den.clamp_min(1e-30), torch.zeros_like(den))
-    return g.clamp(0.0, 1.0)
+    ss, mm, sm = (step * step).sum(), (moved * moved).sum(), (step * moved).sum()
+    g = torch.where(ss > 0, sm / ss.clamp_min(1e-30), torch.zeros_like(ss)).clamp(0.0, 1.0)
+    r2 = torch.where((ss > 0) & (mm > 0), sm * sm / (ss * mm).clamp_min(1e-30), torch.ones_like(ss))
+    return torch.where(r2 >= SURE_FIT, g, g.clamp(max=UNSURE_GAIN))

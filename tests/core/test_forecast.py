@@ -83,13 +83,14 @@ def exact(t: float, order: int) -> torch.Tensor:
 UNEVEN = [0.0, 0.7, 1.1, 2.9, 3.0, 4.6, 5.2, 7.0, 7.3]  # karras-like, not the step count
 
 
-@pytest.mark.parametrize("order", [1, 2])
-def test_forecast_reproduces_a_polynomial_feature_of_its_order(order):
-    outs, cr = run("FFFCCFCCC", UNEVEN, forecast=order, order_of_feature=order)
+@pytest.mark.parametrize("order,schedule", [(1, "FFFCCFCCC"), (2, "FFFFCCFCC")])
+def test_forecast_reproduces_a_polynomial_feature_of_its_order(order, schedule):
+    """Once a branch's forecast of this order has been checked at a computed step (order + 2 of them)."""
+    outs, cr = run(schedule, UNEVEN, forecast=order, order_of_feature=order)
     for t, got in zip(UNEVEN, outs):
         assert torch.allclose(got, exact(t, order), atol=1e-9, rtol=0), t
     # the copy is visibly wrong on the same steps
-    copies, _ = run("FFFCCFCCC", UNEVEN, forecast=0, order_of_feature=order)
+    copies, _ = run(schedule, UNEVEN, forecast=0, order_of_feature=order)
     assert (copies[4] - exact(UNEVEN[4], order)).abs().max() > 0.05
     assert cr.stats.forecast.startswith(("light", "full"))
 
@@ -201,7 +202,11 @@ def test_gain_falls_to_zero_when_the_forecast_was_no_better_than_the_copy():
     g = fit_gain(d0_old, [d1], (1.0,), 2.0, torch.full((4,), -0.5), None)
     assert float(g) == 0.0
     g = fit_gain(d0_old, [d1], (1.0,), 2.0, torch.full((4,), 0.5), None)
-    assert abs(float(g) - 0.5) < 1e-6
+    assert abs(float(g) - 0.5) < 1e-6       # exact fit at half the step: 0.5
+    g = fit_gain(d0_old, [d1], (1.0,), 2.0, torch.tensor([1.0, 1.0, 0.6, 0.6]), None)
+    assert abs(float(g) - 0.5) < 1e-6       # best scale 0.8, but the fit is not near perfect: at most UNSURE_GAIN
+    g = fit_gain(d0_old, [d1], (1.0,), 2.0, torch.full((4,), 0.9), None)
+    assert abs(float(g) - 0.9) < 1e-6       # a near-perfect fit keeps its scale
     assert fit_gain(d0_old, [], (1.0,), 2.0, torch.ones(4), None) is None
 
 
