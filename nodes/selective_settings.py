@@ -5,6 +5,7 @@ from comfy_api.latest import io
 
 from ..procache_core.forecast import ORDER_NAMES
 from ..procache_core.settings import RATIO_SCHEDULES, ScoreWeights, SelectiveSettings
+from ..procache_core.tokens import TIE_BREAKS
 
 SelectiveSocket = io.Custom("PROCACHE_SELECTIVE")
 
@@ -51,6 +52,12 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                                        "extrapolates it along the noise level from the last two computed steps "
                                        "(one more cached tensor per branch), full from the last three (two "
                                        "more). Stats shows the order and the memory it took."),
+                io.Combo.Input("tie_break", options=list(TIE_BREAKS), default="index", optional=True,
+                               tooltip="How tokens that score the same are picked on selective steps (right "
+                                       "after a full step every token ties on staleness). index: the first "
+                                       "tokens (top rows of the image; text tokens in joint blocks), as the "
+                                       "paper's code. stratified: a seeded spread over the image, rotating "
+                                       "from step to step (same output run after run)."),
             ],
             outputs=[SelectiveSocket.Output(display_name="selective")],
         )
@@ -58,7 +65,8 @@ class ProCacheSelectiveSettings(io.ComfyNode):
     @classmethod
     def execute(cls, enabled: bool, depth_fraction: float, ratio: float, w_staleness: float = 1.0,
                 w_input_change: float = 0.0, w_output_norm: float = 0.0, w_spatial: float = 0.0,
-                ratio_schedule: str = "constant", forecast: str = ORDER_NAMES[0]) -> io.NodeOutput:
+                ratio_schedule: str = "constant", forecast: str = ORDER_NAMES[0],
+                tie_break: str = "index") -> io.NodeOutput:
         orders = {name: order for order, name in ORDER_NAMES.items()}
         if forecast not in orders:
             from ..procache_core.errors import ProCacheError
@@ -69,6 +77,6 @@ class ProCacheSelectiveSettings(io.ComfyNode):
             enabled=bool(enabled), depth_fraction=float(depth_fraction), ratio=float(ratio),
             weights=ScoreWeights(staleness=float(w_staleness), input_change=float(w_input_change),
                                  output_norm=float(w_output_norm), spatial=float(w_spatial)),
-            ratio_schedule=str(ratio_schedule), forecast=orders[forecast],
+            ratio_schedule=str(ratio_schedule), forecast=orders[forecast], tie_break=str(tie_break),
         ).validate()
         return io.NodeOutput(settings)

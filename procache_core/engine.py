@@ -98,7 +98,7 @@ class CacheRun:
             self._lane_span[self._lanes[i]] = (first, i)
         self._lane_start: dict[Hashable, tuple] = {}   # lane -> ((eval, stream), input of its first block)
         self._lane_used: dict[Hashable, tuple] = {}
-        self.selector = TokenSelector(self.selective.weights, grid_hw)
+        self.selector = TokenSelector(self.selective.weights, grid_hw, self.selective.tie_break)
         self.stats = RunStats()
         self.set_memory(memory or CacheMemory())
         has_selective = any(a == Action.SELECTIVE for a in schedule.actions)

@@ -195,6 +195,8 @@ def _selective_dict(sel: SelectiveSettings) -> dict[str, Any]:
         out["ratio_schedule"] = d["ratio_schedule"]
     if d["forecast"]:  # likewise
         out["forecast"] = d["forecast"]
+    if d["tie_break"] != "index":  # likewise
+        out["tie_break"] = d["tie_break"]
     return out
 
 

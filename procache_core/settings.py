@@ -66,6 +66,9 @@ class SelectiveSettings:
     # reused steps: 0 copies the cached outputs, 1 / 2 extrapolate them on the noise axis from the last
     # computed outputs (procache_core.forecast); independent of ``enabled``, which is about selective steps
     forecast: int = 0
+    # how tokens that score the same are ordered on selective steps (procache_core.tokens): "index" (the
+    # lower index first, the paper code's stable sort) or "stratified" (seeded, spread over the image)
+    tie_break: str = "index"
 
     def token_ratio(self, kind: str, progress: float, depth: float) -> float:
         """Share of tokens a ``kind`` ("mlp"/"cross") branch recomputes at ``progress``/``depth`` in [0, 1]."""
@@ -90,6 +93,9 @@ class SelectiveSettings:
                                 f"use one of {sorted(RATIO_SCHEDULES)}.")
         self.weights.validate()
         check_order(self.forecast)
+        if self.tie_break not in ("index", "stratified"):
+            raise ProCacheError("tie_break", f"is {self.tie_break!r}, not 'index' or 'stratified'.",
+                                "use 'stratified' to spread tied picks over the image, 'index' for raster order.")
         return self
 
     def first_selective_block(self, num_blocks: int) -> int:
@@ -113,7 +119,8 @@ class SelectiveSettings:
         if not isinstance(data, Mapping):
             raise ProCacheError("selective", f"must be a mapping, got {type(data).__name__}.",
                                 "write e.g. 'selective: {enabled: true, ratio: 0.3}'.")
-        known = {"enabled", "depth_fraction", "start_block", "ratio", "weights", "ratio_schedule", "forecast"}
+        known = {"enabled", "depth_fraction", "start_block", "ratio", "weights", "ratio_schedule", "forecast",
+                 "tie_break"}
         unknown = set(data) - known
         if unknown:
             raise ProCacheError(f"selective.{sorted(unknown)[0]}", "is not a known setting.",
@@ -135,7 +142,7 @@ class SelectiveSettings:
                       start_block=None if sb is None else int(sb),
                       ratio=float(data.get("ratio", 0.3)), weights=weights,
                       ratio_schedule=str(data.get("ratio_schedule", "constant")),
-                      forecast=forecast)
+                      forecast=forecast, tie_break=str(data.get("tie_break", "index")))
         except (TypeError, ValueError) as exc:
             raise ProCacheError("selective", f"has a value of the wrong type ({exc}).",
                                 "use numbers for ratio/depth_fraction/weights and an integer start_block.") from None

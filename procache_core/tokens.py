@@ -15,8 +15,12 @@ uses) never materialise. We rank by signals the cache already has, each normalis
   are runs of ``g*g`` consecutive tokens.
 
 Everything runs on whole batches with tensor ops (no Python loop over tokens, no host sync). Ties
-are broken deterministically by a stable sort (the lower token index wins) rather than ``topk``,
-whose order among equal values is unspecified. With ``chunks`` > 1 the batch is ``chunks`` equal
+are broken deterministically: by the token index (``tie_break="index"``, a stable sort, the lower index
+wins; right after a full step every token ties on staleness, so this picks the first rows of the image,
+or in joint blocks the text tokens) or by a seeded stratified order (``"stratified"``): the tokens of
+each ``g x g`` group of the grid get a random rank, the groups a random order, and a pick takes rank 0 of
+every group before rank 1 of any, so tied picks spread over the image and rotate from step to step. The
+order depends only on (step, N, grid), so runs repeat bit for bit. With ``chunks`` > 1 the batch is ``chunks`` equal
 parts (CFG cond/uncond); scores are averaged over the parts per sample and the same indices are used
 in every part.
 """
@@ -32,6 +36,9 @@ from torch import Tensor
 from .settings import ScoreWeights
 
 _EPS = 1e-12
+TIE_BREAKS = ("index", "stratified")
+TIE_SEED = 20260
+TIE_SCALE = 1e-4
 
 
 def num_tokens(ratio: float, n: int) -> int:
@@ -85,9 +92,44 @@ def group_best(scores: Tensor, g: int, grid_hw: tuple[int, int] | None) -> Tenso
 class TokenSelector:
     """Attention-free token scores and top-k selection shared across CFG chunks."""
 
-    def __init__(self, weights: ScoreWeights | None = None, grid_hw: tuple[int, int] | None = None) -> None:
+    def __init__(self, weights: ScoreWeights | None = None, grid_hw: tuple[int, int] | None = None,
+                 tie_break: str = "index") -> None:
         self.weights = weights if weights is not None else ScoreWeights()
         self.grid_hw = grid_hw
+        self.tie_break = tie_break
+        self._ties: dict[tuple, Tensor] = {}
+
+    def tie_order(self, step: int, n: int, k: int, grid_hw: tuple[int, int] | None, device) -> Tensor:
+        """(N,) float32 in [0, 1): the stratified tie-break priority of each token (higher first)."""
+        grid = self._grid(n, grid_hw)
+        g = group_side(n, k)
+        key = (int(step), n, g, grid, str(device))
+        hit = self._ties.get(key)
+        if hit is not None:
+            return hit
+        gen = torch.Generator().manual_seed(TIE_SEED + 7919 * int(step))
+        idx = torch.arange(n)
+        if grid is not None:
+            h, w = grid
+            gw = -(-w // g)
+            group = (idx // w // g) * gw + (idx % w) // g
+        else:
+            group = idx // (g * g)
+        n_groups = int(group.max()) + 1
+        group_rank = torch.randperm(n_groups, generator=gen)[group]
+        within = torch.empty(n, dtype=torch.long)
+        noise = torch.rand(n, generator=gen)
+        order = torch.argsort(group * 2.0 + noise)  # by group, random inside it
+        sizes = torch.bincount(group, minlength=n_groups)
+        starts = torch.cumsum(sizes, 0) - sizes
+        within[order] = torch.arange(n) - starts[group[order]]
+        pos = within * n_groups + group_rank           # 0 = first pick
+        prio = 1.0 - (pos.to(torch.float32) + 1.0) / (float(pos.max()) + 2.0)
+        prio = prio.to(device)
+        if len(self._ties) > 64:
+            self._ties.clear()
+        self._ties[key] = prio
+        return prio
 
     def _grid(self, n: int, grid_hw: tuple[int, int] | None) -> tuple[int, int] | None:
         grid = grid_hw if grid_hw is not None else self.grid_hw
@@ -126,6 +168,9 @@ class TokenSelector:
             if g > 1:
                 best = group_best(total, g, self._grid(n, grid_hw))
                 total = total + w.spatial * best.to(torch.float32)
+        if self.tie_break == "stratified":
+            # far below any real score difference (staleness steps are >= 1/steps apart): only orders ties
+            total = total + TIE_SCALE * self.tie_order(step, n, k, grid_hw, total.device)
         return total
 
     @staticmethod

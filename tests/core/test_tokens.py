@@ -1,6 +1,7 @@
 """TokenSelector: attention-free scores, spread, staleness, determinism."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from procache_core.engine import Branch, CacheRun
@@ -118,3 +119,37 @@ def test_scores_are_float32_for_low_precision_inputs():
     s = sel.scores(step=3, k=8, last_refresh=torch.zeros(2, 64, dtype=torch.int32), x_in=x,
                    input_ref=x * 0.9, cached=[x], grid_hw=(8, 8))
     assert s.dtype == torch.float32 and s.shape == (2, 64) and torch.isfinite(s).all()
+
+
+def test_stratified_tie_break_spreads_tied_picks_over_the_grid_and_repeats():
+    """All tokens tie (every one refreshed at the same step): index order takes the first rows, the
+    stratified order one token from each group of the grid, a different set on the next step, the same
+    set again for the same step."""
+    h = w = 16
+    n, k = h * w, 16
+    refresh = torch.zeros(1, n, dtype=torch.int32)
+    plain = TokenSelector(ONLY["staleness"], grid_hw=(h, w))(step=3, k=k, last_refresh=refresh)
+    assert plain[0].tolist() == list(range(k))
+    strat = TokenSelector(ONLY["staleness"], grid_hw=(h, w), tie_break="stratified")
+    a = strat(step=3, k=k, last_refresh=refresh)[0]
+    groups = {(int(i) // w // 4, int(i) % w // 4) for i in a}
+    assert len(groups) == k                      # one pick in each 4x4 group
+    again = TokenSelector(ONLY["staleness"], grid_hw=(h, w), tie_break="stratified")(step=3, k=k, last_refresh=refresh)
+    assert torch.equal(again[0], a)
+    b = strat(step=4, k=k, last_refresh=refresh + 1)[0]
+    assert not torch.equal(a, b)
+    # a real score difference still wins over the tie-break: stale tokens first
+    stale = refresh.clone()
+    stale[0, 200:] = -5
+    c = strat(step=3, k=k, last_refresh=stale)[0]
+    assert all(int(i) >= 200 for i in c)
+
+
+def test_tie_break_setting_is_checked_by_name():
+    from procache_core.errors import ProCacheError
+    from procache_core.settings import SelectiveSettings
+
+    with pytest.raises(ProCacheError) as e:
+        SelectiveSettings(tie_break="random").validate()
+    assert e.value.field == "tie_break"
+    assert SelectiveSettings.from_dict({"tie_break": "stratified"}).tie_break == "stratified"
