@@ -13,6 +13,7 @@ results table only.
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 from functools import lru_cache
@@ -27,6 +28,10 @@ TEMPLATES = DEST / "comfyui_workflow_templates_json" / "templates"
 MODEL_FILE_INPUT = re.compile(r"^(ckpt|unet|clip\d*|vae|lora|lora_name|model|control_net|clip_vision|"
                               r"upscale_model|style_model|gligen|audio_vae|text_encoder|vae_name\d*|"
                               r"latent_upscale_model|model_patch|unet_name\d*|clip_name\d*)(_name\d*)?$")
+# A model file by its name: a value_not_in_list on any input whose value is such a file, or whose list is
+# empty (a folder of model files the host has none of, e.g. audio_encoder_name, bg_removal_name), is a
+# missing model file too.
+MODEL_FILE_EXT = re.compile(r"\.(safetensors|sft|ckpt|pt|pth|bin|gguf|onnx)$", re.I)
 MEDIA_EXT = re.compile(r"\.(png|jpe?g|webp|gif|bmp|tiff?|mp4|webm|mov|mkv|avi|gifv|wav|mp3|flac|ogg|m4a|"
                        r"opus|aac|glb|gltf|obj|fbx|stl|ply|npz|safetensors|latent|json)$", re.I)
 TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
@@ -35,7 +40,8 @@ TINY_PNG = bytes.fromhex("89504e470d0a1a0a0000000d494844520000000100000001080600
 
 def templates_dir() -> Path:
     if not (TEMPLATES / "index.json").is_file():
-        subprocess.run(["bash", str(ROOT / "scripts" / "setup_templates.sh")], check=True)
+        subprocess.run(["bash", str(ROOT / "scripts" / "setup_templates.sh")], check=True,
+                       env={**os.environ, "PROCACHE_TEMPLATES_VERSION": VERSION})
     return TEMPLATES
 
 
@@ -109,7 +115,8 @@ def placeholder_inputs(prompt: dict, input_dir: Path) -> int:
 
 
 def validation_problems(resp_json: dict) -> list[str]:
-    """What in a refused /prompt answer is not a missing model file (value_not_in_list on a model-file input)."""
+    """What in a refused /prompt answer is not a missing model file (value_not_in_list on a model-file input,
+    on a model file name, or against an empty file list)."""
     bad = []
     err = resp_json.get("error") or {}
     node_errors = resp_json.get("node_errors") or {}
@@ -117,8 +124,11 @@ def validation_problems(resp_json: dict) -> list[str]:
         return [f"{err.get('type')}: {err.get('message')} {err.get('details', '')}"]
     for nid, ne in node_errors.items():
         for e in ne.get("errors") or []:
-            name = (e.get("extra_info") or {}).get("input_name", "")
-            if e.get("type") == "value_not_in_list" and MODEL_FILE_INPUT.match(str(name)):
+            extra = e.get("extra_info") or {}
+            name = extra.get("input_name", "")
+            if e.get("type") == "value_not_in_list" and (
+                    MODEL_FILE_INPUT.match(str(name)) or MODEL_FILE_EXT.search(str(extra.get("received_value", "")))
+                    or str(e.get("details", "")).endswith("not in []")):
                 continue
             bad.append(f"node {nid} ({ne.get('class_type')}): {e.get('type')} {name}: {e.get('details', '')}")
     return bad

@@ -175,7 +175,7 @@ def plan_ok(wf: dict) -> bool:
 def test_api_prompt_through_real_server(comfy_server, tmp_path):
     """An API prompt accelerated by the script runs on the real server with ProCache in effect."""
     base = comfy_server.base_url
-    plain = pixart_prompt(steps=12, prefix="acc_plain")
+    plain = pixart_prompt(steps=8, width=320, height=320, prefix="acc_plain")
     src = tmp_path / "plain.api.json"
     src.write_text(json.dumps(plain))
     dst = tmp_path / "fast.api.json"
