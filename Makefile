@@ -46,8 +46,10 @@ test-web: setup
 serve: models
 	cd $(COMFY) && ../../$(PY) main.py --cpu --listen 127.0.0.1 --port 8188
 
+# on a CUDA machine also the GPU-only code paths (benchmarks/gpu_checks.py, 2-3 minutes; without CUDA it says so)
 bench: models
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.gpu_checks
 
 # 4- and 8-step runs of the digits models in the real server, default few-step presets vs full compute (~5 min)
 bench-few-step: models
