@@ -85,7 +85,8 @@ def _save_tiff(img: torch.Tensor, path: Path) -> torch.Tensor:
 def _best_schedule(report: str) -> str:
     for line in report.splitlines():
         if line.startswith("*"):
-            return line[1:].split()[0]
+            parts = line[1:].split()
+            return parts[1] if parts[0] == "profile" else parts[0]
     raise ValueError(f"no best schedule in the search report:\n{report}")
 
 

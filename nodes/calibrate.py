@@ -13,7 +13,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..procache_core import proxy, search
+from ..procache_core import profile_search, proxy, search
 from ..procache_core.baselines import uniform_schedule
 from ..procache_core.presets import Preset, save_preset, validate_preset_name
 from ..procache_core.settings import SelectiveSettings
@@ -21,6 +21,8 @@ from .schedule_loader import ScheduleSocket, user_presets_dir
 from .selective_settings import SelectiveSocket
 
 log = logging.getLogger("ProCache")
+
+METHODS = ("sampled", "profile", "both")
 
 
 def _sample(model, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
@@ -31,7 +33,7 @@ def _sample(model, latent: dict, seed: int, steps: int, cfg: float, sampler_name
     noise = comfy.sample.prepare_noise(latent_image, seed, latent.get("batch_index"))
     return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent_image,
                                denoise=1.0, noise_mask=latent.get("noise_mask"), seed=seed, disable_pbar=True,
-                               callback=lambda step, x0, x, total: on_step())
+                               callback=lambda step, x0, x, total: on_step(x0))
 
 
 def _noise_of_run(model, steps: int, sampler_name: str, scheduler: str) -> tuple[float, ...] | None:
@@ -93,6 +95,12 @@ class ProCacheScheduleSearch(io.ComfyNode):
                                       tooltip="selective settings; when given, candidates get selective steps"),
                 io.String.Input("save_as", default="", optional=True,
                                 tooltip="when set, the best schedule is saved as user preset user/<name>"),
+                io.Combo.Input("method", options=list(METHODS), default=METHODS[0], optional=True,
+                               tooltip="sampled: K candidates drawn from the constrained space (non-increasing "
+                                       "reuse runs), each sampled. profile: from the full-compute run alone, how "
+                                       "far the prediction moves between steps, and the exact best schedule for "
+                                       "that profile (runs any order, dense early or late); 2 samplings in all. "
+                                       "both: the profile's schedule joins the sampled candidates."),
             ],
             outputs=[ScheduleSocket.Output(display_name="schedule"), io.String.Output(display_name="report")],
             is_output_node=True,
@@ -101,7 +109,7 @@ class ProCacheScheduleSearch(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
                 target_speedup, budget, vmin, vmax, k, search_seed, metric, selective=None,
-                save_as: str = "") -> io.NodeOutput:
+                save_as: str = "", method: str = "sampled") -> io.NodeOutput:
         import comfy.utils
 
         from ..procache_core.errors import ProCacheError
@@ -117,23 +125,55 @@ class ProCacheScheduleSearch(io.ComfyNode):
             validate_preset_name(save_as)
         if budget <= 0:
             budget = search.budget_for_speedup(steps, target_speedup, vmin, vmax)
+        if method not in METHODS:
+            raise ProCacheError("method", f"is {method!r}, not one of {list(METHODS)}.", "pick sampled, profile or both.")
         sel = selective.validate() if selective is not None else None
         use_sel = bool(sel is not None and sel.enabled)
-        candidates = search.sample_patterns(steps, budget, vmin, vmax, k, search_seed, selective=use_sel)
+        candidates = [] if method == "profile" else \
+            search.sample_patterns(steps, budget, vmin, vmax, k, search_seed, selective=use_sel)
+        if method != "sampled":  # the profile's schedule must exist before anything is sampled
+            search.PatternSpace(steps, budget, vmin, vmax)
+            if not (budget * (vmin + 1) <= steps <= budget * (vmax + 1)):
+                raise search._infeasible(steps, budget, vmin, vmax)
         uniform = uniform_schedule(steps, budget)
         uniform = uniform.with_selective(True) if use_sel else uniform
-        pbar = comfy.utils.ProgressBar((len(candidates) + 2) * steps)
-        run = lambda m: _sample(m, latent_image, seed, steps, cfg, sampler_name, scheduler, positive, negative,
-                                lambda: pbar.update(1))  # noqa: E731
+        pbar = comfy.utils.ProgressBar((len(candidates) + 2 + (method != "sampled")) * steps)
+        predictions: list[torch.Tensor] = []
 
-        reference = run(model).float()
+        def record(x0) -> None:
+            pbar.update(1)
+            if x0 is not None and method != "sampled":
+                predictions.append(x0.detach().float().cpu())
+
+        run = lambda m, cb=lambda x0: pbar.update(1): _sample(  # noqa: E731
+            m, latent_image, seed, steps, cfg, sampler_name, scheduler, positive, negative, cb)
+
+        reference = run(model, record).float()
+        profile = None
+        if method != "sampled":
+            if len(predictions) != steps:
+                raise ProCacheError("sampler_name", f"{sampler_name} reported {len(predictions)} of {steps} steps, so "
+                                    "no per-step profile could be recorded.", "use method sampled with this sampler.")
+            profile = profile_search.best_schedule(profile_search.reuse_cost(predictions), budget, vmin, vmax)
+            profile = profile.with_selective(True) if use_sel else profile
         scores = []
         for i, sched in enumerate(candidates):
             preset = Preset(name=f"candidate-{i}", schedule=sched, family="any")
             scores.append(proxy.METRICS[metric](run(_patched(model, preset, sel)).float(), reference))
         uni_score = proxy.METRICS[metric](run(_patched(model, Preset(name="uniform", schedule=uniform), sel)).float(),
                                           reference)
+        prof_score = None
+        if profile is not None:
+            prof_score = proxy.METRICS[metric](
+                run(_patched(model, Preset(name="profile", schedule=profile), sel)).float(), reference)
+            if method == "profile":  # the profile's schedule is the one candidate
+                candidates, scores = [profile], [prof_score]
         best = proxy.best_index(scores, metric)
+        profile_wins = (method == "both" and prof_score != scores[best]
+                        and proxy.best_index([scores[best], prof_score], metric) == 1)
+        if profile_wins:
+            candidates, scores = candidates + [profile], scores + [prof_score]
+            best = len(scores) - 1
         # uniform reuse is scored too; when it is closer to full compute on this model, it is the answer
         uniform_wins = (uni_score != scores[best] and proxy.best_index([scores[best], uni_score], metric) == 1)
         winner = uniform if uniform_wins else candidates[best]
@@ -147,12 +187,20 @@ class ProCacheScheduleSearch(io.ComfyNode):
                         "noise_axis": ("timestep percent of each step of this sampler and scheduler" if noise
                                        else "not recorded: runs as written at this step count"),
                         "date": _dt.date.today().isoformat(),
-                        "notes": (f"uniform reuse: it beat all {len(candidates)} constrained candidates"
-                                  if uniform_wins else f"best of {len(candidates)} constrained candidates")
-                                 + f" (vmin={vmin}, vmax={vmax}, search_seed={search_seed})"})
-        lines = [f"ProCache search: {steps} steps, budget {budget} full, {len(candidates)} candidates, {metric}"]
-        for i, (sched, sc) in enumerate(zip(candidates, scores)):
-            lines.append(f"{'*' if i == best else ' '} {sched.to_string()}  {metric}={sc:.5f}")
+                        "notes": (f"uniform reuse: it beat all {len(candidates)} candidates"
+                                  if uniform_wins else f"best of {len(candidates)} candidates")
+                                 + f" (method {method}, vmin={vmin}, vmax={vmax}, search_seed={search_seed})"})
+        shown = candidates[:-1] if profile_wins else candidates
+        lines = [f"ProCache search: {steps} steps, budget {budget} full, {len(shown)} candidates, {metric}"
+                 + ("" if method == "sampled" else f", method {method}")]
+        for i, (sched, sc) in enumerate(zip(shown, scores)):
+            mark = "*" if i == best and not (method == "profile" or profile_wins) else " "
+            if method != "profile":
+                lines.append(f"{mark} {sched.to_string()}  {metric}={sc:.5f}")
+        if profile is not None:
+            star = "*" if method == "profile" or profile_wins else " "
+            lines.append(f"{star} profile {profile.to_string()}  {metric}={prof_score:.5f}  (one-run profile, exact "
+                         "programme)")
         lines.append(f"  uniform {uniform.to_string()}  {metric}={uni_score:.5f}")
         beats = scores[best] != uni_score and proxy.best_index([uni_score, scores[best]], metric) == 1
         lines.append(f"best {metric}={scores[best]:.5f} vs uniform {metric}={uni_score:.5f}: "

@@ -205,3 +205,44 @@ def test_torchrun_split_and_gather(monkeypatch):
         calibrate.merge_rows([[{"index": 0}], [{"index": 0}]])  # a candidate scored twice
     with pytest.raises(calibrate.WorkflowError):
         calibrate.split_candidates(3, 2, 2)
+
+
+# -- (d) the one-run profile search: the exact programme's schedule, scored like the others -----------------
+@pytest.mark.parametrize("method", ["profile", "both"])
+def test_profile_search_from_one_full_run(comfy_server, method):
+    p = search_prompt(k=2)
+    p["search"]["inputs"]["method"] = method
+    entry = comfy_server.run(p, timeout=900)
+    report = report_of(entry)
+    print(f"\n{report}")
+    m = re.search(r"^([* ]) profile ([FC]+)  rel_l2=([\d.]+)", report, re.M)
+    assert m, report
+    sched = m.group(2)
+    assert len(sched) == STEPS and sched.count("F") == BUDGET and sched[0] == "F"
+    runs = [len(r) for r in sched.split("F")[1:]]
+    assert all(VMIN <= v <= VMAX for v in runs), runs
+    assert float(m.group(3)) > 0
+    cands, (u_actions, u_score) = parse_report(report) if method == "both" else ([], (None, None))
+    if method == "profile":
+        assert m.group(1) == "*" and "method profile" in report
+    else:
+        assert len(cands) == 2
+        best = min([c[1] for c in cands] + [float(m.group(3))])
+        starred = [c for c in cands if c[2]]
+        assert (m.group(1) == "*") == (float(m.group(3)) == best and not starred), report
+
+
+def test_profile_search_unknown_method_is_refused(comfy_server):
+    p = search_prompt(k=2)
+    p["search"]["inputs"]["method"] = "magic"
+    from comfy_client import PromptError
+
+    # refused by validation (a combo value) or by the node before any sampling, naming the input
+    try:
+        entry = comfy_server.run(p, timeout=300, raise_on_error=False)
+        text = json.dumps(entry["status"])
+        assert entry["status"]["status_str"] == "error", text[:400]
+    except PromptError as e:
+        text = str(e)
+    assert "method" in text, text[:600]
+    assert comfy_server.get("/system_stats").ok
