@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-quick bench-deep bench-load bench-faults bench-peers clean
+.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-quick bench-deep bench-load bench-faults bench-peers clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -54,6 +54,13 @@ bench: models
 # 4- and 8-step runs of the digits models in the real server, default few-step presets vs full compute (~5 min)
 bench-few-step: models
 	nice -n 10 $(PY) -m benchmarks.few_step
+
+# forecast against copy, and the selective steps' token picks, on the trained digits models in the real server (~2 min each)
+bench-forecast: models
+	nice -n 10 $(PY) -m benchmarks.forecast
+
+bench-tokens: models
+	nice -n 10 $(PY) -m benchmarks.token_picks
 
 bench-quick: models
 	$(PY) -m benchmarks.run --quick

@@ -13,7 +13,7 @@ the digits feature net's space), label accuracy; the block-evaluation ratio (Sta
 full compute over the row, both timed in this run (one sample each: a quality table, the speed figure is
 rough on a shared CPU).
 
-    python -m benchmarks.forecast                  # about 10 minutes on a shared 2-core CPU
+    python -m benchmarks.forecast                  # make bench-forecast; about 2 minutes on a shared 2-core CPU
     python -m benchmarks.forecast --report-only    # rewrite the table from raw/forecast_cpu.json
 
 Writes benchmarks/results/forecast_cpu.md and raw/forecast_cpu.json.
