@@ -215,7 +215,7 @@ def check_name(name: Any) -> str:
         raise RouteError(400, "ProCache: 'name' must be a string.", "name", "send e.g. {\"name\": \"my-preset\"}.")
     if name.startswith(USER_PREFIX):
         name = name[len(USER_PREFIX):]
-    if not NAME_RE.match(name) or name.startswith(".") or name in (".", ".."):
+    if not NAME_RE.fullmatch(name) or name.startswith(".") or name in (".", ".."):
         raise RouteError(400, f"ProCache: 'name' {name[:80]!r} is not allowed (use 1-64 letters, digits, '_', '-', "
                               "'.'; no leading dot, no slashes).", "name",
                          "pick a plain name such as 'dit-fast_v2'.")

@@ -36,7 +36,7 @@ PRESET_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
 MAX_PRESET_BYTES = 256 * 1024
 USER_PREFIX = "user/"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # fullmatch: a trailing newline is not a name
 _FAMILY_RE = re.compile(r"^[A-Za-z0-9_.-]{1,32}$")
 _MAX_MODEL_CHARS = 200
 _MAX_PROVENANCE_KEYS = 32
@@ -51,7 +51,7 @@ def validate_preset_name(name: Any) -> str:
     """The name itself when it is a safe file stem: [A-Za-z0-9_.-], 1..64 chars, no leading dot."""
     if not isinstance(name, str):
         raise ProCacheError("name", f"must be text, got {type(name).__name__}.", "use a name such as 'flux-28-fast'.")
-    if not _NAME_RE.match(name) or name.startswith("."):
+    if not _NAME_RE.fullmatch(name) or name.startswith("."):
         shown = name if len(name) <= 80 else name[:77] + "..."
         raise ProCacheError("name", f"{shown!r} is not allowed (1-64 letters, digits, '_', '-', '.'; "
                                     "no leading dot, no spaces or slashes).",
@@ -60,7 +60,7 @@ def validate_preset_name(name: Any) -> str:
 
 
 def _check_family(family: Any) -> str:
-    if not isinstance(family, str) or not _FAMILY_RE.match(family):
+    if not isinstance(family, str) or not _FAMILY_RE.fullmatch(family):
         raise ScheduleError("family", f"is {family!r}; it must be a short name (letters, digits, '_', '-', '.').",
                             "use the model family, e.g. pixart, flux, sd3, wan, dit, or 'any'.")
     return family.lower()
@@ -87,7 +87,7 @@ def _check_provenance(prov: Any) -> dict[str, Any]:
                             "keep source, sampler, budget, objective, date and notes.")
     out: dict[str, Any] = {}
     for key, value in prov.items():
-        if not isinstance(key, str) or not _PROV_KEY_RE.match(key):
+        if not isinstance(key, str) or not _PROV_KEY_RE.fullmatch(key):
             shown = key if isinstance(key, str) and len(key) <= 40 else repr(key)[:40]
             raise ScheduleError(f"provenance.{shown}", "is not a valid provenance key.",
                                 "use short keys of letters, digits and '_' such as source, sampler, budget, notes.")

@@ -336,3 +336,15 @@ def test_generator_is_deterministic_and_up_to_date():
     proc = subprocess.run([sys.executable, "scripts/generate_presets.py", "--check"], cwd=ROOT,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("bad", ["fast\n", "fast\nx", "\nfast"])
+def test_names_with_a_newline_are_refused(bad):
+    """``$`` matches before a trailing newline: names are checked whole (fullmatch)."""
+    from procache_core.presets import validate_preset_name
+
+    with pytest.raises(ProCacheError) as e:
+        validate_preset_name(bad)
+    assert e.value.field == "name"
+    with pytest.raises(ScheduleError):
+        presets.parse_preset_text(f"version: 1\nname: ok\nfamily: \"flux\\n\"\nactions: FCCF\n")
