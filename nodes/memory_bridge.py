@@ -74,6 +74,8 @@ class Estimate:
     rows: int
     dtype: torch.dtype
     decided: bool = False
+    copy_full_bytes: int | None = None    # the same without the forecast history (None: no forecasting)
+    copy_light_bytes: int | None = None
 
 
 def _streams(guider: Any) -> int:
@@ -150,6 +152,9 @@ def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | 
     block = max(rows * b.tokens * b.width * b.branches for b in layout) * args["elem_bytes"]
     est = Estimate(estimate_bytes(layout, light=False, history=history, **args),
                    estimate_bytes(layout, light=True, history=history, **args), block, rows, dtype)
+    if history:
+        est.copy_full_bytes = estimate_bytes(layout, light=False, **args)
+        est.copy_light_bytes = estimate_bytes(layout, light=True, **args)
     state.memory_estimate = est
     return est
 
@@ -268,6 +273,18 @@ def decide(state: Any, x: torch.Tensor) -> None:
     if x.device.type == "cpu" and plan.memory.placement == "cpu" and req.placement == "auto":
         plan = choose("device", req.mode if req.mode != "auto" else ("light" if plan.memory.light else "full"),
                       req.dtype, full, light, dev_free, host_free)  # on a CPU model the device IS CPU memory
+    if (est is not None and est.copy_full_bytes is not None and req.placement == "auto"
+            and plan.memory.placement == "cpu" and x.device.type != "cpu"):
+        # the forecast history is what pushes the cache off the device: copying on the device beats
+        # forecasting from CPU memory (which would copy anyway: procache_core.forecast)
+        plain = choose(req.placement, req.mode, req.dtype, est.copy_full_bytes, est.copy_light_bytes or 0,
+                       dev_free, host_free)
+        if plain.memory.placement == "device":
+            state.run.drop_forecast("the cache with its forecast history would not fit in free device memory")
+            plan = plain
+            est.full_bytes, est.light_bytes = est.copy_full_bytes, est.copy_light_bytes or 0
+            plan = type(plan)(plan.memory, plan.reason + " without the forecast history (reused steps copy)",
+                              plan.full_bytes, plan.light_bytes)
     state.run.set_memory(plan.memory)
     reason = plan.reason
     if evictable:

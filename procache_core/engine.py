@@ -120,6 +120,7 @@ class CacheRun:
             self._segment_of.append(seg)
         self._segment = 0
         self._t = 0.0   # noise-axis value of the current evaluation (forecasting)
+        self._forecast_off = False
         self._first_gain = torch.tensor(FIRST_GAIN)
         self.stats.start()
 
@@ -131,6 +132,8 @@ class CacheRun:
         self.memory = memory
         self.cache.storage = CacheStorage(memory.placement, memory.dtype)
         self.stats.cache_placement = memory.describe()
+        if getattr(self, "_forecast_off", False):  # drop_forecast said why
+            return
         self.stats.forecast = ORDER_NAMES[self.selective.forecast]
         if self.selective.forecast and (memory.placement != "device" or memory.dtype is not None):
             # the differences are formed from the newest outputs as working tensors: a cache kept in CPU
@@ -189,8 +192,17 @@ class CacheRun:
     # -- blocks -------------------------------------------------------------------------------
     def forecast_order(self, x: Tensor) -> int:
         """The forecast order used for stream ``x`` (0 when the cache is not kept as working tensors)."""
-        order = self.selective.forecast
+        order = 0 if self._forecast_off else self.selective.forecast
         return order if order and self.cache.storage.passthrough(x.dtype) else 0
+
+    def drop_forecast(self, reason: str) -> None:
+        """Reused steps copy for the rest of this run (e.g. the history would not fit); only before
+        anything is cached, so every block behaves the same."""
+        if len(self.cache):
+            raise ProCacheError("forecast", "cannot change once the cache holds tensors.",
+                                "decide it before the first step.")
+        self._forecast_off = True
+        self.stats.forecast = f"off (copy): {reason}"
 
     def _forecast(self, entry: BlockEntry, name: str) -> Tensor:
         """A reused branch output: the cached one, or its forecast at this evaluation's noise value."""

@@ -101,3 +101,35 @@ def test_hint_steps_aside_for_a_later_object_patch_of_memory_required():
     assert base.memory_required is other and base.memory_required([2, 4, 16, 16]) == 1007   # kept, ours inert
     comfy.utils.set_attr(base, "memory_required", backup["memory_required"])              # the host's unpatch
     assert base.memory_required([2, 4, 16, 16]) == 1000
+
+
+def test_auto_drops_the_forecast_history_before_moving_the_cache_to_cpu(monkeypatch, caplog):
+    """A forecasting run whose cache fits on the device only without its history: the cache stays on the
+    device and reused steps copy (Stats says why); with room for both, both stay."""
+    pack = load_pack()
+    SelectiveSettings = importlib.import_module("procache_pack.procache_core.settings").SelectiveSettings
+    CacheRun = importlib.import_module("procache_pack.procache_core.engine").CacheRun
+    Schedule = importlib.import_module("procache_pack.procache_core.schedule").Schedule
+    mb, state, _ = _state(pack)
+    state.run = CacheRun(Schedule.from_string("FCFC"), SelectiveSettings(forecast=1), num_blocks=4)
+    base = types.SimpleNamespace(manual_cast_dtype=None, get_dtype=lambda: torch.float16)
+    guider = types.SimpleNamespace(conds={"positive": [{}], "negative": [{}]}, cfg=3.0,
+                                   model_patcher=types.SimpleNamespace(model=base))
+    est = mb.estimate(state, guider, (1, 4, 16, 16))
+    plain = 4 * 2 * 64 * 32 * 2 * 2
+    assert est.full_bytes == 2 * plain and est.copy_full_bytes == plain  # order 1: one difference per output
+    room = int(1.5 * plain / 0.9)   # the plain cache fits in 90 % of it, the one with history does not
+    monkeypatch.setattr(mb, "_free", lambda dev: room if dev.type != "cpu" else 10 ** 12)
+    with caplog.at_level(logging.INFO, logger="ProCache"):
+        mb.decide(state, torch.empty(2, 4, 16, 16, device="meta"))
+    assert state.run.memory.placement == "device"
+    assert state.run.stats.forecast.startswith("off (copy): the cache with its forecast history would not fit")
+    assert state.run.forecast_order(torch.empty(1, dtype=torch.float16)) == 0
+    assert "without the forecast history" in caplog.text
+    # room for both: the forecast stays
+    mb, state, _ = _state(pack)
+    state.run = CacheRun(Schedule.from_string("FCFC"), SelectiveSettings(forecast=1), num_blocks=4)
+    mb.estimate(state, guider, (1, 4, 16, 16))
+    monkeypatch.setattr(mb, "_free", lambda dev: 10 ** 12)
+    mb.decide(state, torch.empty(2, 4, 16, 16, device="meta"))
+    assert state.run.memory.placement == "device" and state.run.stats.forecast == "light (order 1)"
