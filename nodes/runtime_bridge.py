@@ -547,7 +547,8 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
             f"({summary['block_evals_saved']:.1f} of {stats.block_evals_full} block evals saved), "
             f"est. FLOPs speed-up {stats.flops_speedup:.2f}x, {stats.tokens_recomputed} tokens recomputed, "
             f"{stats.cache_text()}, "
-            + (f"{stats.forecast_text()}, " if stats.forecast_text() else "") + f"sampling {wall:.2f} s")
+            + (f"{stats.forecast_text()}, " if stats.forecast_text() else "")
+            + (f"{stats.guard_text()}, " if stats.guard_text() else "") + f"sampling {wall:.2f} s")
     if stats.forced_full_evals:
         line += f", {stats.forced_full_evals} forced full (no usable cache)"
     if state.few_step is not None:
@@ -586,7 +587,7 @@ def _merge_stats(dst: Any, src: Any) -> None:
     """Add a worker device's run stats to the run's (counts summed, peaks per device)."""
     for name in ("steps_full", "steps_cached", "steps_selective", "forced_full_evals", "block_evals_full",
                  "block_evals_done", "tokens_recomputed", "flops_full", "flops_done", "peak_cache_bytes",
-                 "peak_history_bytes"):
+                 "peak_history_bytes", "guard_fired"):
         setattr(dst, name, getattr(dst, name) + getattr(src, name))
     for dev, n in src.peak_cache_bytes_by_device.items():
         dst.peak_cache_bytes_by_device[dev] = max(dst.peak_cache_bytes_by_device.get(dev, 0), n)

@@ -58,6 +58,12 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                                        "tokens (top rows of the image; text tokens in joint blocks), as the "
                                        "paper's code. stratified: a seeded spread over the image, rotating "
                                        "from step to step (same output run after run)."),
+                io.Float.Input("drift_guard", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
+                               tooltip="0: off. Else the first block runs on every reused step as a probe, and a "
+                                       "step whose probe moved more than this many times the drift the last full "
+                                       "steps showed runs in full (e.g. 2.0). Stats counts the extra full steps."),
+                io.Float.Input("drift_budget", default=0.1, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="At most this share of the run's steps may be turned full by the drift guard."),
             ],
             outputs=[SelectiveSocket.Output(display_name="selective")],
         )
@@ -66,7 +72,7 @@ class ProCacheSelectiveSettings(io.ComfyNode):
     def execute(cls, enabled: bool, depth_fraction: float, ratio: float, w_staleness: float = 1.0,
                 w_input_change: float = 0.0, w_output_norm: float = 0.0, w_spatial: float = 0.0,
                 ratio_schedule: str = "constant", forecast: str = ORDER_NAMES[0],
-                tie_break: str = "index") -> io.NodeOutput:
+                tie_break: str = "index", drift_guard: float = 0.0, drift_budget: float = 0.1) -> io.NodeOutput:
         orders = {name: order for order, name in ORDER_NAMES.items()}
         if forecast not in orders:
             from ..procache_core.errors import ProCacheError
@@ -78,5 +84,6 @@ class ProCacheSelectiveSettings(io.ComfyNode):
             weights=ScoreWeights(staleness=float(w_staleness), input_change=float(w_input_change),
                                  output_norm=float(w_output_norm), spatial=float(w_spatial)),
             ratio_schedule=str(ratio_schedule), forecast=orders[forecast], tie_break=str(tie_break),
+            drift_guard=float(drift_guard), drift_budget=float(drift_budget),
         ).validate()
         return io.NodeOutput(settings)

@@ -65,6 +65,10 @@ class StreamState:
     refresh_step: int = -1              # step of the evaluation that last computed this stream in full
     decided_eval: int = -1              # model evaluation the FULL/reuse decision below was made for
     eval_full: bool = False             # that evaluation runs every block FULL
+    # drift guard (engine): block 0's outputs at the last full evaluation, its noise value, and the drift
+    # per noise unit measured between the last two full evaluations
+    guard_ref: tuple | None = None
+    guard_rate: float | None = None
 
 
 def block_signature(x: Tensor, names: tuple[str, ...]) -> tuple:

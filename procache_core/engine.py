@@ -121,6 +121,11 @@ class CacheRun:
         self._segment = 0
         self._t = 0.0   # noise-axis value of the current evaluation (forecasting)
         self._forecast_off = False
+        sel = self.selective
+        self._guard = float(sel.drift_guard)
+        self._guard_left = max(1, round(sel.drift_budget * len(schedule))) if self._guard and sel.drift_budget > 0 else 0
+        if self._guard:
+            self.stats.drift_guard = f"x{self._guard:g} (at most {self._guard_left})"
         self._first_gain = torch.tensor(FIRST_GAIN)
         self.stats.start()
 
@@ -246,13 +251,53 @@ class CacheRun:
                     self.stats.forced_full_evals += 1
                 action = Action.FULL
         if action == Action.FULL:
-            return self._full(block, x, branches, signature)
+            out = self._full(block, x, branches, signature)
+            if self._guard and block == 0:
+                self._guard_reference(stream, signature)
+            return out
         assert entry is not None
+        if self._guard and block == 0 and self.cache.storage.passthrough(x.dtype):
+            return self._guarded_first_block(stream, x, branches, signature)
         work = self.cache.checkout(self._stream_key, block, entry,
                                    ahead=block + 1 if block + 1 < self.num_blocks else None)
         if action == Action.SELECTIVE:
             return self._selective(block, x, branches, work, stored=entry)
         return self._cached(x, branches, work)
+
+    # -- drift guard ------------------------------------------------------------------------------
+    def _block0_outputs(self, signature: tuple) -> Tensor:
+        entry = self.cache.get(self._stream_key, 0, signature)
+        return torch.cat([t.reshape(-1) for t in entry.outputs.values()]).float()
+
+    def _guard_reference(self, stream, signature: tuple, rate: bool = True) -> None:
+        """A full evaluation: block 0's outputs become the reference; the drift since the previous one
+        per noise unit is what reused steps are expected to show (one device sync). A step the guard made
+        full sets the reference only: its jump is not the drift the schedule expects."""
+        ref = self._block0_outputs(signature).clone()
+        old = stream.guard_ref
+        if rate and old is not None and old[0].shape == ref.shape and abs(self._t - old[1]) > 1e-9:
+            moved = float((ref - old[0]).norm() / old[0].norm().clamp_min(1e-30))
+            stream.guard_rate = moved / abs(self._t - old[1])
+        stream.guard_ref = (ref, self._t)
+
+    def _guarded_first_block(self, stream, x: Tensor, branches: Sequence[Branch], signature: tuple) -> Tensor:
+        """A reused evaluation's first block, computed in full as the probe: when it moved far more since
+        the last full evaluation than the drift rate predicts, the rest of this evaluation runs full."""
+        out = self._full(block=0, x=x, branches=branches, signature=signature)
+        ref = stream.guard_ref
+        if ref is None or stream.guard_rate is None or self._guard_left <= 0:
+            return out
+        probe = self._block0_outputs(signature)
+        if probe.shape != ref[0].shape:
+            return out
+        moved = float((probe - ref[0]).norm() / ref[0].norm().clamp_min(1e-30))
+        expected = stream.guard_rate * abs(self._t - ref[1])
+        if moved > self._guard * expected:
+            stream.eval_full = True
+            self._guard_left -= 1
+            self.stats.guard_fired += 1
+            self._guard_reference(stream, signature, rate=False)
+        return out
 
     def _decide_eval(self, stream, block: int, signature: tuple) -> None:
         """Decide once per evaluation and stream whether every block runs FULL.

@@ -69,6 +69,11 @@ class SelectiveSettings:
     # how tokens that score the same are ordered on selective steps (procache_core.tokens): "index" (the
     # lower index first, the paper code's stable sort) or "stratified" (seeded, spread over the image)
     tie_break: str = "index"
+    # drift guard (procache_core.engine): 0 = off; else a reused step whose first block moved more than this
+    # many times the drift the last computed steps predict becomes a full step, at most ``drift_budget`` of
+    # the steps in a run
+    drift_guard: float = 0.0
+    drift_budget: float = 0.1
 
     def token_ratio(self, kind: str, progress: float, depth: float) -> float:
         """Share of tokens a ``kind`` ("mlp"/"cross") branch recomputes at ``progress``/``depth`` in [0, 1]."""
@@ -93,6 +98,12 @@ class SelectiveSettings:
                                 f"use one of {sorted(RATIO_SCHEDULES)}.")
         self.weights.validate()
         check_order(self.forecast)
+        if not (self.drift_guard == 0.0 or 1.0 <= self.drift_guard <= 100.0):
+            raise ProCacheError("drift_guard", f"is {self.drift_guard}, neither 0 (off) nor in [1, 100].",
+                                "use 0 to switch it off or e.g. 2.0 (twice the expected drift).")
+        if not (0.0 <= self.drift_budget <= 1.0):
+            raise ProCacheError("drift_budget", f"is {self.drift_budget}, outside [0, 1].",
+                                "use a share of the steps such as 0.1 (at most one extra full step in ten).")
         if self.tie_break not in ("index", "stratified"):
             raise ProCacheError("tie_break", f"is {self.tie_break!r}, not 'index' or 'stratified'.",
                                 "use 'stratified' to spread tied picks over the image, 'index' for raster order.")
@@ -120,7 +131,7 @@ class SelectiveSettings:
             raise ProCacheError("selective", f"must be a mapping, got {type(data).__name__}.",
                                 "write e.g. 'selective: {enabled: true, ratio: 0.3}'.")
         known = {"enabled", "depth_fraction", "start_block", "ratio", "weights", "ratio_schedule", "forecast",
-                 "tie_break"}
+                 "tie_break", "drift_guard", "drift_budget"}
         unknown = set(data) - known
         if unknown:
             raise ProCacheError(f"selective.{sorted(unknown)[0]}", "is not a known setting.",
@@ -142,7 +153,8 @@ class SelectiveSettings:
                       start_block=None if sb is None else int(sb),
                       ratio=float(data.get("ratio", 0.3)), weights=weights,
                       ratio_schedule=str(data.get("ratio_schedule", "constant")),
-                      forecast=forecast, tie_break=str(data.get("tie_break", "index")))
+                      forecast=forecast, tie_break=str(data.get("tie_break", "index")),
+                      drift_guard=float(data.get("drift_guard", 0.0)), drift_budget=float(data.get("drift_budget", 0.1)))
         except (TypeError, ValueError) as exc:
             raise ProCacheError("selective", f"has a value of the wrong type ({exc}).",
                                 "use numbers for ratio/depth_fraction/weights and an integer start_block.") from None

@@ -66,6 +66,8 @@ class RunStats:
     cache_placement: str = ""         # what the cache was kept as, e.g. "full cache in CPU memory (bfloat16)"
     forecast: str = "off (copy)"     # how reused steps got their features (procache_core.forecast.ORDER_NAMES)
     peak_history_bytes: int = 0       # of peak_cache_bytes' kind: the forecast differences alone
+    drift_guard: str = ""             # "" off, else e.g. "x2.0, at most 2 extra full steps"
+    guard_fired: int = 0              # reused evaluations the drift guard turned into full ones
     wall_s: float | None = None
     _t0: float | None = field(default=None, repr=False)
 
@@ -115,6 +117,10 @@ class RunStats:
             text += f"; {self.cache_placement})" if self.cache_placement else ")"
         return text
 
+    def guard_text(self) -> str:
+        """``drift guard x2: 1 extra full step (at most 2)``; empty when off."""
+        return f"drift guard {self.drift_guard}: {self.guard_fired} extra full" if self.drift_guard else ""
+
     def forecast_text(self) -> str:
         """``forecast light (order 1), history 3.5 MiB``; empty when reused steps copy (the default)."""
         if self.forecast == "off (copy)":
@@ -163,6 +169,8 @@ class RunStats:
             "cache_placement": self.cache_placement,
             "forecast": self.forecast,
             "peak_history_bytes": self.peak_history_bytes,
+            "drift_guard": self.drift_guard,
+            "guard_fired": self.guard_fired,
             "wall_s": self.wall_s,
         }
 
@@ -178,6 +186,8 @@ class RunStats:
         ]
         if self.forecast_text():
             parts.append(self.forecast_text())
+        if self.guard_text():
+            parts.append(self.guard_text())
         if self.forced_full_evals:
             parts.append(f"{self.forced_full_evals} forced full (no usable cache)")
         if self.wall_s is not None:
