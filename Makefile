@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-quick bench-deep bench-load bench-faults bench-peers clean
+.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-drift bench-quick bench-deep bench-load bench-faults bench-peers clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -61,6 +61,9 @@ bench-forecast: models
 
 bench-tokens: models
 	nice -n 10 $(PY) -m benchmarks.token_picks
+
+bench-drift: models
+	nice -n 10 $(PY) -m benchmarks.drift_guard
 
 bench-quick: models
 	$(PY) -m benchmarks.run --quick

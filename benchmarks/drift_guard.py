@@ -6,7 +6,8 @@ x1.5, x2 and x3 (budget 0.1: at most 2 extra full steps). PSNR / FD-full against
 seed (1000); the block-evaluation ratio from Stats (the guard's probe, block 0 on every reused step, and the
 steps it turns full are counted); the extra full steps it took.
 
-    python -m benchmarks.drift_guard        # make bench-drift; about 2 minutes on a shared 2-core CPU
+    python -m benchmarks.drift_guard                 # make bench-drift; about 2 minutes on a shared 2-core CPU
+    python -m benchmarks.drift_guard --report-only   # rewrite the table from raw/drift_guard_cpu.json
 
 Writes benchmarks/results/drift_guard_cpu.md and raw/drift_guard_cpu.json.
 """
