@@ -20,7 +20,7 @@ MATRIX_TESTS="${MATRIX_TESTS:-tests/host/test_families_server.py tests/host/test
   tests/host/test_noise_axis.py tests/host/test_demo_digits.py tests/host/test_nodes_server.py
   tests/host/test_adapter_registry.py tests/host/test_family_kandinsky5.py tests/host/test_family_ltxav.py
   tests/host/test_ltxav_inprocess.py tests/host/test_family_variants.py tests/host/test_family_variants_inprocess.py
-  tests/host/test_multigpu_split.py tests/host/test_dynamic_vram.py tests/host/test_few_step_server.py tests/host/test_forecast_server.py tests/host/test_token_picks_server.py}"
+  tests/host/test_multigpu_split.py tests/host/test_dynamic_vram.py tests/host/test_few_step_server.py tests/host/test_forecast_server.py tests/host/test_token_picks_server.py tests/host/test_drift_guard_server.py}"
 # The newest host (what most users run): every real-server, in-process and browser test (its pinned front end
 # and 1.58.1), as on 0.3.75.
 NEWEST_TESTS="${NEWEST_TESTS:-tests/host tests/web}"
