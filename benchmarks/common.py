@@ -139,3 +139,26 @@ class LossLog:
     def final_avg100(self) -> float:
         tail = self.losses[-100:]
         return round(sum(tail) / max(1, len(tail)), 5)
+
+
+def head_commit() -> str:
+    """The short commit of the checkout the bench runs in ("unknown" outside git)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def write_results(stem: str, run: Callable[[], dict], report: Callable[[dict], str], report_only: bool) -> None:
+    """Run a bench (or, with ``report_only``, read its raw/<stem>.json again), stamp the commit and date it ran
+    at, and write results/<stem>.md from it."""
+    raw = RESULTS / "raw" / f"{stem}.json"
+    if report_only:
+        res = json.loads(raw.read_text())
+    else:
+        res = run()
+        res["commit"], res["date"] = head_commit(), time.strftime("%Y-%m-%d")
+        write_json(raw, res)
+    (RESULTS / f"{stem}.md").write_text(report(res))
+    print(f"wrote {RESULTS / (stem + '.md')}")

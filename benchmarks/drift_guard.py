@@ -13,7 +13,6 @@ Writes benchmarks/results/drift_guard_cpu.md and raw/drift_guard_cpu.json.
 """
 from __future__ import annotations
 
-import json
 import re
 import sys
 import tempfile
@@ -22,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
-from .common import RESULTS, md_table
-from .forecast import FAMILIES, SEED, _commit, _server
+from .common import md_table, write_results
+from .forecast import FAMILIES, SEED, _server
 from .host_quality import CASES, _init_images, _save_tiff, uniform_schedule
 
 STEPS = 20
@@ -103,16 +102,7 @@ def report(res: dict) -> str:
 
 
 def main() -> None:
-    raw = RESULTS / "raw" / "drift_guard_cpu.json"
-    if "--report-only" in sys.argv:
-        res = json.loads(raw.read_text())
-    else:
-        res = run()
-        res["commit"], res["date"] = _commit(), time.strftime("%Y-%m-%d")
-        raw.write_text(json.dumps(res, indent=1))
-    (RESULTS / "drift_guard_cpu.md").write_text(report(res))
-    print(f"wrote {RESULTS / 'drift_guard_cpu.md'}")
-
+    write_results("drift_guard_cpu", run, report, "--report-only" in sys.argv)
 
 if __name__ == "__main__":
     main()

@@ -21,8 +21,6 @@ Writes benchmarks/results/forecast_cpu.md and raw/forecast_cpu.json.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -31,7 +29,7 @@ from typing import Any
 import torch
 
 from . import host_digits as hd
-from .common import RESULTS, md_table
+from .common import md_table, write_results
 from .host_quality import CASES, paper_schedule, uniform_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -117,14 +115,6 @@ def run(families=FAMILIES, cases=None, repeat: int = 3, seed: int = SEED, log=pr
     return res
 
 
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
-                              check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
-
-
 def report(res: dict) -> str:
     lines = ["# Forecast against copy (digits models, in-host)", "",
              f"Made at commit `{res.get('commit', '?')}` on {res.get('date', '?')} by `python -m benchmarks.forecast` "
@@ -173,16 +163,8 @@ def main(argv=None) -> None:
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--seed", type=int, default=SEED)
     args = ap.parse_args(argv)
-    raw = RESULTS / "raw" / "forecast_cpu.json"
-    if args.report_only:
-        res = json.loads(raw.read_text())
-    else:
-        res = run(families=tuple(args.families.split(",")), repeat=args.repeat, seed=args.seed)
-        res["commit"], res["date"] = _commit(), time.strftime("%Y-%m-%d")
-        raw.parent.mkdir(parents=True, exist_ok=True)
-        raw.write_text(json.dumps(res, indent=1))
-    (RESULTS / "forecast_cpu.md").write_text(report(res))
-    print(f"wrote {RESULTS / 'forecast_cpu.md'}")
+    write_results("forecast_cpu", lambda: run(families=tuple(args.families.split(",")), repeat=args.repeat,
+                                              seed=args.seed), report, args.report_only)
 
 
 if __name__ == "__main__":

@@ -19,15 +19,15 @@ Writes benchmarks/results/token_picks_cpu.md and raw/token_picks_cpu.json.
 """
 from __future__ import annotations
 
-import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
-from .common import RESULTS, md_table
-from .forecast import FAMILIES, SEED, _commit, _server
+from .common import md_table, write_results
+from .forecast import FAMILIES, SEED, _server
 from .host_quality import CASES, _init_images, _save_tiff
 
 STEPS = 20
@@ -133,18 +133,7 @@ def report(res: dict) -> str:
 
 
 def main() -> None:
-    import sys
-
-    raw = RESULTS / "raw" / "token_picks_cpu.json"
-    if "--report-only" in sys.argv:
-        res = json.loads(raw.read_text())
-    else:
-        res = run()
-        res["commit"], res["date"] = _commit(), time.strftime("%Y-%m-%d")
-        raw.write_text(json.dumps(res, indent=1))
-    (RESULTS / "token_picks_cpu.md").write_text(report(res))
-    print(f"wrote {RESULTS / 'token_picks_cpu.md'}")
-
+    write_results("token_picks_cpu", run, report, "--report-only" in sys.argv)
 
 if __name__ == "__main__":
     main()
