@@ -22,7 +22,7 @@ from typing import Any
 
 from . import host_digits as hd
 from .common import md_table, write_results
-from .forecast import FAMILIES, SEED, _server
+from .forecast import FAMILIES, SEED, _server, case_sampler
 from .host_quality import CASES, _init_images, _save_tiff, uniform_schedule
 
 STEPS = 20
@@ -52,15 +52,7 @@ def run(repeat: int = 3, seed: int = SEED, log=print) -> dict:
         for fam in FAMILIES:
             client.run(hd.digits_prompt(fam, digits="0", steps=2, prefix="warm"), timeout=900)
             for case in CASES:
-                base = dict(digits="0123456789", repeat=repeat, steps=STEPS, sampler=case["sampler"],
-                            scheduler=case["scheduler"], denoise=case["denoise"], seed=seed)
-                if case["denoise"] < 1.0:
-                    base["init_image"] = "digits_init.tiff"
-
-                def sample(**kw):
-                    e = client.run(hd.digits_prompt(fam, prefix="dg", **base, **kw), timeout=1800)
-                    return hd.decode_latent_file(client.output_files(e, "latents")[0]), e
-
+                sample = case_sampler(client, fam, case, repeat, seed, "dg", STEPS)
                 x_full, _ = sample()
                 f_full = features(featnet, x_full).numpy()
                 for g in GUARDS:

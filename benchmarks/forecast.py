@@ -56,6 +56,21 @@ def _server():
 SEED = 1000
 
 
+def case_sampler(client, fam: str, case: dict, repeat: int, seed: int, prefix: str, steps: int = STEPS):
+    """``sample(**digits_prompt kwargs) -> (decoded images, history entry)`` for one model and sampler case
+    (img2img cases start from the server's input/digits_init.tiff); shared by the digits benches."""
+    base = dict(digits="0123456789", repeat=repeat, steps=steps, sampler=case["sampler"],
+                scheduler=case["scheduler"], denoise=case["denoise"], seed=seed)
+    if case["denoise"] < 1.0:
+        base["init_image"] = "digits_init.tiff"
+
+    def sample(**kw):
+        e = client.run(hd.digits_prompt(fam, prefix=prefix, **base, **kw), timeout=1800)
+        return hd.decode_latent_file(client.output_files(e, "latents")[0]), e
+
+    return sample
+
+
 def run(families=FAMILIES, cases=None, repeat: int = 3, seed: int = SEED, log=print) -> dict:
     from .data import features, load_digits_images, load_or_train_featnet
 
@@ -83,14 +98,11 @@ def run(families=FAMILIES, cases=None, repeat: int = 3, seed: int = SEED, log=pr
             schedules = {"uniform": uniform_schedule(STEPS, BUDGET), "paper": paper_schedule(fam, STEPS)}
             cells = []
             for case in cases:
-                base = dict(digits=digits, repeat=repeat, steps=STEPS, sampler=case["sampler"],
-                            scheduler=case["scheduler"], denoise=case["denoise"], seed=seed)
-                if case["denoise"] < 1.0:
-                    base["init_image"] = "digits_init.tiff"
+                sample_case = case_sampler(client, fam, case, repeat, seed, "fc")
 
                 def sample(**kw):
-                    e = client.run(hd.digits_prompt(fam, prefix="fc", **base, **kw), timeout=1800)
-                    return hd.decode_latent_file(client.output_files(e, "latents")[0]), e, hd.exec_seconds(e)
+                    x, e = sample_case(**kw)
+                    return x, e, hd.exec_seconds(e)
 
                 x_full, _, t_full = sample()
                 f_full = features(featnet, x_full).numpy()

@@ -27,7 +27,7 @@ from typing import Any
 
 from . import host_digits as hd
 from .common import md_table, write_results
-from .forecast import FAMILIES, SEED, _server
+from .forecast import FAMILIES, SEED, _server, case_sampler
 from .host_quality import CASES, _init_images, _save_tiff
 
 STEPS = 20
@@ -68,15 +68,7 @@ def run(families=FAMILIES, repeat: int = 3, seed: int = SEED, log=print) -> dict
             acts = _schedule(fam)
             cells = []
             for case in CASES:
-                base = dict(digits="0123456789", repeat=repeat, steps=STEPS, sampler=case["sampler"],
-                            scheduler=case["scheduler"], denoise=case["denoise"], seed=seed)
-                if case["denoise"] < 1.0:
-                    base["init_image"] = "digits_init.tiff"
-
-                def sample(**kw):
-                    e = client.run(hd.digits_prompt(fam, prefix="tp", **base, **kw), timeout=1800)
-                    return hd.decode_latent_file(client.output_files(e, "latents")[0]), e
-
+                sample = case_sampler(client, fam, case, repeat, seed, "tp", STEPS)
                 x_full, _ = sample()
                 f_full = features(featnet, x_full).numpy()
                 rows = []
