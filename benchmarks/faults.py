@@ -6,7 +6,7 @@ Scenarios (each counts faults injected, runs that recovered, data lost):
                step, the second inside a selective step, the rest at seeded random evaluations/blocks),
                each followed by the same prompt without the fault: it must equal a fresh run bitwise.
                The interrupt is the host's own flag (what POST /interrupt sets), raised at a known place
-               by the test node ProCacheTestInterruptAt (tests/host_nodes/nodes_faults.py).
+               by the test node ProCacheTestInterruptAt (tests/host_nodes/nodes_interrupt_at.py).
 * queued       a user preset replaced (through the UI's save with overwrite, and by a plain rewrite of
                the file) or deleted while a run that uses it waits in the queue: the run uses what the
                file holds when it starts (equal to a fresh run of that schedule) or fails with a

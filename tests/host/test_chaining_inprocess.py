@@ -8,7 +8,7 @@ import torch
 
 from _families import A, patched_run
 from _inprocess import FakePatcher
-from test_adapter_families import call, tiny_flux, tiny_pixart, tiny_wan
+from test_adapters_pixart_flux_sd3_wan import call, tiny_flux, tiny_pixart, tiny_wan
 
 
 def _foreign(args, extra):
@@ -81,10 +81,10 @@ import importlib.util  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
-    "procache_test_nodes_families_chain", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_families.py")
+    "procache_test_nodes_families_chain", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_tiny_families.py")
 NF = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(NF)
-import test_adapter_families_more as M  # noqa: E402
+import test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream as M  # noqa: E402
 
 # family -> (builder, block patched with +offset: dit key or forward object-patch key, exact all-FULL
 # with the offset installed after Apply: the adapters mark the host's fused (addcmul) residuals, so every

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from _families import patched_run
-from test_adapter_families import call, tiny_flux
+from test_adapters_pixart_flux_sd3_wan import call, tiny_flux
 
 from procache_pack.nodes.adapters import compiled as C  # noqa: E402
 from procache_pack.nodes.adapters import flux as F  # noqa: E402

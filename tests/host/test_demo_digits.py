@@ -105,7 +105,7 @@ def test_digit_prompt_rejects_bad_characters(comfy_server):
 
 
 def test_easycache_fp32_input_aliasing_and_the_benchs_copy_node(comfy_server):
-    """Why the in-host bench runs the host's EasyCache on a copy of the model input (nodes_peers.py): on the
+    """Why the in-host bench runs the host's EasyCache on a copy of the model input (tests/host_nodes/nodes_copy_model_input.py): on the
     fp32 Flux digits model the as-shipped EasyCache corrupts the steps it skips, the copied-input run
     follows full compute closely while skipping steps. If the host fixes the aliasing, the first assert
     fails and the bench's "as shipped" rows can go."""

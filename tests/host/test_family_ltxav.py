@@ -5,7 +5,7 @@ tests/host_nodes/tiny_ltxav.py).
 The audio-video latent is put together as the host's LTX-2 templates do: EmptyLTXVLatentVideo + an empty
 audio latent + the host's LTXVConcatAVLatent (a NestedTensor the sampler packs), the prompts go through
 LTXVConditioning. The host's empty audio latent node needs the audio VAE checkpoint, so the audio latent
-comes from a test node (tests/host_nodes/nodes_ltxav.py: the same zeros from that VAE's layout); the
+comes from a test node (tests/host_nodes/nodes_ltxav_latents.py: the same zeros from that VAE's layout); the
 sampled NestedTensor is packed with the host's comfy.utils.pack_latents for SaveLatent (one file holds
 both streams, compared bit for bit).
 

@@ -2,7 +2,7 @@
 Qwen-Image layered (``qwen_image``) and Chroma Radiance (``chroma``).
 
 Tiny random-weight models of the host's own classes (test node ProCacheTestTinyDiT, builders in
-tests/host_nodes/tiny_flux2_more.py) with the host's own latent nodes. Per variant: unpatched vs all-FULL
+tests/host_nodes/tiny_family_variants.py) with the host's own latent nodes. Per variant: unpatched vs all-FULL
 (equal bit for bit), a selective schedule (changes the output finitely, ProCache Stats names the family,
 the logged cache estimate equals the cache peak), then batch 2 at another size with the same patched
 MODEL, and one more estimate check on an input that exercises what differs in the variant: klein's

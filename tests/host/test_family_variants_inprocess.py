@@ -1,5 +1,5 @@
 """Flux.2 klein, Qwen-Image layered and Chroma Radiance in process, on the tiny networks the server test
-uses (tests/host_nodes/tiny_flux2_more.py): detected as their family, all-FULL through the adapter equals
+uses (tests/host_nodes/tiny_family_variants.py): detected as their family, all-FULL through the adapter equals
 the unpatched network bit for bit, and the cache size estimate equals the bytes the cache then holds,
 exactly (the server test compares them at the log's 0.1 MiB), full and light cache, on the inputs where
 a layout could go wrong: klein's prompt padded to 512 tokens, layered's layer axis and 5-D reference
@@ -22,7 +22,7 @@ from procache_pack.nodes import memory_bridge as MB  # noqa: E402
 from procache_pack.procache_core.memory import CacheMemory  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
-    "procache_test_nodes_families_variants", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_families.py")
+    "procache_test_nodes_families_variants", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_tiny_families.py")
 NF = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(NF)
 

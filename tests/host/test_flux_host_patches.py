@@ -32,8 +32,8 @@ from comfy_client import COMFY_DIR
 from workflows import add_procache, saved_latent, stats_line
 
 load_pack()
-import test_adapter_families as TAF  # noqa: E402  (tiny Flux.1 and its inputs)
-import test_adapter_families_more as TAM  # noqa: E402  (Flux.2, Chroma, HunyuanVideo builders and inputs)
+import test_adapters_pixart_flux_sd3_wan as TAF  # noqa: E402  (tiny Flux.1 and its inputs)
+import test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream as TAM  # noqa: E402  (Flux.2, Chroma, HunyuanVideo builders and inputs)
 from procache_pack.nodes.adapters import flux as F  # noqa: E402
 
 

@@ -1,6 +1,6 @@
 """A ComfyUI whose blocks changed: ProCache verifies its adapter, warns once and falls back safely.
 
-Through the REAL server, with ProCacheTestDriftModel (tests/host_nodes/nodes_drift.py) standing in for a
+Through the REAL server, with ProCacheTestDriftModel (tests/host_nodes/nodes_drifted_blocks.py) standing in for a
 future host: it reloads a tiny PixArt (object-patched blocks) or SD3 (``dit`` replace patches) through the
 host's loader and turns its blocks into subclasses that either compute something else (``scale``: the
 residual update times 1.25) or renamed an attribute the adapter reads (``rename``: an AttributeError in

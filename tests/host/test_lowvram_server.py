@@ -8,7 +8,7 @@ started, a CPU load device gets ``VRAMState.DISABLED`` and a complete load whate
 (``comfy.model_management.load_models_gpu``).
 
 What the flags do on a GPU is a partial load, and that is what these tests force, on the normal
-``--cpu`` server, with the test node ``ProCacheTestLowVram`` (tests/host_nodes/nodes_compat.py): the
+``--cpu`` server, with the test node ``ProCacheTestLowVram`` (tests/host_nodes/nodes_lowvram_load.py): the
 host's own ``ModelPatcher.load`` gets a small weight budget (30 % of the weights, as ``--lowvram`` would
 leave room for; nothing for ``--novram``'s 0.1-byte budget) and offloads the rest, so those layers cast
 their weights per call (``comfy_cast_weights``) and apply weight patches on the fly (``LowVramPatch``).

@@ -28,7 +28,7 @@ except ImportError:
 from procache_pack.procache_core.memory import CacheMemory, estimate_bytes  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location(
-    "procache_test_nodes_families", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_families.py")
+    "procache_test_nodes_families", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_tiny_families.py")
 NF = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(NF)
 

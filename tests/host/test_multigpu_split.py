@@ -170,7 +170,7 @@ def tiny_z_image_patcher(seed: int = 4, disable_dynamic: bool = False):
     global _NF
     if _NF is None:
         spec = importlib.util.spec_from_file_location("procache_test_nodes_families_mgpu",
-                                                      ROOT / "tests" / "host_nodes" / "nodes_families.py")
+                                                      ROOT / "tests" / "host_nodes" / "nodes_tiny_families.py")
         _NF = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(_NF)
     import comfy.supported_models
@@ -251,7 +251,7 @@ def test_split_after_apply_and_apply_after_split_agree(two_cpu_devices):
 def test_host_block_call_is_per_thread():
     """Two threads in one shared Flux patch object at once each call their own host block (the host's
     block_wrap of their call), never the other thread's: the patch keeps it per thread and per call."""
-    from test_adapter_families import tiny_flux
+    from test_adapters_pixart_flux_sd3_wan import tiny_flux
 
     dm = tiny_flux()
     fp = FakePatcher(dm)

@@ -1,7 +1,7 @@
 """Through the REAL server: selective steps recompute tokens in every family, caches never go stale
 when the host splits and re-batches cond/uncond, and ProCache composes with another pack's block patch.
 
-Test-only nodes: tests/host_nodes/nodes_selective.py (tiny SD3/Wan builders, row counters, an offset
+Test-only nodes: tests/host_nodes/nodes_selective_probes.py (tiny SD3/Wan builders, row counters, an offset
 block patch, low-memory batch splitting through the host's own memory check).
 """
 from __future__ import annotations

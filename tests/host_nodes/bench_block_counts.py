@@ -1,6 +1,7 @@
 """Bench-only ComfyUI nodes for `make bench-peers` (never shipped, never in the host's custom_nodes).
 
-The bench server loads this folder through its own extra custom-nodes path. The nodes count how often
+The bench server links this file into a custom-nodes folder of its own (an extra custom-nodes path), as a
+single-file custom node; the test-node extension of this folder never serves it. The nodes count how often
 the diffusion model and each of its transformer blocks run, whichever pack (ProCache, TeaCache, FBCache,
 MagCache) wraps the model, so every peer's block-evaluation ratio is measured the same way: forward
 pre-hooks on the host's block modules, counted between a Start node upstream of the cache and a Report

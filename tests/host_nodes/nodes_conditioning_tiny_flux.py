@@ -1,8 +1,9 @@
-"""Seeded stand-ins for a text encoder, so PixArt/Flux-style models can be sampled in tests."""
+"""Seeded stand-ins for a text encoder (random conditioning) and a tiny Flux.1 MODEL, so PixArt/Flux-style
+models can be sampled in tests."""
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.latest import io
 
 
 class ProCacheTestConditioning(io.ComfyNode):
@@ -92,20 +93,4 @@ class ProCacheTestTinyFlux(io.ComfyNode):
                                                               offload_device=mm.unet_offload_device()))
 
 
-def _topic_nodes() -> list[type[io.ComfyNode]]:
-    """Nodes of the topic modules beside this one (``nodes_<topic>.py``, each exporting ``NODES``)."""
-    import importlib
-    import pkgutil
-    from pathlib import Path
-
-    found: list[type[io.ComfyNode]] = []
-    for info in sorted(pkgutil.iter_modules([str(Path(__file__).parent)]), key=lambda m: m.name):
-        if info.name.startswith("nodes_"):
-            mod = importlib.import_module(f"{__package__}.{info.name}")
-            found.extend(getattr(mod, "NODES", []))
-    return found
-
-
-class ProCacheTestExtension(ComfyExtension):
-    async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [ProCacheTestConditioning, ProCacheTestTinyFlux, *_topic_nodes()]
+NODES = [ProCacheTestConditioning, ProCacheTestTinyFlux]

@@ -11,7 +11,7 @@ from comfy_api.latest import io
 
 try:
     from .tiny_models import host_params
-except ImportError:  # loaded by file path (tests/host/test_adapter_families_more.py): no package
+except ImportError:  # loaded by file path (tests/host/test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream.py): no package
     import importlib.util as _ilu
     from pathlib import Path as _Path
 
@@ -281,11 +281,11 @@ TINY = {"hidream": ("HiDream", tiny_hidream_net), "ltxv": ("LTXV", tiny_ltxv_net
             seed, context_dim, latent_channels=_latent_channels("HunyuanVideo15")))}
 
 
-def _load_more_tiny() -> None:
-    """Families added later keep their tiny builders in ``tiny_<family>.py`` beside this file: each defines
+def _load_tiny_builders() -> None:
+    """The families not built above keep their tiny builders in ``tiny_<what>.py`` beside this file: each defines
     ``TINY = {family: (supported_models config name, builder(seed, context_dim) -> (net, cfg))}``.
     Loaded by path with ``seeded_``, ``host_params`` and ``latent_channels`` set as globals, so they work
-    both as package modules and when this file is loaded by path (tests/host/test_adapter_families_more.py)."""
+    both as package modules and when this file is loaded by path (tests/host/test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream.py)."""
     import importlib.util
     from pathlib import Path
 
@@ -306,7 +306,7 @@ def _latent_channels(format_name: str) -> int:
     return int(getattr(comfy.latent_formats, format_name).latent_channels)
 
 
-_load_more_tiny()
+_load_tiny_builders()
 
 
 class ProCacheTestTinyDiT(io.ComfyNode):

@@ -1,6 +1,6 @@
 """Tiny variants of families whose adapters already exist: Flux.2 klein, Qwen-Image layered, Chroma Radiance.
 
-Loaded by ``nodes_families._load_more_tiny`` (``seeded_`` and ``host_params`` are set as globals). Each is
+Loaded by ``nodes_tiny_families._load_tiny_builders`` (``seeded_`` and ``host_params`` are set as globals). Each is
 the host's own network class with the variant's config at width 64 (2 heads of 32), built into the
 variant's ``supported_models`` config like the loader does. A variant the host lacks is not offered
 (``TINY`` has no key for it), so a test can tell the host has it from ProCacheTestTinyDiT's options.

@@ -1,6 +1,6 @@
 """Tiny Kandinsky 5 video and image networks (host class ``comfy.ldm.kandinsky5.model.Kandinsky5``).
 
-Loaded by ``nodes_families._load_more_tiny`` (``seeded_`` and ``latent_channels`` are set as globals).
+Loaded by ``nodes_tiny_families._load_tiny_builders`` (``seeded_`` and ``latent_channels`` are set as globals).
 Width 64 (2 heads of 32: head_dim is ``sum(axes_dims)``), 1 text encoder block, 2 visual decoder blocks.
 The host's loader fixes the text widths (Qwen2.5-VL 3584, CLIP pooled 768), so a checkpoint cannot be
 small; here the prompt is ``context_dim`` wide and the pooled vector ``POOLED_DIM``.

@@ -1,6 +1,6 @@
 """Tiny LTX-2 audio-video network (host class ``comfy.ldm.lightricks.av_model.LTXAVModel``).
 
-Loaded by ``nodes_families._load_more_tiny`` (``seeded_`` is set as a global). Video width 64 (2 heads of
+Loaded by ``nodes_tiny_families._load_tiny_builders`` (``seeded_`` is set as a global). Video width 64 (2 heads of
 32), audio width 32 (2 heads of 16), 2 audio-video blocks, the latents' fixed channel layouts (video 128,
 audio 8 channels x 16 frequency bins). The host's loader fixes the widths (32 heads of 128 / 64), so a
 checkpoint cannot be small. Text: the conditioning is ``2 * context_dim`` wide, the video and the audio
