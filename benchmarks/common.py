@@ -1,13 +1,18 @@
-"""Shared helpers: machine info, timing (interleaved repeats, median), markdown tables, JSON output."""
+"""Shared helpers: machine info, timing (interleaved repeats, median), markdown tables and number cells,
+JSON output, the results README's marked blocks, the digits demo module."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import math
 import os
 import platform
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import torch
@@ -105,6 +110,56 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(out)
 
 
+def fmt_num(x: float | None, nd: int = 2) -> str:
+    """A table cell: ``x`` to ``nd`` decimals, "n/a" where the bench could not measure it (None or NaN)."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{nd}f}"
+
+
+def block_marks(name: str) -> tuple[str, str]:
+    """The start and end markers of the results README's block ``name`` (HTML comments, invisible)."""
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def block_in(text: str, start: str, end: str) -> str | None:
+    """The block between ``start`` and ``end`` in ``text``, markers included (None where it has none)."""
+    if start in text and end in text:
+        return start + text.split(start, 1)[1].split(end, 1)[0] + end
+    return None
+
+
+def put_block(text: str, start: str, end: str, block: str, at_end: bool = False) -> str:
+    """``text`` with its block between ``start`` and ``end`` (markers included) replaced by ``block`` (which
+    carries the markers): in place, or moved to the end with ``at_end``; appended where ``text`` has none.
+    Each bench owns one block, so rerunning one bench leaves the others' numbers as they are."""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        if not at_end:
+            return head + block + tail
+        text = head.rstrip("\n") + "\n" + tail.lstrip("\n")
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def write_readme_block(readme: Path, start: str, end: str, block: str, at_end: bool = False) -> None:
+    """:func:`put_block` on the README file (a missing one starts as the results README's title)."""
+    old = readme.read_text() if readme.exists() else "# ProCache benchmark results\n"
+    readme.write_text(put_block(old, start, end, block, at_end))
+
+
+def digits_module() -> ModuleType:
+    """nodes/demo/digits.py, imported by path once (it has no relative imports; the host's comfy is imported
+    lazily), so the benches and trainers use the demo's own models without loading the pack."""
+    name = "procache_demo_digits"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, RESULTS.parents[1] / "nodes" / "demo" / "digits.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
+
 def write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, default=str))
@@ -148,6 +203,12 @@ def head_commit() -> str:
                               capture_output=True, text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001
         return "unknown"
+
+
+def made_stamp(res: dict, module: str) -> str:
+    """The first words of a bench table: the commit and date it ran at, the command, its seconds (CPU)."""
+    return (f"Made at commit `{res.get('commit', '?')}` on {res.get('date', '?')} by `python -m {module}` "
+            f"({res['seconds']:.0f} s, CPU).")
 
 
 def write_results(stem: str, run: Callable[[], dict], report: Callable[[dict], str], report_only: bool) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
-from .common import md_table, write_results
+from .common import made_stamp, md_table, write_results
 from .forecast import FAMILIES, SEED, _server, case_sampler
 from .host_quality import CASES, _init_images, _save_tiff, uniform_schedule
 
@@ -72,8 +72,7 @@ def run(repeat: int = 3, seed: int = SEED, log=print) -> dict:
 
 def report(res: dict) -> str:
     lines = ["# Drift guard (digits models, in-host)", "",
-             f"Made at commit `{res['commit']}` on {res['date']} by `python -m benchmarks.drift_guard` "
-             f"({res['seconds']:.0f} s, CPU). {res['steps']} steps, schedule `{res['schedule']}`, selective steps "
+             made_stamp(res, "benchmarks.drift_guard") + f" {res['steps']} steps, schedule `{res['schedule']}`, selective steps "
              f"off, {res['n_samples']} samples per row, seed {res['seed']}; budget 0.1 (at most 2 extra full steps).",
              "", md_table(["model", "case", "guard", "extra full", "blocks", "PSNR dB", "FD-full"],
                           [[r["family"], r["case"], "off" if not r["guard"] else f"x{r['guard']:g}", r["extra_full"],

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from . import host_digits as hd
-from .common import RESULTS, machine_info, md_table
+from .common import RESULTS, block_marks, machine_info, md_table, write_readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ("flux", "pixart")
@@ -53,7 +53,7 @@ CASES = [
 STEPS = (3, 4, 8)
 ALTERNATIVES = {3: ("FFC", "FCF"), 4: ("FFCF", "FCFF", "FFFC", "FCFC"), 8: ("FCFCFCFF", "FCFFFCFF", "FCCFCFCF")}
 QUALITY_BAR_DB = 30.0   # the rule that picked the shipped few-step schedules and the short-run floor
-README_START, README_END = "<!-- few-step:start -->", "<!-- few-step:end -->"
+README_START, README_END = block_marks("few-step")
 
 
 def default_prompt(fam: str, **kw) -> dict:
@@ -361,13 +361,7 @@ def readme_block(res: dict, commit: str | None) -> str:
 
 
 def update_readme(res: dict, commit: str | None, readme: Path = RESULTS / "README.md") -> None:
-    old = readme.read_text()
-    block = readme_block(res, commit)
-    if README_START in old and README_END in old:
-        head, rest = old.split(README_START, 1)
-        readme.write_text(head + block + rest.split(README_END, 1)[1])
-    else:
-        readme.write_text(old.rstrip("\n") + "\n\n" + block + "\n")
+    write_readme_block(readme, README_START, README_END, readme_block(res, commit))
 
 
 def _commit() -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from . import host_digits as hd
-from .common import md_table, write_results
+from .common import made_stamp, md_table, write_results
 from .host_quality import CASES, paper_schedule, uniform_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,8 +129,7 @@ def run(families=FAMILIES, cases=None, repeat: int = 3, seed: int = SEED, log=pr
 
 def report(res: dict) -> str:
     lines = ["# Forecast against copy (digits models, in-host)", "",
-             f"Made at commit `{res.get('commit', '?')}` on {res.get('date', '?')} by `python -m benchmarks.forecast` "
-             f"({res['seconds']:.0f} s, CPU). {res['steps']} steps, {res['n_samples']} samples per row (seed "
+             made_stamp(res, "benchmarks.forecast") + f" {res['steps']} steps, {res['n_samples']} samples per row (seed "
              f"{res.get('seed', 0)}; the forecast gain constants were picked on seed 0), selective steps off; PSNR and "
              "FD-full against full compute of the same seed; the wall ratio is one timed sample each (rough).", ""]
     for fam, fr in res["families"].items():

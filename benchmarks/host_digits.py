@@ -7,7 +7,6 @@ host's SaveLatent node and are decoded with the demo's fixed linear map.
 """
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -15,21 +14,12 @@ from typing import Any
 
 import torch
 
+from .common import digits_module
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_CHOICE = {"flux": "flux (double + single blocks)", "pixart": "pixart-alpha (cross-attention)"}
 PAPER_PRESET = {"flux": "flux-dev-50-paper", "pixart": "pixart-alpha-dpm20-paper"}
 CFG = 3.0
-
-
-def digits_module():
-    """nodes/demo/digits.py by path (no relative imports; the host's comfy is imported lazily)."""
-    name = "procache_demo_digits"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "nodes" / "demo" / "digits.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def digits_prompt(family: str, *, digits: str = "0123456789", repeat: int = 1, steps: int = 20, cfg: float = CFG,
@@ -43,7 +33,7 @@ def digits_prompt(family: str, *, digits: str = "0123456789", repeat: int = 1, s
     procache: {"actions": "FCC..."} or {"preset": name}, optional "selective": {inputs of Selective Compute
     Settings}; search: inputs of ProCache Schedule Search (its schedule then feeds ProCache Apply);
     hostcache: ("EasyCache" | "LazyCache", reuse_threshold[, copy_input]); copy_input puts the test node
-    ProCacheTestCopyModelInput before the cache node (tests/host_nodes/nodes_peers.py says why)."""
+    ProCacheTestCopyModelInput before the cache node (tests/host_nodes/nodes_copy_model_input.py says why)."""
     batch = len(digits) * repeat
     p: dict[str, dict] = {
         "model": {"class_type": "ProCacheDemoDigitsModel", "inputs": {"model": MODEL_CHOICE[family]}},

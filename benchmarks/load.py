@@ -31,6 +31,8 @@ from typing import Any
 
 import requests
 
+from .common import block_marks, write_readme_block
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 from comfy_client import COMFY_DIR, VENV_PY, ComfyServer  # noqa: E402
@@ -413,8 +415,7 @@ def _cpu_lines(res: dict[str, Any]) -> list[str]:
             "takes (server and client alike) is taken from it.", ""]
 
 
-SECTION_START = "<!-- reliability:start -->"
-SECTION_END = "<!-- reliability:end -->"
+SECTION_START, SECTION_END = block_marks("reliability")
 
 
 def update_readme_section(name: str, text: str) -> None:
@@ -426,12 +427,7 @@ def update_readme_section(name: str, text: str) -> None:
                        "Produced by `make bench-load` (benchmarks/load.py) and `make bench-faults` "
                        "(benchmarks/faults.py); details in load_cpu.md and faults_cpu.md.", ""]
                       + [p.read_text() for p in sorted(sec.glob("*.md"))] + [SECTION_END])
-    readme = RESULTS / "README.md"
-    old = readme.read_text() if readme.exists() else "# ProCache benchmark results\n"
-    if SECTION_START in old and SECTION_END in old:
-        head, rest = old.split(SECTION_START, 1)
-        old = head.rstrip("\n") + "\n" + rest.split(SECTION_END, 1)[1].lstrip("\n")
-    readme.write_text(old.rstrip("\n") + "\n\n" + block + "\n")
+    write_readme_block(RESULTS / "README.md", SECTION_START, SECTION_END, block, at_end=True)
 
 
 def compare_markdown(runs: dict[str, dict[str, Any]]) -> str:

@@ -14,7 +14,7 @@ Every row is one KSampler run of the digits model (seed 0, digits 0-9) with the 
 sampler, measured like the in-host quality bench (benchmarks/host_quality.py, whose metrics and prompt
 builder this reuses): wall speed-up (host-reported execution time against full compute timed before
 and after the methods), block-evaluation ratio (ProCache Stats for ProCache; for the peers the calls of
-the host's block modules counted by forward pre-hooks, benchmarks/peer_nodes), PSNR / SSIM to full
+the host's block modules counted by forward pre-hooks, tests/host_nodes/bench_block_counts.py), PSNR / SSIM to full
 compute, Fréchet distance to the full-compute samples and to real digits, and label accuracy.
 Comparison is at matched compute speed-up (1 / block ratio): ProCache's curve over its budgets is
 interpolated at each peer row's speed-up, and at each peer's best quality the speed-up ProCache reaches
@@ -35,6 +35,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from .common import block_marks, fmt_num, write_readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -280,7 +282,8 @@ def _bench_nodes_dir(workdir: Path, found: list[tuple[Peer, Path, dict]]) -> Pat
     nodes.mkdir(parents=True, exist_ok=True)
     for _, path, _ in found:
         (nodes / path.name).symlink_to(path, target_is_directory=True)
-    (nodes / "ProCacheBenchPeerNodes").symlink_to(ROOT / "benchmarks" / "peer_nodes", target_is_directory=True)
+    # a single-file custom node (the host loads ``<name>.py`` entries as modules)
+    (nodes / "ProCacheBenchPeerNodes.py").symlink_to(ROOT / "tests" / "host_nodes" / "bench_block_counts.py")
     cfg = workdir / "extra_paths.yaml"
     cfg.write_text(f"procache_bench_peers:\n  custom_nodes: {nodes}\n")
     return cfg
@@ -604,12 +607,6 @@ def _mag_calibrate(client, srv, fam, base, plain, fam_res, log, PromptError) -> 
 
 # --------------------------------------------------------------------------------------------- report
 
-def _fmt(x, nd=2) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return "n/a"
-    return f"{x:.{nd}f}"
-
-
 def _caveat(row: dict, family: str) -> str:
     """What the peer's spec says about running it on this family (e.g. coefficients fit to other weights)."""
     if row["method"].endswith("+ourratios"):
@@ -672,12 +669,12 @@ def markdown(results: dict, commit: str | None = None) -> str:
                 vs = ""
                 if m:
                     vs = {"procache": "ProCache", "peer": "peer", None: "n/a"}[m["winner"]]
-                    vs += f" ({_fmt(m['procache_psnr'])} dB)" if m["procache_psnr"] is not None else f" ({m['note']})"
+                    vs += f" ({fmt_num(m['procache_psnr'])} dB)" if m["procache_psnr"] is not None else f" ({m['note']})"
                     if m["winner"] is None and m.get("note") == "metrics disagree":
                         vs += ", metrics disagree"
-                rows.append([r["label"], _fmt(r["block_eval_fraction"], 3), _fmt(compute_speedup(r)),
-                             _fmt(r.get("cpu_speedup")), _fmt(r["wall_speedup"]), _fmt(r["psnr"]), _fmt(r["ssim"], 4), _fmt(r["fd_full"], 3),
-                             _fmt(r["fd_real"], 1), _fmt(r["label_acc"], 2), vs, r.get("note") or _caveat(r, fam)
+                rows.append([r["label"], fmt_num(r["block_eval_fraction"], 3), fmt_num(compute_speedup(r)),
+                             fmt_num(r.get("cpu_speedup")), fmt_num(r["wall_speedup"]), fmt_num(r["psnr"]), fmt_num(r["ssim"], 4), fmt_num(r["fd_full"], 3),
+                             fmt_num(r["fd_real"], 1), fmt_num(r["label_acc"], 2), vs, r.get("note") or _caveat(r, fam)
                              or (f"off ProCache's envelope: {dom[r['label']]} is faster and higher in PSNR"
                                  if r["label"] in dom else "")])
             lines.append(md_table(["method", "blocks", "speed-up", "CPU", "wall", "PSNR", "SSIM", "FD-full", "FD-real",
@@ -710,9 +707,9 @@ def summary_lines(results: dict, level: str = "##") -> list[str]:
                     rows.append([fam, case["name"], m, "n/a", "n/a", "n/a", why])
                     continue
                 rows.append([fam, case["name"], m,
-                             f"{s['best_label']}: {_fmt(s['best_psnr'])} dB at {_fmt(s['best_speedup'])}x "
-                             f"(CPU {_fmt(s['best_cpu'])}x, wall {_fmt(s['best_wall'])}x)",
-                             _fmt(s["procache_speedup_at_best"]) + ("x" if s["procache_speedup_at_best"] else
+                             f"{s['best_label']}: {fmt_num(s['best_psnr'])} dB at {fmt_num(s['best_speedup'])}x "
+                             f"(CPU {fmt_num(s['best_cpu'])}x, wall {fmt_num(s['best_wall'])}x)",
+                             fmt_num(s["procache_speedup_at_best"]) + ("x" if s["procache_speedup_at_best"] else
                                                                      " (no ProCache budget reaches it)"),
                              f"{len(s['procache_wins'])} / {len(s['peer_wins'])} of {s['rows']}",
                              "; ".join(s["peer_wins"]) or "none"])
@@ -757,16 +754,16 @@ def losses_lines(results: dict) -> list[str]:
                     continue
                 m = matched(r, curve)
                 if m["winner"] == "peer":
-                    out.append(f"{where}: **{r['label']}** ({_fmt(r['psnr'])} dB, FD-full {_fmt(r['fd_full'], 3)} at "
-                               f"{_fmt(m['speedup'])}x) beats ProCache there ({_fmt(m['procache_psnr'])} dB, "
-                               f"FD-full {_fmt(m['procache_fd_full'], 3)})" if m["procache_psnr"] is not None else
-                               f"{where}: **{r['label']}** ({_fmt(r['psnr'])} dB at {_fmt(m['speedup'])}x) is faster "
+                    out.append(f"{where}: **{r['label']}** ({fmt_num(r['psnr'])} dB, FD-full {fmt_num(r['fd_full'], 3)} at "
+                               f"{fmt_num(m['speedup'])}x) beats ProCache there ({fmt_num(m['procache_psnr'])} dB, "
+                               f"FD-full {fmt_num(m['procache_fd_full'], 3)})" if m["procache_psnr"] is not None else
+                               f"{where}: **{r['label']}** ({fmt_num(r['psnr'])} dB at {fmt_num(m['speedup'])}x) is faster "
                                "and better than ProCache's fastest setting")
                 elif m.get("note") == "metrics disagree":
                     out.append(f"{where}: {r['label']} has "
                                + ("the lower FD-full" if r["fd_full"] < m["procache_fd_full"] else "the higher PSNR")
-                               + f" at {_fmt(m['speedup'])}x ({_fmt(r['psnr'])} dB / {_fmt(r['fd_full'], 3)} against "
-                               f"ProCache's {_fmt(m['procache_psnr'])} dB / {_fmt(m['procache_fd_full'], 3)})")
+                               + f" at {fmt_num(m['speedup'])}x ({fmt_num(r['psnr'])} dB / {fmt_num(r['fd_full'], 3)} against "
+                               f"ProCache's {fmt_num(m['procache_psnr'])} dB / {fmt_num(m['procache_fd_full'], 3)})")
             for label, better in dominated(rows).items():
                 out.append(f"{where}: ProCache's own **{label}** is beaten by its {better} (faster and higher PSNR)")
     eff = cpu_efficiency(results)
@@ -816,7 +813,7 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-README_START, README_END = "<!-- peers:start -->", "<!-- peers:end -->"
+README_START, README_END = block_marks("peers")
 
 
 def readme_block(results: dict) -> str:
@@ -848,13 +845,7 @@ def readme_block(results: dict) -> str:
 
 
 def update_readme(results: dict, readme: Path = RESULTS / "README.md") -> None:
-    old = readme.read_text() if readme.exists() else "# ProCache benchmark results\n"
-    block = readme_block(results)
-    if README_START in old and README_END in old:
-        head, rest = old.split(README_START, 1)
-        readme.write_text(head + block + rest.split(README_END, 1)[1])
-    else:
-        readme.write_text(old.rstrip("\n") + "\n\n" + block + "\n")
+    write_readme_block(readme, README_START, README_END, readme_block(results))
 
 
 def main(argv: list[str] | None = None) -> int:

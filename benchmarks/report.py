@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .common import md_table
+from .common import block_in, block_marks, md_table
 
 COLORS = {"full": "black", "uniform": "tab:gray", "procache": "tab:blue", "procache+sel": "tab:red",
           "easycache": "tab:green", "lazycache": "tab:olive"}
@@ -401,9 +401,9 @@ def write_readme(out_dir: Path, info: dict, mode: str, speed: list[dict] | None,
     old = path.read_text() if path.exists() else ""
     # the sections benchmarks/peers.py and benchmarks/load.py + faults.py keep
     for name in ("peers", "reliability"):
-        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-        if start in old and end in old:
-            lines += ["", start + old.split(start, 1)[1].split(end, 1)[0] + end, ""]
+        kept = block_in(old, *block_marks(name))
+        if kept is not None:
+            lines += ["", kept, ""]
     path.write_text("\n".join(lines))
     return path
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
-from .common import md_table, write_results
+from .common import made_stamp, md_table, write_results
 from .forecast import FAMILIES, SEED, _server, case_sampler
 from .host_quality import CASES, _init_images, _save_tiff
 
@@ -87,8 +87,7 @@ def run(families=FAMILIES, repeat: int = 3, seed: int = SEED, log=print) -> dict
 
 def report(res: dict) -> str:
     lines = ["# Token picks on selective steps (digits models, in-host)", "",
-             f"Made at commit `{res['commit']}` on {res['date']} by `python -m benchmarks.token_picks` "
-             f"({res['seconds']:.0f} s, CPU). {res['steps']} steps, {res['n_samples']} samples per row, seed "
+             made_stamp(res, "benchmarks.token_picks") + f" {res['steps']} steps, {res['n_samples']} samples per row, seed "
              f"{res['seed']}; PSNR and FD-full against full compute of the same seed.", ""]
     wins = {v: 0 for v in VARIANTS}
     cells = 0

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import sys
 import time
@@ -28,22 +27,11 @@ from pathlib import Path
 
 import torch
 
-from .common import LossLog, ema_update
+from .common import LossLog, digits_module, ema_update
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "nodes" / "demo" / "weights"
 DEFAULTS = dict(seed=0, steps=4000, batch=64, lr=1.5e-3, warmup=100, ema=0.998, label_dropout=0.1)
-
-
-def digits_module():
-    """nodes/demo/digits.py, imported by path (it has no relative imports)."""
-    name = "procache_demo_digits"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "nodes" / "demo" / "digits.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
 
 
 def weights_path(family: str) -> Path:
