@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import peers as bp
+from benchmarks import peers_report as pr
 
 
 def _git_checkout(path: Path, url: str) -> str:
@@ -94,47 +95,47 @@ CURVE_ROWS = [_row("procache", 0.5, 38.0, 4.0), _row("procache", 0.25, 30.0, 14.
     (_row("magcache", 0.2, 31.0, 10.0), "peer"),           # faster than all ProCache budgets and better
 ])
 def test_matched_speedup_verdicts(row, winner):
-    m = bp.matched(row, bp.procache_curve(CURVE_ROWS))
+    m = pr.matched(row, pr.procache_curve(CURVE_ROWS))
     assert m["winner"] == winner
     if abs(m["speedup"] - 3.0) < 1e-9:
         assert m["procache_psnr"] == pytest.approx(34.0) and m["procache_fd_full"] == pytest.approx(9.0)
 
 
 def test_speedup_at_quality_reads_the_curve():
-    curve = bp.procache_curve(CURVE_ROWS)
-    assert bp.speedup_at_quality(curve, 34.0) == pytest.approx(3.0)
-    assert bp.speedup_at_quality(curve, 20.0) == pytest.approx(4.0)
-    assert bp.speedup_at_quality(curve, 40.0) is None
+    curve = pr.procache_curve(CURVE_ROWS)
+    assert pr.speedup_at_quality(curve, 34.0) == pytest.approx(3.0)
+    assert pr.speedup_at_quality(curve, 20.0) == pytest.approx(4.0)
+    assert pr.speedup_at_quality(curve, 40.0) is None
     bumpy_rows = CURVE_ROWS[:1] + [_row("procache", 1 / 3, 30.0, 9.0, "slow-bad"), _row("procache", 0.25, 35.0, 5.0)]
-    bumpy = bp.procache_curve(bumpy_rows)
+    bumpy = pr.procache_curve(bumpy_rows)
     assert [round(s, 6) for s, _, _ in bumpy] == [2.0, 4.0]      # 3x / 30 dB is beaten by 4x / 35 dB
-    assert bp.dominated(bumpy_rows) == {"slow-bad": "procache 0.25"}
-    assert bp.speedup_at_quality(bumpy, 34.0) == pytest.approx(4.0)
-    assert bp.speedup_at_quality(bumpy, 36.0) == pytest.approx(2 + 2 * 2 / 3)
+    assert pr.dominated(bumpy_rows) == {"slow-bad": "procache 0.25"}
+    assert pr.speedup_at_quality(bumpy, 34.0) == pytest.approx(4.0)
+    assert pr.speedup_at_quality(bumpy, 36.0) == pytest.approx(2 + 2 * 2 / 3)
 
 
 def test_peer_summary_takes_the_best_row_that_saves_compute():
     rows = CURVE_ROWS + [_row("magcache", 1.0, 100.0, 0.0, "no-op"), _row("magcache", 0.5, 33.0, 8.0, "a"),
                          _row("magcache", 0.2, 31.0, 10.0, "b")]
-    s = bp.peer_summary(rows, "magcache")
+    s = pr.peer_summary(rows, "magcache")
     assert s["best_label"] == "a" and s["best_speedup"] == pytest.approx(2.0)
     assert s["procache_speedup_at_best"] == pytest.approx(3.25)   # 38 -> 30 dB over 2x -> 4x
     assert s["peer_wins"] == ["b"] and s["procache_wins"] == ["a"]
-    assert bp.peer_summary(rows, "teacache") is None
+    assert pr.peer_summary(rows, "teacache") is None
     # a near-lossless setting that hardly saves anything is not the peer's "best quality" for speed
     slight = rows + [_row("magcache", 0.95, 70.0, 0.01, "slight")]
-    assert bp.peer_summary(slight, "magcache")["best_label"] == "a"
-    assert bp.peer_summary(slight, "magcache", min_speedup=1.0)["best_label"] == "slight"
+    assert pr.peer_summary(slight, "magcache")["best_label"] == "a"
+    assert pr.peer_summary(slight, "magcache", min_speedup=1.0)["best_label"] == "slight"
 
 
 def test_readme_block_replaced_in_place(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# results\n\nbefore\n")
     res = {"families": {}, "peers": {}}
-    bp.update_readme(res, readme)
-    bp.update_readme(res, readme)
+    pr.update_readme(res, readme)
+    pr.update_readme(res, readme)
     text = readme.read_text()
-    assert text.count(bp.README_START) == 1 and text.startswith("# results\n\nbefore\n")
+    assert text.count(pr.README_START) == 1 and text.startswith("# results\n\nbefore\n")
 
 
 def test_import_failure_reason_read_from_the_server_log(tmp_path):
@@ -159,3 +160,16 @@ def test_cases_match_the_in_host_bench_and_img2img_calibrates_apart():
             for c in bp.CASES}
     assert len(keys) == len(bp.CASES)  # the img2img case does not overwrite euler/normal's MagCache ratios
     assert bp._calibration_key({"sampler": "euler", "scheduler": "normal", "denoise": 0.6}) == "euler/normal denoise 0.6"
+
+
+def test_report_regenerates_the_committed_tables_from_raw_json(tmp_path):
+    """The report module alone (no server, no peers) rewrites peers_cpu.md from raw/peers_cpu.json as committed."""
+    results = Path(bp.__file__).resolve().parent / "results"
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "peers_cpu.json").write_text((results / "raw" / "peers_cpu.json").read_text())
+    assert pr.main(["--out", str(tmp_path)]) == 0
+    assert (tmp_path / "peers_cpu.md").read_text() == (results / "peers_cpu.md").read_text()
+    assert (tmp_path / "peers_cpu.png").stat().st_size > 0
+    assert not (tmp_path / "README.md").exists()   # the README block is the results folder's alone
+    assert bp.main(["--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "peers_cpu.md").read_text() == (results / "peers_cpu.md").read_text()
