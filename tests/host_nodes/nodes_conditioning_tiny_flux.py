@@ -73,17 +73,11 @@ class ProCacheTestTinyFlux(io.ComfyNode):
                        "depth": depth, "depth_single_blocks": depth_single_blocks}
         from comfy.ldm.flux.model import FluxParams
 
-        from .tiny_models import host_params
+        from .tiny_models import host_params, seeded_
 
         unet_config = host_params(FluxParams, unet_config)  # e.g. txt_ids_dims, required from ComfyUI 0.8 on
         net = Flux(operations=torch.nn, **unet_config)
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for _, prm in sorted(net.named_parameters()):
-                if prm.ndim >= 2:
-                    prm.copy_(torch.randn(prm.shape, generator=gen) / prm[0].numel() ** 0.5)
-                else:
-                    prm.copy_(torch.randn(prm.shape, generator=gen) * 0.02)
+        seeded_(net, seed)
         sd = {"model.diffusion_model." + k: v for k, v in net.state_dict().items()}
         config = comfy.model_detection.model_config_from_unet_config(unet_config, sd)
         config.set_inference_dtype(torch.float32, None)

@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import io
 
 try:
-    from .tiny_models import host_params
+    from .tiny_models import host_params, seeded_
 except ImportError:  # loaded by file path (tests/host/test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream.py): no package
     import importlib.util as _ilu
     from pathlib import Path as _Path
@@ -18,18 +18,7 @@ except ImportError:  # loaded by file path (tests/host/test_adapters_qwen_flux2_
     _spec = _ilu.spec_from_file_location("procache_test_tiny_models", _Path(__file__).with_name("tiny_models.py"))
     _tm = _ilu.module_from_spec(_spec)
     _spec.loader.exec_module(_tm)
-    host_params = _tm.host_params
-
-
-def seeded_(net: torch.nn.Module, seed: int, bias_scale: float = 0.02) -> None:
-    """Deterministic random weights; every float buffer too (some are allocated with torch.empty)."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for _, prm in sorted(net.named_parameters()):
-            if prm.ndim >= 2:
-                prm.copy_(torch.randn(prm.shape, generator=gen) / prm[0].numel() ** 0.5)
-            else:
-                prm.copy_(torch.randn(prm.shape, generator=gen) * bias_scale)
+    host_params, seeded_ = _tm.host_params, _tm.seeded_
 
 
 def patcher_from_config(config, net_state: dict, prefix: str = "model.diffusion_model."):

@@ -9,6 +9,17 @@ from __future__ import annotations
 import torch
 
 
+def seeded_(net: torch.nn.Module, seed: int, bias_scale: float = 0.02) -> None:
+    """Deterministic random weights in place (matrices scaled by 1/sqrt(fan-in), vectors by ``bias_scale``)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, prm in sorted(net.named_parameters()):
+            if prm.ndim >= 2:
+                prm.copy_(torch.randn(prm.shape, generator=gen) / prm[0].numel() ** 0.5)
+            else:
+                prm.copy_(torch.randn(prm.shape, generator=gen) * bias_scale)
+
+
 def seeded(net: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
     """``net``'s state dict with seeded weights (matrices scaled by 1/sqrt(fan-in), vectors 0.02)."""
     gen = torch.Generator().manual_seed(seed)
