@@ -9,28 +9,12 @@ Usage: python scripts/make_locales.py [--check]   (--check: exit 1 when the file
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 ZH = ROOT / "locales" / "zh" / "nodeDefs.json"
-
-
-def load_pack():
-    """The pack under the package name the in-process tests use (relative imports need a package)."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from host_inprocess import use_host
-
-    use_host()
-    if "procache_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("procache_pack", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["procache_pack"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["procache_pack"]
 
 
 def render(text: str, description: str) -> str:
@@ -44,6 +28,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="exit 1 when the file differs from what would be written")
     args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "tests" / "host"))
+    from _inprocess import load_pack  # the pack as the in-process tests load it, on the host's CPU
+
     load_pack()
     from procache_pack.nodes.family_text import apply_description_zh
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .flux import FLUX_PRIORITY, FLUX_SELECTIVE, FluxAdapter, flux_blocks
+from .flux import FLUX_SELECTIVE, FluxAdapter, flux_blocks
 from .registry import register
 
 
@@ -39,4 +39,4 @@ def _is_chroma(dm: Any, model_config: Any) -> bool:
 
 # after flux / flux2 (the order they were always asked in); no preset of its own: Flux.1's rule preset
 register("chroma", "Chroma / Chroma Radiance", _is_chroma, lambda dm, name: ChromaAdapter(dm),
-         preset="flux-28-balanced", priority=FLUX_PRIORITY + 1, selective=FLUX_SELECTIVE)
+         preset="flux-28-balanced", priority=11, selective=FLUX_SELECTIVE)

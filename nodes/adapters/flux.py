@@ -456,7 +456,6 @@ class FluxAdapter(FamilyAdapter):
 # -- registration ---------------------------------------------------------------------------------------
 
 FLUX_SELECTIVE = "double-block MLPs, the MLP half of single blocks"  # flux, flux2 and chroma (Apply's text)
-FLUX_PRIORITY = 10  # the Flux-block families (flux, flux2, chroma) are asked before every other family
 
 
 def flux_blocks(dm: Any) -> bool:
@@ -476,5 +475,6 @@ def is_flux_network(dm: Any, global_modulation: bool) -> bool:
         bool(getattr(getattr(dm, "params", None), "global_modulation", False)) == global_modulation
 
 
+# the Flux-block families (flux and flux2 at 10, chroma at 11) are asked before every other family
 register("flux", "Flux.1 (dev, schnell)", lambda dm, cfg: is_flux_network(dm, False), lambda dm, name: FluxAdapter(dm),
-         preset="flux-28-balanced", priority=FLUX_PRIORITY, selective=FLUX_SELECTIVE)
+         preset="flux-28-balanced", priority=10, selective=FLUX_SELECTIVE)

@@ -15,9 +15,7 @@ family has its own name so presets and the ``auto`` choice can tell Flux.2 from 
 """
 from __future__ import annotations
 
-from typing import Any
-
-from .flux import FLUX_PRIORITY, FLUX_SELECTIVE, FluxAdapter, is_flux_network
+from .flux import FLUX_SELECTIVE, FluxAdapter, is_flux_network
 from .registry import register
 
 
@@ -29,6 +27,7 @@ class Flux2Adapter(FluxAdapter):
         return super().cache_layout(x_shape, max(context_tokens or 0, 512), cond)
 
 
-# no preset of its own: Flux.1's rule preset (ProCache Schedule Search tunes one)
+# asked with flux (the two exclude each other); no preset of its own: Flux.1's rule preset (ProCache Schedule
+# Search tunes one)
 register("flux2", "Flux.2", lambda dm, cfg: is_flux_network(dm, True), lambda dm, name: Flux2Adapter(dm),
-         preset="flux-28-balanced", priority=FLUX_PRIORITY, selective=FLUX_SELECTIVE)
+         preset="flux-28-balanced", priority=10, selective=FLUX_SELECTIVE)
