@@ -13,25 +13,11 @@ from .adapters import adapter_for
 from .memory_bridge import memory_inputs, request_from_inputs
 from .runtime_bridge import SHORT_RUN_FLOOR, ProCacheConfig, config_of, install_wrappers, validate_range
 from .auto_preset import AUTO, preset_name_for
+from .family_text import apply_description
 from .schedule_loader import ScheduleSocket, available_presets, load_named_preset
 from .selective_settings import SelectiveSocket
 
 log = logging.getLogger("ProCache")
-
-
-APPLY_DESCRIPTION = (
-    "Returns a copy of the MODEL that caches transformer block outputs across denoising steps according to the "
-    "schedule. Block adapters (schedule + selective compute of token-local branches on selective steps): "
-    "PixArt-α/Σ (cross-attention, MLP); Flux.1, Flux.2, Chroma (double-block MLPs, the MLP half of single blocks); "
-    "SD3/3.5 (MLPs); Wan 2.x (cross-attention, FFN); Qwen-Image/Edit (image and text MLPs; all-FULL equal to "
-    "float rounding); Z-Image, Lumina 2 (MLPs of the main blocks; refiners run every step); HunyuanVideo 1.0/1.5, "
-    "HunyuanImage 2.1 (double-block MLPs; with I2V token replacement reused); LTX-Video (cross-attention, and "
-    "the MLP when the timestep is per sample; all-FULL equal to float rounding); Cosmos Predict2 "
-    "(cross-attention, MLP with per-sample adaLN); HiDream-I1 (image mixture-of-experts MLPs, text MLPs). "
-    "Any other model the host samples (SD1.x/SDXL UNets, Cosmos 1.0, HunyuanDiT, ...) gets schedule-only "
-    "caching of the whole model call: a reused step returns the last computed clean-sample estimate, which the "
-    "sampler turns into a step from the current input and noise level; no selective compute (selective steps "
-    "act as cached). The stats line names the family used.")
 
 
 def preset_choices() -> list[str]:
@@ -55,9 +41,7 @@ class ProCacheApply(io.ComfyNode):
             node_id="ProCacheApply",
             display_name="ProCache Apply",
             category="ProCache",
-            description=APPLY_DESCRIPTION + " The cache_* inputs choose where the cache lives (device / CPU "
-                        "memory), its dtype and the memory-light mode; the log gives the estimated size before the "
-                        "first step.",
+            description=apply_description(),  # the family list derives from the registry
             inputs=[
                 io.Model.Input("model"),
                 ScheduleSocket.Input("schedule", optional=True,

@@ -14,9 +14,9 @@ wan        ``comfy.ldm.wan.model.WanModel`` and subclasses          object patch
 generic    any other model the host samples (UNets included)       ``APPLY_MODEL`` wrapper: the whole model call
 =========  ======================================================  ===================================
 
-Later families (flux2, chroma, qwen_image, z_image/lumina2, hunyuan_*, hidream, ltxv, cosmos_predict2) are
-detected in ``_detect_more``; families added since register themselves from their own file
-(``registry.py``); ``docs/families.md`` has the full table.
+Every family registers itself from its own file (``registry.py``: name, label, detection, adapter, "auto"
+preset); detection, the supported list, the auto presets and Apply's description derive from those rows.
+``docs/families.md`` has the full table and the one-file recipe for a new family.
 
 A patched block that finds no ProCache run of its own in progress (see
 ``runtime_bridge.active_run``) calls what was installed before it (another pack's patch, or the host's
@@ -41,13 +41,6 @@ from typing import Any, Callable
 from ...procache_core.errors import UnsupportedModelError
 from ..runtime_bridge import active_run, active_state
 
-SUPPORTED_FAMILIES = {   # detected below; the other families register themselves (registry.py)
-    "flux": "Flux.1 (dev, schnell)",
-    "flux2": "Flux.2",
-    "chroma": "Chroma / Chroma Radiance",
-    "qwen_image": "Qwen-Image (and Edit)",
-    "ltxv": "LTX-Video",
-}
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
 
@@ -297,58 +290,30 @@ def install_forward_patch(model_patcher: Any, key: str, make: Callable[[Callable
     model_patcher.add_object_patch(key, make(prev))
 
 
-def supported_text() -> str:
+def supported_families() -> dict[str, str]:
+    """name -> label of every registered family, in detection order (the fallback is not one)."""
     from . import registry
 
-    labels = list(SUPPORTED_FAMILIES.values())
-    labels += [f.label for n, f in registry.families().items() if n not in SUPPORTED_FAMILIES]
-    return ", ".join(labels)
+    return {name: fam.label for name, fam in registry.families().items()}
+
+
+def supported_text() -> str:
+    """The families with a block adapter, as the unsupported-model error lists them."""
+    return ", ".join(supported_families().values())
 
 
 def detect_family(model_patcher: Any) -> str:
-    """Family name of a ComfyUI MODEL: a block adapter's, else ``"generic"`` (the model-level fallback).
+    """Family name of a ComfyUI MODEL: the first registered family claiming its network (``registry.py``,
+    in detection order), else ``"generic"`` (the model-level fallback).
 
     Only an input that is not a diffusion MODEL raises UnsupportedModelError."""
     dm = getattr(getattr(model_patcher, "model", None), "diffusion_model", None)
     if dm is None:
         raise UnsupportedModelError("model", "is not a diffusion MODEL ComfyUI can sample.",
                                     f"connect the MODEL output of a loader. Supported families: {supported_text()}.")
-    from comfy.ldm.flux.model import Flux
-    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+    from . import registry
 
-    if isinstance(dm, Flux) and all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
-            all(type(b) is SingleStreamBlock for b in dm.single_blocks):
-        return "flux2" if getattr(getattr(dm, "params", None), "global_modulation", False) else "flux"
-    return _detect_more(dm, getattr(model_patcher.model, "model_config", None))
-
-
-def _detect_more(dm: Any, model_config: Any = None) -> str:
-    """Chroma, Qwen-Image and LTX-Video (one check each), then the registered families, then the fallback."""
-    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
-
-    try:
-        from comfy.ldm.chroma.model import Chroma
-        if isinstance(dm, Chroma) and all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
-                all(type(b) is SingleStreamBlock for b in dm.single_blocks):
-            return "chroma"
-    except ImportError:
-        pass
-    try:
-        from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel, QwenImageTransformerBlock
-        if isinstance(dm, QwenImageTransformer2DModel) and \
-                all(type(b) is QwenImageTransformerBlock for b in dm.transformer_blocks):
-            return "qwen_image"
-    except ImportError:
-        pass
-    try:
-        from comfy.ldm.lightricks.model import BasicTransformerBlock, LTXVModel
-        if type(dm) is LTXVModel and all(type(b) is BasicTransformerBlock for b in dm.transformer_blocks):
-            return "ltxv"
-    except ImportError:
-        pass
-    from . import registry  # families that register themselves (one file each, registry.py)
-
-    return registry.detect(dm, model_config) or GENERIC
+    return registry.detect(dm, getattr(model_patcher.model, "model_config", None)) or GENERIC
 
 
 def model_name(model_patcher: Any) -> str:
@@ -389,20 +354,8 @@ def adapter_for(model_patcher: Any) -> FamilyAdapter:
 
 
 def _block_adapter(family: str, model_patcher: Any) -> FamilyAdapter:
-    dm = model_patcher.model.diffusion_model
-    if family == "flux":
-        from .flux import FluxAdapter as cls
-    elif family == "flux2":
-        from .flux2 import Flux2Adapter as cls
-    elif family == "chroma":
-        from .chroma import ChromaAdapter as cls
-    elif family == "qwen_image":
-        from .qwen_image import QwenImageAdapter as cls
-    elif family == "ltxv":
-        from .ltxv import LTXVAdapter as cls
-    else:
-        from . import registry
-        from .generic import GenericAdapter
+    from . import registry
+    from .generic import GenericAdapter
 
-        return registry.build(family, dm) or GenericAdapter(dm, model_name(model_patcher))
-    return cls(dm)
+    dm = model_patcher.model.diffusion_model
+    return registry.build(family, dm) or GenericAdapter(dm, model_name(model_patcher))

@@ -14,7 +14,10 @@ row fewer for sizes 1 to 7 pixels past a multiple of 16; for Chroma's 2 x 2 patc
 """
 from __future__ import annotations
 
-from .flux import FluxAdapter
+from typing import Any
+
+from .flux import FLUX_SELECTIVE, FluxAdapter, flux_blocks
+from .registry import register
 
 
 class ChromaAdapter(FluxAdapter):
@@ -26,3 +29,14 @@ class ChromaAdapter(FluxAdapter):
             return None
         p = self.patch_size
         return (-(-int(x_shape[2]) // p), -(-int(x_shape[3]) // p))
+
+
+def _is_chroma(dm: Any, model_config: Any) -> bool:
+    from comfy.ldm.chroma.model import Chroma  # ChromaRadiance is a subclass
+
+    return isinstance(dm, Chroma) and flux_blocks(dm)
+
+
+# after flux / flux2 (the order they were always asked in); no preset of its own: Flux.1's rule preset
+register("chroma", "Chroma / Chroma Radiance", _is_chroma, lambda dm, name: ChromaAdapter(dm),
+         preset="flux-28-balanced", priority=11, selective=FLUX_SELECTIVE)

@@ -147,4 +147,4 @@ def _is_cosmos_predict2(dm: Any, model_config: Any) -> bool:
 
 
 register("cosmos_predict2", "Cosmos Predict2", _is_cosmos_predict2, lambda dm, name: CosmosPredict2Adapter(dm),
-         preset="wan-30-balanced")
+         preset="wan-30-balanced", selective="cross-attention, MLP with per-sample adaLN")

@@ -50,6 +50,7 @@ from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace, log, outside_compile
 from .compiled import compiled
+from .registry import register
 from .modulation import lazy_chunks, row_evaluator
 
 
@@ -450,3 +451,30 @@ class FluxAdapter(FamilyAdapter):
             if b.modulation:
                 out[f"single_blocks.{i}.modulation.lin"] = b.modulation.lin
         return out
+
+
+# -- registration ---------------------------------------------------------------------------------------
+
+FLUX_SELECTIVE = "double-block MLPs, the MLP half of single blocks"  # flux, flux2 and chroma (Apply's text)
+
+
+def flux_blocks(dm: Any) -> bool:
+    """Every double / single block is exactly the host's Flux.1 block class (a subclass may change the
+    maths: it gets the model-level fallback)."""
+    from comfy.ldm.flux.layers import DoubleStreamBlock, SingleStreamBlock
+
+    return all(type(b) is DoubleStreamBlock for b in dm.double_blocks) and \
+        all(type(b) is SingleStreamBlock for b in dm.single_blocks)
+
+
+def is_flux_network(dm: Any, global_modulation: bool) -> bool:
+    """The host's ``Flux`` with Flux.1 blocks; ``params.global_modulation`` tells Flux.2 from Flux.1."""
+    from comfy.ldm.flux.model import Flux
+
+    return isinstance(dm, Flux) and flux_blocks(dm) and \
+        bool(getattr(getattr(dm, "params", None), "global_modulation", False)) == global_modulation
+
+
+# the Flux-block families (flux and flux2 at 10, chroma at 11) are asked before every other family
+register("flux", "Flux.1 (dev, schnell)", lambda dm, cfg: is_flux_network(dm, False), lambda dm, name: FluxAdapter(dm),
+         preset="flux-28-balanced", priority=10, selective=FLUX_SELECTIVE)

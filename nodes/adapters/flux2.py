@@ -15,7 +15,8 @@ family has its own name so presets and the ``auto`` choice can tell Flux.2 from 
 """
 from __future__ import annotations
 
-from .flux import FluxAdapter
+from .flux import FLUX_SELECTIVE, FluxAdapter, is_flux_network
+from .registry import register
 
 
 class Flux2Adapter(FluxAdapter):
@@ -24,3 +25,9 @@ class Flux2Adapter(FluxAdapter):
     def cache_layout(self, x_shape: tuple, context_tokens: int | None, cond: dict | None = None) -> list | None:
         # the host's model_base.Flux2 pads the prompt to 512 tokens before the network sees it
         return super().cache_layout(x_shape, max(context_tokens or 0, 512), cond)
+
+
+# asked with flux (the two exclude each other); no preset of its own: Flux.1's rule preset (ProCache Schedule
+# Search tunes one)
+register("flux2", "Flux.2", lambda dm, cfg: is_flux_network(dm, True), lambda dm, name: Flux2Adapter(dm),
+         preset="flux-28-balanced", priority=10, selective=FLUX_SELECTIVE)

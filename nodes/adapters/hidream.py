@@ -188,4 +188,5 @@ def _is_hidream(dm: Any, model_config: Any) -> bool:
             for b in dm.single_stream_blocks)
 
 
-register("hidream", "HiDream-I1", _is_hidream, lambda dm, name: HiDreamAdapter(dm), preset="flux-28-balanced")
+register("hidream", "HiDream-I1", _is_hidream, lambda dm, name: HiDreamAdapter(dm), preset="flux-28-balanced",
+         selective="image mixture-of-experts MLPs, text MLPs")

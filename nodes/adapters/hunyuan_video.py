@@ -112,8 +112,10 @@ def _is_hunyuan(variant: str):
     return detect
 
 
-register("hunyuan_video", "HunyuanVideo 1.0", _is_hunyuan("hunyuan_video"), HunyuanVideoAdapter, preset="wan-30-balanced")
+HUNYUAN_SELECTIVE = "double-block MLPs, reused with I2V token replacement"
+register("hunyuan_video", "HunyuanVideo 1.0", _is_hunyuan("hunyuan_video"), HunyuanVideoAdapter,
+         preset="wan-30-balanced", selective=HUNYUAN_SELECTIVE)
 register("hunyuan_video15", "HunyuanVideo 1.5", _is_hunyuan("hunyuan_video15"), HunyuanVideoAdapter,
-         preset="wan-30-balanced")
+         preset="wan-30-balanced", selective=HUNYUAN_SELECTIVE)
 register("hunyuan_image21", "HunyuanImage 2.1", _is_hunyuan("hunyuan_image21"), HunyuanVideoAdapter,
-         preset="flux-28-balanced")
+         preset="flux-28-balanced", selective=HUNYUAN_SELECTIVE)

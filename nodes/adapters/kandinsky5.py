@@ -157,7 +157,9 @@ def _is_kandinsky5(dm: Any) -> bool:
 
 registry.register("kandinsky5", "Kandinsky 5 (video)",
                   lambda dm, cfg: _is_kandinsky5(dm) and variant(cfg) == "kandinsky5",
-                  lambda dm, name: Kandinsky5Adapter(dm, name), preset="wan-30-balanced")
+                  lambda dm, name: Kandinsky5Adapter(dm, name), preset="wan-30-balanced",
+                  selective="cross-attention, feed-forward")
 registry.register("kandinsky5_image", "Kandinsky 5 (image)",
                   lambda dm, cfg: _is_kandinsky5(dm) and variant(cfg) == "kandinsky5_image",
-                  lambda dm, name: Kandinsky5Adapter(dm, name), preset="flux-28-balanced")
+                  lambda dm, name: Kandinsky5Adapter(dm, name), preset="flux-28-balanced",
+                  selective="cross-attention, feed-forward")

@@ -248,4 +248,5 @@ def _is_ltxav(dm: Any, model_config: Any = None) -> bool:
 
 
 registry.register("ltxav", "LTX-2 audio-video", _is_ltxav, lambda dm, name: LTXAVAdapter(dm),
-                  preset="wan-30-balanced")
+                  preset="wan-30-balanced",
+                  selective="text cross-attention, and the MLPs of both streams when the timestep is per sample")

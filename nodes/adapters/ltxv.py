@@ -31,6 +31,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace
+from .registry import register
 
 
 def _new_style(block: Any) -> bool:
@@ -112,3 +113,15 @@ class LTXVAdapter(FamilyAdapter):
         if len(x_shape) != 5:  # patch size 1: one token per latent pixel
             return None
         return (x_shape[2] * x_shape[3], x_shape[4])
+
+
+def _is_ltxv(dm: Any, model_config: Any) -> bool:
+    """Exactly the host's LTXVModel (LTX-2's LTXAVModel is its own family, ltxav.py) with its own blocks."""
+    from comfy.ldm.lightricks.model import BasicTransformerBlock, LTXVModel
+
+    return type(dm) is LTXVModel and all(type(b) is BasicTransformerBlock for b in dm.transformer_blocks)
+
+
+# asked after Qwen-Image (the order it always had); Wan's rule preset (video DiT)
+register("ltxv", "LTX-Video", _is_ltxv, lambda dm, name: LTXVAdapter(dm), preset="wan-30-balanced", priority=30,
+         selective="cross-attention, and the MLP when the timestep is per sample, all-FULL equal to float rounding")

@@ -138,5 +138,8 @@ def _is_lumina(variant: str):
     return detect
 
 
-register("z_image", "Z-Image", _is_lumina("z_image"), lambda dm, name: LuminaAdapter(dm), preset="flux-28-balanced")
-register("lumina2", "Lumina 2", _is_lumina("lumina2"), lambda dm, name: LuminaAdapter(dm), preset="flux-28-balanced")
+LUMINA_SELECTIVE = "MLPs of the main blocks, refiners run every step"
+register("z_image", "Z-Image", _is_lumina("z_image"), lambda dm, name: LuminaAdapter(dm), preset="flux-28-balanced",
+         selective=LUMINA_SELECTIVE)
+register("lumina2", "Lumina 2", _is_lumina("lumina2"), lambda dm, name: LuminaAdapter(dm), preset="flux-28-balanced",
+         selective=LUMINA_SELECTIVE)

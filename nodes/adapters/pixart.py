@@ -80,4 +80,4 @@ def _is_pixart(dm: Any, model_config: Any) -> bool:
 
 
 register("pixart", "PixArt-α / PixArt-Σ", _is_pixart, lambda dm, name: PixArtAdapter(dm),
-         preset="pixart-alpha-20-balanced")
+         preset="pixart-alpha-20-balanced", selective="cross-attention, MLP")

@@ -40,6 +40,7 @@ from ...procache_core.engine import Branch
 from ..runtime_bridge import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 from .modulation import lazy_chunks
+from .registry import register
 
 
 def _unsqueeze1(t: torch.Tensor) -> torch.Tensor:
@@ -207,3 +208,16 @@ class QwenImageAdapter(FamilyAdapter):
         p = self.patch_size
         layers = int(x_shape[2]) if len(x_shape) == 5 else 1
         return (layers * -(-int(x_shape[-2]) // p), -(-int(x_shape[-1]) // p))
+
+
+def _is_qwen_image(dm: Any, model_config: Any) -> bool:
+    from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel, QwenImageTransformerBlock
+
+    return isinstance(dm, QwenImageTransformer2DModel) and \
+        all(type(b) is QwenImageTransformerBlock for b in dm.transformer_blocks)
+
+
+# asked right after the Flux-block families (the order it always had); Flux.1's rule preset (joint blocks)
+register("qwen_image", "Qwen-Image (and Edit)", _is_qwen_image, lambda dm, name: QwenImageAdapter(dm),
+         preset="flux-28-balanced", priority=20,
+         selective="image and text MLPs, all-FULL equal to float rounding")

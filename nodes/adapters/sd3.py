@@ -173,4 +173,5 @@ def _is_sd3(dm: Any, model_config: Any) -> bool:
     return isinstance(dm, MMDiT)
 
 
-register("sd3", "SD3 / SD3.5 (MMDiT)", _is_sd3, lambda dm, name: SD3Adapter(dm), preset="sd3-28-balanced")
+register("sd3", "SD3 / SD3.5 (MMDiT)", _is_sd3, lambda dm, name: SD3Adapter(dm), preset="sd3-28-balanced",
+         selective="MLPs")

@@ -122,4 +122,5 @@ def _is_wan(dm: Any, model_config: Any) -> bool:
     return isinstance(dm, WanModel) and all(type(b).forward is WanAttentionBlock.forward for b in dm.blocks)
 
 
-register("wan", "Wan 2.x", _is_wan, lambda dm, name: WanAdapter(dm), preset="wan-30-balanced")
+register("wan", "Wan 2.x", _is_wan, lambda dm, name: WanAdapter(dm), preset="wan-30-balanced",
+         selective="cross-attention, FFN")
