@@ -193,7 +193,7 @@ def procache_last_stats(patched) -> dict | None:
     from procache_pack.nodes.runtime_bridge import config_of
 
     cfg = config_of(patched)
-    return None if cfg is None else cfg.last_stats
+    return None if cfg is None else cfg.log.last_stats
 
 
 def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, device: str, log=print,

@@ -11,7 +11,8 @@ from comfy_api.latest import io
 from ..procache_core.schedule import Action
 from .adapters import adapter_for
 from .memory_bridge import memory_inputs, request_from_inputs
-from .runtime_bridge import SHORT_RUN_FLOOR, ProCacheConfig, config_of, install_wrappers, validate_range
+from .run_context import SHORT_RUN_FLOOR, ProCacheConfig
+from .runtime_bridge import config_of, install_wrappers, validate_range
 from .auto_preset import AUTO, preset_name_for
 from .family_text import apply_description
 from .schedule_loader import ScheduleSocket, available_presets, load_named_preset
@@ -80,14 +81,13 @@ class ProCacheApply(io.ComfyNode):
         else:
             sel = preset.selective.validate()
             inject = False
-        if getattr(adapter, "schedule_only", False):  # model-level fallback: no block to recompute tokens in
+        if adapter.schedule_only:  # model-level fallback: no block to recompute tokens in
             sel = dataclasses.replace(sel, enabled=False, start_block=None)
             inject = False
         patched = model.clone()
         config = ProCacheConfig(preset=preset, schedule=preset.schedule, selective=sel, inject_selective=inject,
                                 start_percent=start_percent, end_percent=end_percent, adapter=adapter,
-                                short_run_floor=int(short_run_floor))
-        config.memory_request = memory
+                                short_run_floor=int(short_run_floor), memory_request=memory)
         install_wrappers(patched, config)
         adapter.install(patched, config)
         try:
@@ -134,17 +134,18 @@ class ProCacheStats(io.ComfyNode):
     @classmethod
     def execute(cls, samples, model) -> io.NodeOutput:
         cfg = config_of(model)
-        if cfg is None:
+        runs = None if cfg is None else cfg.log   # what the runs of this Apply did (any clone of its output)
+        if runs is None:
             text = "ProCache is not applied to this MODEL (connect the output of ProCache Apply)."
-        elif cfg.last_stats is None:
+        elif runs.last_stats is None:
             text = "ProCache: this MODEL has not been sampled yet in this server session."
         else:
-            st = cfg.last_stats
+            st = runs.last_stats
             match = None
             lat = samples.get("samples") if isinstance(samples, dict) else None
             if torch.is_tensor(lat):
                 shape, head = _latent_key(lat)
-                for rec in reversed(cfg.history):
+                for rec in reversed(runs.history):
                     if rec["shape"] == shape and torch.equal(rec["head"], head):
                         match = rec["stats"]
                         break
@@ -154,7 +155,7 @@ class ProCacheStats(io.ComfyNode):
             else:
                 text = st["line"] + " (latest run of this MODEL; this LATENT was not matched to a run)"
         ui = {"text": [text]}
-        if cfg is not None and cfg.last_stats is not None:
+        if runs is not None and runs.last_stats is not None:
             ui["procache_stats"] = [_json_safe(st)]  # machine-readable: per-step actions, evals, noise levels
         return io.NodeOutput(text, samples, ui=ui)
 

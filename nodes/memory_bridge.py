@@ -36,6 +36,7 @@ import torch
 
 from ..procache_core.errors import ProCacheError
 from ..procache_core.memory import choose, estimate_bytes, room_beside_weights
+from .run_context import RUN_KEY
 
 log = logging.getLogger("ProCache")
 
@@ -133,12 +134,10 @@ def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | 
     with more than one, the family's layout gets that tuple of shapes instead of the packed ``noise_shape``."""
     config, run = state.config, state.run
     state.model_patcher = guider.model_patcher   # free memory is asked of it (decide), also without a layout
-    layout_fn = getattr(config.adapter, "cache_layout", None)
     shape = tuple(noise_shape)
     if latent_shapes is not None and len(latent_shapes) > 1:
         shape = tuple(tuple(int(d) for d in s) for s in latent_shapes)
-    layout = _call_layout(layout_fn, shape, _context_tokens(guider), _first_cond(guider)) \
-        if layout_fn is not None else None
+    layout = _call_layout(config.adapter.cache_layout, shape, _context_tokens(guider), _first_cond(guider))
     if not layout:
         return None
     req = request_of(config)
@@ -197,8 +196,6 @@ def _room(state: Any) -> int | None:
 
 def prepare_sampling_wrapper(executor, model, noise_shape, conds, model_options=None, **kwargs):
     """PREPARE_SAMPLING: the host's memory estimate plus the cache (see module docstring)."""
-    from .runtime_bridge import RUN_KEY
-
     state = ((model_options or {}).get("transformer_options") or {}).get(RUN_KEY)
     extra_req, extra_min = device_bytes_to_request(state) if state is not None else (0, 0)
     base = getattr(model, "model", None)

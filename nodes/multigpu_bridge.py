@@ -16,9 +16,10 @@ ProCache run must then follow the clone, not the original model:
     loaded: the host's ``ON_DEEPCLONE_MULTIGPU`` / ``ON_MATCH_MULTIGPU_CLONES`` callbacks
     (:func:`rebind_object_patches`) replace ProCache's there by copies bound to the clone's blocks.
 
-A rebound patch carries a :class:`CloneOwner` (the config and the clone's network); the runtime bridge
-gives a worker's run only to patches bound to that worker's network, so a patch that could not be
-rebound (another pack wrapped it) runs the host's block on a clone instead of the original's modules.
+A rebound patch carries a ``run_context.CloneOwner`` (the config and the clone's network);
+``run_context.owns`` gives a worker's run only to patches bound to that worker's network, so a patch
+that could not be rebound (another pack wrapped it) runs the host's block on a clone instead of the
+original's modules.
 """
 from __future__ import annotations
 
@@ -28,35 +29,11 @@ from typing import Any
 
 import torch
 
+from .run_context import CloneOwner, ProCacheConfig, adapter_dm
+
 log = logging.getLogger("ProCache")
 
 CALLBACK_KEY = "procache"
-
-
-class CloneOwner:
-    """Owner of a patch rebound to a deep clone: ProCache's config and the clone's diffusion model."""
-
-    __slots__ = ("config", "dm")
-
-    def __init__(self, config: Any, dm: Any) -> None:
-        self.config, self.dm = config, dm
-
-
-def adapter_dm(config: Any) -> Any:
-    """The network ProCache's block patches of ``config`` were built on."""
-    adapter = getattr(config, "block_adapter", None) or getattr(config, "adapter", None)
-    return getattr(adapter, "dm", None)
-
-
-def owns(state: Any, owner: Any) -> bool:
-    """Whether a patch of ``owner`` may use run state ``state`` (see module docstring)."""
-    cfg = state.config
-    dm = getattr(state, "dm", None)
-    if isinstance(owner, CloneOwner):
-        return owner.config is cfg and dm is not None and owner.dm is dm
-    if owner is not cfg:
-        return False
-    return dm is None or dm is adapter_dm(cfg)
 
 
 def _map_modules(value: Any, names: dict[int, str], dm: torch.nn.Module) -> Any:
@@ -90,7 +67,8 @@ def rebound_call(state: Any, args: tuple, kwargs: dict, to: dict) -> tuple[tuple
     if dm is None or dm is adapter_dm(cfg):
         return args, kwargs
     dit = (to.get("patches_replace") or {}).get("dit") or {}
-    ours = {k: p for k, p in dit.items() if isinstance(p, DitBlockReplace) and p.owner is cfg}
+    own = cfg.owner   # the config the patches were installed with (Apply's, also under its fallback)
+    ours = {k: p for k, p in dit.items() if isinstance(p, DitBlockReplace) and p.owner is own}
     if not ours:
         return args, kwargs
     cache = state.rebound
@@ -102,7 +80,7 @@ def rebound_call(state: Any, args: tuple, kwargs: dict, to: dict) -> tuple[tuple
             if adapter is None:
                 adapter = cache["adapter"] = rebind_adapter(p.adapter, dm)
             r = copy.copy(p)
-            r.adapter, r.owner = adapter, CloneOwner(cfg, dm)
+            r.adapter, r.owner = adapter, CloneOwner(own, dm)
             cache[id(p)] = r
         new_dit[k] = r
     to = dict(to)
@@ -116,7 +94,6 @@ def rebind_object_patches(main: Any, clone: Any) -> None:
     """``ON_DEEPCLONE_MULTIGPU`` / ``ON_MATCH_MULTIGPU_CLONES``: ProCache's block ``forward`` patches on
     ``clone`` replaced by copies bound to its own model's blocks (the clone is loaded with them)."""
     from .adapters import ChainedForward
-    from .runtime_bridge import ProCacheConfig
 
     model = getattr(clone, "model", None)
     dm = getattr(model, "diffusion_model", None)
@@ -136,8 +113,8 @@ def rebind_object_patches(main: Any, clone: Any) -> None:
             if k != "prev":
                 r.__dict__[k] = _map_modules(v, names, dm)
         r.block = model.get_submodule(key.rsplit(".", 1)[0])
-        ad = getattr(p, "adapter", None)
-        if ad is not None and getattr(ad, "dm", None) is src:
+        ad = p.adapter
+        if ad is not None and ad.dm is src:
             if id(ad) not in adapters:
                 adapters[id(ad)] = rebind_adapter(ad, dm)
             r.adapter = adapters[id(ad)]

@@ -3,17 +3,16 @@
 How a patched MODEL works (installed by ProCache Apply, all keyed ``"procache"`` so a later Apply
 on the same clone replaces an earlier one):
 
-* ``transformer_options["procache"]`` holds a :class:`ProCacheConfig` (schedule, selective settings,
-  active range, family adapter, last run's stats). ``ModelPatcher.clone`` deep-copies model options;
-  the config returns itself from ``__deepcopy__`` so every clone of the Apply output (and the
-  ProCache Stats node) sees the same object.
-* An OUTER_SAMPLE wrapper creates the per-run :class:`RunState` (a ``CacheRun`` + step bookkeeping)
-  from the sampler's sigmas when sampling starts, puts it into a copy of the guider's model options
-  (``transformer_options["procache_run"]``) and closes it in ``finally`` (also on interrupt or error),
-  then logs one INFO line with the run's stats and stores them on the config.
+* ``transformer_options["procache"]`` holds the immutable ``run_context.ProCacheConfig`` (schedule,
+  selective settings, active range, family adapter); every clone of the Apply output shares it and its
+  ``RunLog`` (last run's stats for the ProCache Stats node, one-time log lines, the fallback).
+* An OUTER_SAMPLE wrapper creates the per-run :class:`RunState` (a ``CacheRun`` + step bookkeeping and
+  the run's own flags) from the sampler's sigmas when sampling starts, puts it into a copy of the
+  guider's model options (``transformer_options["procache_run"]``) and closes it in ``finally`` (also
+  on interrupt or error), then logs one INFO line with the run's stats and records them in the run log.
 * An APPLY_MODEL wrapper runs around every model evaluation: it finds the denoising step of the
   evaluation from its sigma, calls ``CacheRun.begin_step`` and ``set_stream`` and makes the run
-  visible to the family's patched blocks (see :func:`active_run`) for the duration of the call.
+  visible to the family's patched blocks (``run_context.active_run``) for the duration of the call.
 
 Which step an evaluation belongs to comes from the sampler itself. Every host sampler calls its
 per-step callback with the step index ``i`` right after the FIRST evaluation of step ``i``; the OUTER_SAMPLE
@@ -32,7 +31,7 @@ cond and uncond run at once in worker threads, each on its device's deep clone o
 of an evaluation is still found once, on the run (under its lock); the blocks of each worker device get
 a worker state of their own (:meth:`RunState.worker`: its own CacheRun, cache streams, placement and
 self-check, merged into the run's stats at the end), and the patches are bound to the clone's modules
-(``multigpu_bridge``). The per-thread stack of :func:`active_state` then hands each thread its own.
+(``multigpu_bridge``). The per-thread stack of ``run_context.active_state`` then hands each thread its own.
 
 Which action a step takes comes from the noise axis: see :func:`plan_run`. Reading the sigma costs one
 device-to-host copy per model call; nothing else in the bridge synchronises the device.
@@ -52,66 +51,26 @@ from ..procache_core.engine import CacheRun
 from ..procache_core.errors import ProCacheError
 from ..procache_core import few_step
 from ..procache_core.schedule import Action, Schedule, even_noise, map_by_noise
-from ..procache_core.settings import SelectiveSettings
 from . import memory_bridge, multigpu_bridge
+from .run_context import (CONFIG_KEY, RUN_KEY, SHORT_RUN_FLOOR, WRAPPER_KEY,  # noqa: F401 (SHORT_RUN_FLOOR: apply)
+                          ProCacheConfig, pop_active, push_active)
 from .noise_axis import ForecastAxis, noise_positions
 
 log = logging.getLogger("ProCache")
 
-CONFIG_KEY = "procache"          # transformer_options key of the ProCacheConfig
-RUN_KEY = "procache_run"         # transformer_options key of the current RunState (sampling only)
-WRAPPER_KEY = "procache"         # key of every wrapper we add
-
 _REL_TOL = 1e-5
-# runs with fewer steps compute every step unless ProCache Apply says otherwise; 4 from the measurement in
-# benchmarks/few_step.py (results/few_step_cpu.md): the best 3-step reuse loses too much, 4 steps hold the bar
-SHORT_RUN_FLOOR = 4
 # host samplers (k-diffusion function names) that evaluate a corrector at the next step's sigma
 CORRECTOR_AT_NEXT_SIGMA = frozenset({
     "sample_heun", "sample_heunpp2", "sample_dpm_2_ancestral", "sample_dpm_2_ancestral_RF",
     "sample_dpmpp_2s_ancestral", "sample_dpmpp_2s_ancestral_RF", "sample_dpmpp_2s_ancestral_cfg_pp"})
 
 
-class ProCacheConfig:
-    """What ProCache Apply decided; shared (not copied) by every clone of the patched MODEL."""
-
-    def __init__(self, *, preset: Any, schedule: Schedule, selective: SelectiveSettings,
-                 inject_selective: bool, start_percent: float, end_percent: float, adapter: Any,
-                 short_run_floor: int = SHORT_RUN_FLOOR) -> None:
-        self.preset = preset
-        self.schedule = schedule
-        self.selective = selective
-        self.inject_selective = inject_selective
-        self.start_percent = float(start_percent)
-        self.end_percent = float(end_percent)
-        self.adapter = adapter
-        # the block adapter, once its model failed verification and this config switched to the
-        # model-level fallback (adapters/verify.py); None while ``adapter`` is what Apply chose
-        self.block_adapter: Any = None
-        self.short_run_floor = int(short_run_floor)
-        self.noted: set[str] = set()        # one-time log lines already written (e.g. "no noise record")
-        self.runs = 0                       # finished (or interrupted) runs
-        self.last_stats: dict | None = None
-        self.last_line: str | None = None
-        self.history: list[dict] = []       # recent runs: output fingerprint + stats (ProCache Stats)
-        self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return getattr(self.preset, "name", "custom")
-
-    def __deepcopy__(self, memo):  # ModelPatcher.clone deep-copies model_options
-        return self
-
-    def __copy__(self):
-        return self
-
-
 @dataclass
 class RunState:
-    """One sampling run: the CacheRun plus what maps model evaluations to steps."""
+    """One sampling run: the CacheRun plus what maps model evaluations to steps, and the run's own flags
+    (a run never writes to its config or adapter: clones of one Apply may sample at once)."""
 
-    config: ProCacheConfig
+    config: ProCacheConfig              # the config this run uses (Apply's, or its model-level fallback)
     run: CacheRun
     sample_sigmas: list[float]
     schedule: Schedule
@@ -146,6 +105,9 @@ class RunState:
     model_level: bool = False
     verify_failure: str | None = None
     guarded: bool = True                                     # adapter exceptions fall back to the host
+    # the host's torch_compile_kwargs when the model is compiled and the adapter compiles its branch
+    # maths with them (adapters/compiled.py; read by the patched blocks through run_context.block_compile)
+    block_compile: dict | None = None
     # multi-GPU CFG split (module docstring): the network a worker state's blocks run on (None: the run
     # itself), the worker states by device, their rebound patches, and the lock of the step mapping
     dm: Any = None
@@ -160,12 +122,10 @@ class RunState:
             if sub is not None:
                 return sub
             cfg = self.config
-            lanes = getattr(cfg.adapter, "lanes", None)
-            run = CacheRun(self.schedule, cfg.selective, num_blocks=cfg.adapter.num_blocks,
-                           lanes=lanes() if lanes else None)
+            run = CacheRun(self.schedule, cfg.selective, num_blocks=cfg.adapter.num_blocks, lanes=cfg.adapter.lanes())
             sub = RunState(config=cfg, run=run, sample_sigmas=self.sample_sigmas, schedule=self.schedule,
                            remapped_from=self.remapped_from, device=device, noise=self.noise, mapping=self.mapping,
-                           axis=self.axis,
+                           axis=self.axis, block_compile=self.block_compile,
                            model_patcher=getattr(base_model, "current_patcher", None) or self.model_patcher)
             sub.model_level, sub.blocks_off = self.model_level, self.blocks_off
             sub.check = None if self.check is None else _new_check(cfg)
@@ -419,34 +379,36 @@ def build_run_schedule(config: ProCacheConfig, sigmas: list[float], model_sampli
     return plan.schedule, plan.remapped_from
 
 
-def _use_fallback_if_failed(config: ProCacheConfig) -> None:
-    """Switch ``config`` to the model-level fallback when its block adapter failed verification in
-    this process (adapters/verify.py); its patched blocks then run the host's forward."""
-    if config.block_adapter is not None or getattr(config.adapter, "schedule_only", False) or \
-            getattr(config.adapter, "dm", None) is None:
-        return
+def _use_fallback_if_failed(config: ProCacheConfig) -> ProCacheConfig:
+    """The config a run of ``config`` uses: the model-level fallback once its block adapter failed
+    verification in this process (adapters/verify.py; its patched blocks then run the host's forward),
+    made once per Apply and kept in its run log; else ``config`` itself."""
+    log_ = config.log
+    if log_.fallback is not None:
+        return log_.fallback
+    adapter = config.adapter
+    if config.block_adapter is not None or adapter.schedule_only or adapter.dm is None:
+        return config
     from .adapters import verify
     from .adapters.generic import GenericAdapter
 
-    adapter = config.adapter
     why = verify.failure(verify.adapter_key(adapter))
     if why is None:
-        return
-    import dataclasses
-
-    config.block_adapter = adapter
-    config.adapter = GenericAdapter(adapter.dm, type(adapter.dm).__name__,
-                                    fallback_for=f"the {adapter.family} block adapter failed verification ({why})")
-    config.selective = dataclasses.replace(config.selective, enabled=False, start_block=None)
-    config.inject_selective = False
-    log.info("ProCache: %s", config.adapter.describe())
+        return config
+    fallback = config.as_fallback(GenericAdapter(adapter.dm, type(adapter.dm).__name__,
+                                                 fallback_for=f"the {adapter.family} block adapter failed "
+                                                              f"verification ({why})"))
+    with log_.lock:
+        if log_.fallback is None:
+            log_.fallback = fallback
+            log.info("ProCache: %s", fallback.adapter.describe())
+        return log_.fallback
 
 
 def _new_check(config: ProCacheConfig) -> Any:
     """The verification of this run, or None (fallback, or this host code is verified already)."""
     adapter = config.adapter
-    if config.block_adapter is not None or getattr(adapter, "schedule_only", False) or \
-            getattr(adapter, "dm", None) is None:
+    if config.block_adapter is not None or adapter.schedule_only or adapter.dm is None:
         return None
     from .adapters import verify
 
@@ -458,7 +420,7 @@ def _new_check(config: ProCacheConfig) -> Any:
 
 def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, sampler: Any = None) -> RunState:
     sig = [float(v) for v in sigmas.detach().float().cpu().tolist()]  # once per run
-    _use_fallback_if_failed(config)
+    config = _use_fallback_if_failed(config)
     try:
         model_sampling = model_patcher.get_model_object("model_sampling")
     except Exception:
@@ -473,8 +435,7 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, 
                 else f"({remapped_from} steps) differs from the sampler's noise levels")
         log.info("ProCache: schedule '%s' %s; remapped to %s by noise level (%.3f to %.3f)",
                  config.name, head, sched.to_string(), plan.noise[0], plan.noise[-1])
-    lanes = getattr(config.adapter, "lanes", None)
-    run = CacheRun(sched, config.selective, num_blocks=config.adapter.num_blocks, lanes=lanes() if lanes else None)
+    run = CacheRun(sched, config.selective, num_blocks=config.adapter.num_blocks, lanes=config.adapter.lanes())
     fn_name = getattr(getattr(sampler, "sampler_function", None), "__name__", "")
     # the model's device, not the sigmas' (ComfyUI keeps sigmas on the CPU): finish_run synchronises it
     device = getattr(model_patcher, "load_device", None)
@@ -487,9 +448,6 @@ def start_run(config: ProCacheConfig, sigmas: torch.Tensor, model_patcher: Any, 
     state.check = _new_check(config)
     log.debug("ProCache: run started, %d steps, schedule %s", len(sig) - 1, sched.to_string())
     return state
-
-
-HISTORY = 16
 
 
 def output_key(t: Any) -> tuple | None:
@@ -569,16 +527,7 @@ def finish_run(state: RunState, interrupted: bool, output: Any = None) -> None:
     summary["verification"] = state.verify_failure
     summary["fallback"] = bool(state.model_level)
     summary["line"] = line
-    cfg = state.config
-    with cfg._lock:
-        cfg.runs += 1
-        summary["run_index"] = cfg.runs
-        cfg.last_stats = summary
-        cfg.last_line = line
-        key = output_key(output)
-        if key is not None:
-            cfg.history.append({"shape": key[0], "head": key[1], "stats": summary})
-            del cfg.history[:-HISTORY]
+    state.config.log.record(summary, output_key(output))
     log.info(line)
     _notify_ui(summary)
 
@@ -627,8 +576,8 @@ def outer_sample_wrapper(executor, *args, **kwargs):
     try:
         guider.model_options = comfy.model_patcher.create_model_options_clone(orig_options)
         state = start_run(config, sigmas, guider.model_patcher, sampler)
-        _note_compile(config, orig_options)
-        config.adapter.block_compile = _block_compile(config, orig_options)
+        _note_compile(state.config, orig_options)
+        state.block_compile = _block_compile(state.config, orig_options)
         guider.model_options["transformer_options"][RUN_KEY] = state
         try:
             memory_bridge.estimate(state, guider, tuple(args[0].shape), kwargs.get("latent_shapes"))
@@ -647,15 +596,14 @@ def outer_sample_wrapper(executor, *args, **kwargs):
 def _block_compile(config: ProCacheConfig, model_options: dict) -> dict | None:
     """The host's compile settings when this run's adapter compiles its branch maths with them."""
     kw = model_options.get("torch_compile_kwargs")
-    return kw if kw and getattr(config.adapter, "compiles_branches", False) else None
+    return kw if kw and config.adapter.compiles_branches else None
 
 
 def _note_compile(config: ProCacheConfig, model_options: dict) -> None:
     """One log line per config when the host's TorchCompileModel is on the model (see outside_compile)."""
     kw = model_options.get("torch_compile_kwargs")
-    if kw and "torch-compile" not in config.noted and not getattr(config.adapter, "schedule_only", False):
-        config.noted.add("torch-compile")
-        if getattr(config.adapter, "compiles_branches", False):
+    if kw and not config.adapter.schedule_only and config.log.note_once("torch-compile"):
+        if config.adapter.compiles_branches:
             log.info("ProCache: torch.compile (%s) is on this model; ProCache's patched blocks run outside the "
                      "compiled graph, their branch maths compiled with the same settings.", kw.get("backend", "?"))
         else:
@@ -678,27 +626,6 @@ def _with_step_callback(state: RunState, args: tuple, kwargs: dict) -> tuple[tup
     else:
         kwargs = dict(kwargs, callback=procache_step_callback)
     return args, kwargs
-
-
-_ACTIVE = threading.local()
-
-
-def active_run(owner: Any) -> CacheRun | None:
-    """The CacheRun of the model evaluation in progress when it belongs to ``owner`` (a config)."""
-    state = active_state(owner)
-    return None if state is None else state.run
-
-
-def active_state(owner: Any) -> Any:
-    """The run state of the model evaluation in progress when it belongs to ``owner`` and its patched
-    blocks are ProCache's (not switched to the host's forward after a failed self-check)."""
-    stack = getattr(_ACTIVE, "stack", None)
-    if not stack:
-        return None
-    state = stack[-1]
-    if state.closed or getattr(state, "blocks_off", False) or not multigpu_bridge.owns(state, owner):
-        return None
-    return state
 
 
 def _transformer_options(args: tuple, kwargs: dict) -> dict:
@@ -769,14 +696,11 @@ def apply_model_wrapper(executor, *args, **kwargs):
     if x.shape[0] % chunks:
         chunks = 1
     run.set_stream(key, chunks, grid_hw=state.config.adapter.grid_hw(tuple(x.shape)))
-    stack = getattr(_ACTIVE, "stack", None)
-    if stack is None:
-        stack = _ACTIVE.stack = []
     check = state.check
     if check is not None and check.pending and not state.blocks_off and run.action == Action.FULL and \
             not _stateful_patches(check, to):
         check.active, check.compared = True, 0   # this evaluation is compared with the host's blocks
-    stack.append(state)
+    push_active(state)
     try:
         if state.model_level:  # the fallback after a failed verification (adapters/verify.py)
             from .adapters.generic import cached_model_call
@@ -791,7 +715,7 @@ def apply_model_wrapper(executor, *args, **kwargs):
     finally:
         if check is not None:
             check.active = False
-        stack.pop()
+        pop_active()
 
 
 def install_wrappers(model_patcher: Any, config: ProCacheConfig) -> None:

@@ -19,7 +19,7 @@ preset); detection, the supported list, the auto presets and Apply's description
 ``docs/families.md`` has the full table and the one-file recipe for a new family.
 
 A patched block that finds no ProCache run of its own in progress (see
-``runtime_bridge.active_run``) calls what was installed before it (another pack's patch, or the host's
+``run_context.active_run``) calls what was installed before it (another pack's patch, or the host's
 unpatched ``forward``), so a stale object patch left on the shared model by the host's clone handling is
 harmless.
 
@@ -39,23 +39,35 @@ import logging
 from typing import Any, Callable
 
 from ...procache_core.errors import UnsupportedModelError
-from ..runtime_bridge import active_run, active_state
+from ..run_context import active_run, active_state
 
 GENERIC = "generic"   # every other model: schedule-only caching of the whole model call (generic.py)
 
 
 class FamilyAdapter:
-    """Base class. ``num_blocks`` counts engine blocks (a joint block may count as two streams)."""
+    """Base class: every contract the bridges read of an adapter, with its default.
 
-    family: str = ""
+    An adapter holds no per-run state: clones of one Apply share it and may sample at once, so what a
+    run decides (e.g. the host's compile settings, ``RunState.block_compile``) lives on the run state.
+    The methods below are contracts too (``lanes``, ``cache_layout``, ``grid_hw``, ``modulation_layers``).
+    """
+
+    family: str = ""                  # the registered family name ("flux", "generic", ...)
     selective_support: str = "none"   # "full", "partial" or "none": which blocks can recompute tokens
+    # the whole model call is cached (the model-level fallback, generic.py): no block patches, no
+    # selective compute, no self-verification
+    schedule_only: bool = False
+    # under the host's TorchCompileModel the branch maths are compiled with the host's settings
+    # (adapters/compiled.py); False: the patched blocks run eager
+    compiles_branches: bool = False
+    # why this adapter stands in for a family's block adapter (the model-level fallback); None otherwise
+    fallback_for: str | None = None
+    # verify.host_key of the host code the adapter was built on (set by adapter_for; None: not verified)
+    _host_key: str | None = None
 
     def __init__(self, diffusion_model: Any) -> None:
-        self.dm = diffusion_model
-        self.num_blocks = 0
-        # the host's torch_compile_kwargs during a run of a compiled model (set by the runtime bridge):
-        # adapters that support it compile their branch maths with them (adapters/compiled.py)
-        self.block_compile: dict | None = None
+        self.dm = diffusion_model     # the host network the patches read (None: nothing to verify)
+        self.num_blocks = 0           # engine blocks (a joint block may count as two streams)
         self._host_noted: set[str] = set()   # reasons already logged by note_host_block
 
     def install(self, model_patcher: Any, owner: Any) -> None:
@@ -230,6 +242,8 @@ def _host_block(dm: Any, block_name: str, index: int) -> Any:
 class ChainedForward:
     """Base of object patches replacing a block's ``forward``: ``self.prev`` is the object patch that was
     there before (None: the host's own ``forward``); :meth:`call_prev` calls whichever it is."""
+
+    adapter: Any = None   # the family adapter, for patches that read it (rebound with the patch, multigpu_bridge)
 
     def __init__(self, block: Any, index: int, owner: Any, prev: Callable | None = None) -> None:
         self.block, self.index, self.owner = block, index, owner

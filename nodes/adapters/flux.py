@@ -48,6 +48,7 @@ import torch
 
 from ...procache_core.engine import Branch
 from ...procache_core.modulation import LazyModulation
+from ..run_context import block_compile
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace, log, outside_compile
 from .compiled import compiled
 from .registry import register
@@ -305,7 +306,7 @@ class FluxDoubleBlock(FluxBlockReplace):
         img_in, txt_in = img, txt
         joint: dict = {}
         # compiled maths only without token ranges (those are Python lists dynamo would specialise on)
-        kw = getattr(self.adapter, "block_compile", None) if dims_i is None and dims_t is None else None
+        kw = block_compile(self.owner) if dims_i is None and dims_t is None else None
         qkv_fn, compiled_mlp = compiled(double_qkv, kw), compiled(stream_mlp, kw)
         first = _img_first(block)
 
@@ -363,7 +364,7 @@ class FluxSingleBlock(FluxBlockReplace):
         mod = _lazy_mod(block.modulation, vec) if block.modulation else LazyModulation(lambda: _flat((vec, None)))
 
         kept: dict = {}
-        kw = getattr(self.adapter, "block_compile", None) if dims is None else None
+        kw = block_compile(self.owner) if dims is None else None
         pre_fn, post_fn = compiled(single_pre, kw), compiled(single_post, kw)
 
         def compute(h):

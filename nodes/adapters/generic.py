@@ -30,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...procache_core.engine import Branch
-from ..runtime_bridge import active_run
+from ..run_context import active_run
 from . import FamilyAdapter
 
 WRAPPER_KEY = "procache_model"   # inside the bridge's APPLY_MODEL wrapper (key "procache")

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from ...procache_core.engine import Branch
-from ..runtime_bridge import active_run
+from ..run_context import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 from .registry import register
 from .modulation import lazy_chunks

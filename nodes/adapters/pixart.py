@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...procache_core.engine import Branch
-from ..runtime_bridge import active_run
+from ..run_context import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 from .registry import register
 

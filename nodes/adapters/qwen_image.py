@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from ...procache_core.engine import Branch
-from ..runtime_bridge import active_run
+from ..run_context import active_run
 from . import ChainedForward, FamilyAdapter, install_forward_patch, outside_compile
 from .modulation import lazy_chunks
 from .registry import register

@@ -111,7 +111,7 @@ def host_key(family: str, dm: Any) -> tuple:
 
 def adapter_key(adapter: Any) -> tuple:
     """``host_key`` of an adapter's network, computed once per adapter."""
-    key = getattr(adapter, "_host_key", None)
+    key = adapter._host_key
     if key is None:
         key = host_key(adapter.family, adapter.dm)
         try:
@@ -266,7 +266,7 @@ def fail(state: Any, block: str | Callable[[], str], why: str) -> None:
     block = block() if callable(block) else block
     check: RunCheck | None = getattr(state, "check", None)
     adapter = state.config.adapter
-    family = getattr(adapter, "family", "?")
+    family = adapter.family
     key = check.key if check is not None else adapter_key(adapter)
     if check is not None:
         check.pending = check.active = False

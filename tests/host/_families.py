@@ -13,7 +13,7 @@ from _inprocess import FakePatcher, load_pack
 
 load_pack()
 from procache_pack.nodes import adapters as A  # noqa: E402
-from procache_pack.nodes import runtime_bridge as RB  # noqa: E402
+from procache_pack.nodes import run_context as RC  # noqa: E402
 from procache_pack.procache_core.engine import CacheRun  # noqa: E402
 from procache_pack.procache_core.schedule import Schedule  # noqa: E402
 from procache_pack.procache_core.settings import SelectiveSettings  # noqa: E402
@@ -26,12 +26,11 @@ def patched_run(family: str, dm: Any, schedule: str, call: Callable[[str, Any, d
     """Outputs of every step of ``schedule`` on the same inputs through the adapter, and the closed
     ``CacheRun`` (``run.stats``, ``run.adapter``). ``expect``: the detected family when it is not
     ``family`` (the name ``call`` knows the inputs by). ``block_compile``: the host's compile kwargs, as the
-    runtime bridge sets them under TorchCompileModel. ``install(fp, do_install)``: called instead of the
+    runtime bridge sets them on the run state under TorchCompileModel. ``install(fp, do_install)``: called instead of the
     adapter's install, which it runs by calling ``do_install()`` where it wants it among its own patches."""
     fp = FakePatcher(dm)
     adapter = A.adapter_for(fp)
     assert adapter.family == (expect or family)
-    adapter.block_compile = block_compile  # what the runtime bridge sets under TorchCompileModel
     owner = types.SimpleNamespace()
     if install is None:
         adapter.install(fp, owner)
@@ -40,16 +39,17 @@ def patched_run(family: str, dm: Any, schedule: str, call: Callable[[str, Any, d
     run = CacheRun(Schedule.from_string(schedule), SelectiveSettings(ratio=ratio, depth_fraction=depth_fraction),
                    num_blocks=adapter.num_blocks, memory=memory, lanes=adapter.lanes())
     run.adapter = adapter
-    state = types.SimpleNamespace(config=owner, run=run, closed=False)
+    # block_compile: what the runtime bridge sets on the run state under TorchCompileModel
+    state = types.SimpleNamespace(config=owner, run=run, closed=False, block_compile=block_compile)
     outs = []
     with fp.patched():
         for step in range(len(schedule)):
             run.begin_step(step)
             run.set_stream((0, 1), chunks=2)
-            RB._ACTIVE.stack = [state]
+            RC.push_active(state)
             try:
                 outs.append(call(family, dm, dict(fp.model_options["transformer_options"])))
             finally:
-                RB._ACTIVE.stack = []
+                RC.pop_active()
     run.close()
     return outs, run

@@ -135,8 +135,8 @@ def test_the_hosts_loader_receives_the_hint(monkeypatch):
     monkeypatch.setattr(mm, "load_models_gpu", spy)
     base = tiny_flux_patcher()
     _sample(base, steps=2)
-    patched = _apply(base, "FF")
-    RB.config_of(patched).memory_request = MB.MemoryRequest("device", "full", None)
+    patched = _apply(base, "FF", cache_device="model device", cache_mode="full")
+    assert RB.config_of(patched).memory_request == MB.MemoryRequest("device", "full", None)
     est: list = []
     real_estimate = MB.estimate
 

@@ -23,6 +23,7 @@ from _inprocess import FakePatcher, load_pack
 
 load_pack()
 from procache_pack.nodes import adapters as A  # noqa: E402
+from procache_pack.nodes import run_context as RC  # noqa: E402
 from procache_pack.nodes import runtime_bridge as RB  # noqa: E402
 from procache_pack.nodes.apply import ProCacheApply  # noqa: E402
 from procache_pack.procache_core.engine import CacheRun  # noqa: E402
@@ -106,10 +107,10 @@ def _sample(model, steps: int = 6):
                                disable_pbar=True)
 
 
-def _apply(model, actions: str):
+def _apply(model, actions: str, **inputs):
     preset = Preset(name="mgpu-test", schedule=Schedule.from_string(actions), family="any",
                     selective=SelectiveSettings(enabled=False))
-    return ProCacheApply.execute(model, schedule=preset, short_run_floor=0).args[0]
+    return ProCacheApply.execute(model, schedule=preset, short_run_floor=0, **inputs).args[0]
 
 
 @pytest.fixture
@@ -215,7 +216,7 @@ def test_cached_split_keeps_one_cache_per_device_on_its_own_modules(two_cpu_devi
         for h in handles:
             h.remove()
     cfg = RB.config_of(patched)
-    stats = cfg.last_stats
+    stats = cfg.log.last_stats
     # one worker state per device, each with its own CacheRun on its own model's modules
     assert sorted(str(w.device) for w in workers) == ["cpu", "cpu:0"]
     runs = {id(w.run) for w in workers}
@@ -270,7 +271,7 @@ def test_host_block_call_is_per_thread():
             run = CacheRun(Schedule.from_string("F"), None, num_blocks=adapter.num_blocks)
             run.begin_step(0)
             run.set_stream((0,), 1)
-            RB._ACTIVE.stack = [types.SimpleNamespace(config=owner, run=run, closed=False, dm=None)]
+            RC.push_active(types.SimpleNamespace(config=owner, run=run, closed=False, dm=None))
             args = {"img": torch.zeros(1, 4, c), "txt": torch.zeros(1, 2, c),
                     "vec": torch.zeros(1, 2, c),   # two modulation rows and no ranges: the host's block
                     "pe": None, "attn_mask": None, "transformer_options": {}}
@@ -282,7 +283,7 @@ def test_host_block_call_is_per_thread():
         except Exception as e:  # reported below
             errors.append(e)
         finally:
-            RB._ACTIVE.stack = []
+            RC._ACTIVE.stack = []
 
     ts = [threading.Thread(target=worker, args=(n,)) for n in ("a", "b")]
     for t in ts:

@@ -11,6 +11,7 @@ from _inprocess import FakePatcher, load_pack
 
 pack = load_pack()
 from procache_pack.nodes import runtime_bridge as RB  # noqa: E402
+from procache_pack.nodes.adapters import FamilyAdapter  # noqa: E402
 from procache_pack.nodes.calibrate import ProCacheScheduleSearch  # noqa: E402
 from procache_pack.procache_core.errors import ProCacheError  # noqa: E402
 from procache_pack.procache_core.schedule import Schedule  # noqa: E402
@@ -18,9 +19,10 @@ from procache_pack.procache_core.settings import SelectiveSettings  # noqa: E402
 
 
 def _config() -> RB.ProCacheConfig:
+    adapter = FamilyAdapter(None)
+    adapter.num_blocks, adapter.family = 2, "toy"
     return RB.ProCacheConfig(preset=None, schedule=Schedule.from_string("FCFC"), selective=SelectiveSettings(),
-                             inject_selective=False, start_percent=0.0, end_percent=1.0,
-                             adapter=types.SimpleNamespace(num_blocks=2, family="toy"))
+                             inject_selective=False, start_percent=0.0, end_percent=1.0, adapter=adapter)
 
 
 def test_schedule_search_refuses_a_patched_model():
