@@ -7,7 +7,6 @@ spaced noise positions, which is what the preview assumes; the preview's actions
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import types
 from pathlib import Path
@@ -32,12 +31,10 @@ RANGES = [(0.0, 1.0), (0.0, 0.5), (0.25, 0.75), (0.3, 1.0)]
 def pack():
     """The pack under the name the host gives it (relative imports), without a host: the preview and
     the planner need none."""
-    if "procache_pack" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("procache_pack", ROOT / "__init__.py",
-                                                      submodule_search_locations=[str(ROOT)])
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["procache_pack"] = mod
-        spec.loader.exec_module(mod)
+    sys.path.insert(0, str(ROOT / "tests" / "host"))
+    from _inprocess import import_pack
+
+    import_pack()
     preview = importlib.import_module("procache_pack.nodes.preview")
     bridge = importlib.import_module("procache_pack.nodes.runtime_bridge")
     files = importlib.import_module("procache_pack.nodes.preset_files")

@@ -7,8 +7,6 @@ from pathlib import Path
 import pytest
 import requests
 
-from procache_core import presets as core_presets
-from procache_core.plan import even_run_noise, few_step_name, plan_schedule
 from procache_core.schedule import Schedule
 
 pytestmark = pytest.mark.host
@@ -81,24 +79,13 @@ def test_get_unknown_or_traversal_is_404(api, name):
     assert "root:" not in r.text
 
 
-def _planned(actions: str, n: int, record=None, family: str = "any", selective_enabled: bool = True) -> str:
-    """What a run of ``n`` evenly spaced noise levels uses (procache_core.plan, the run's planner): the
-    preview promises the run's schedule, not a step-share remap."""
-    few_name = few_step_name(family, len(actions), n)
-    few = None
-    if few_name:
-        few = core_presets.load_preset(core_presets.list_presets([core_presets.shipped_presets_dir()])[few_name])
-    return plan_schedule(Schedule.from_string(actions), record, even_run_noise(n), few=few,
-                         selective_enabled=selective_enabled).schedule.to_string()
-
-
-def test_preview_is_the_run_plan(api):
+def test_preview_is_the_run_plan(api, planned):
     src = "FCSCFCSCFCFCF"
     for n in (4, 13, 20, 50):
         r = api.get("/procache/preview", params={"actions": src, "steps": n})
         assert r.status_code == 200, r.text
         data = r.json()
-        assert data["actions"] == _planned(src, n)
+        assert data["actions"] == planned(src, n)
         assert data["steps"] == n and data["source_steps"] == len(src)
         assert data["remapped"] == (n != len(src))
         assert sum(data["counts"].values()) == n
@@ -106,12 +93,12 @@ def test_preview_is_the_run_plan(api):
     assert r.status_code == 200 and r.json()["actions"] == "FCCSC"
 
 
-def test_preview_of_a_preset_and_of_typed_text(api, listing):
+def test_preview_of_a_preset_and_of_typed_text(api, listing, planned):
     p = _shipped(listing)[0]
     r = api.post("/procache/preview", json={"preset": p["name"], "steps": 37})
     assert r.status_code == 200, r.text
     sel = (p.get("selective") or {}).get("enabled", True)
-    assert r.json()["actions"] == _planned(p["actions"], 37, p["noise"], p["family"], sel)
+    assert r.json()["actions"] == planned(p["actions"], 37, p["noise"], p["family"], sel)
     assert r.json()["family"] == p["family"]
     r = api.post("/procache/preview", json={"text": "F C S C F", "steps": 5})
     assert r.status_code == 200 and r.json()["actions"] == "FCSCF"
