@@ -3,8 +3,10 @@ from __future__ import annotations
 
 from comfy_api.latest import ComfyExtension, io
 
-try:  # registers the /procache/ HTTP routes used by the web UI (web/js/procache.js)
-    from . import routes as _routes  # noqa: F401
+try:  # the /procache/ HTTP routes used by the web UI (web/js/procache.js), registered as the pack starts
+    from . import routes as _routes
+
+    _routes.register_on_host()
 except Exception:  # the nodes must load even if the UI routes cannot
     import logging
 

@@ -22,6 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..procache_core.plan import SHORT_RUN_FLOOR  # noqa: F401 (the planner's rule; Apply's default)
 from ..procache_core.schedule import Schedule
 from ..procache_core.settings import SelectiveSettings
 
@@ -29,9 +30,6 @@ CONFIG_KEY = "procache"          # transformer_options key of the ProCacheConfig
 RUN_KEY = "procache_run"         # transformer_options key of the current RunState (sampling only)
 WRAPPER_KEY = "procache"         # key of every wrapper we add
 
-# runs with fewer steps compute every step unless ProCache Apply says otherwise; 4 from the measurement in
-# benchmarks/few_step.py (results/few_step_cpu.md): the best 3-step reuse loses too much, 4 steps hold the bar
-SHORT_RUN_FLOOR = 4
 HISTORY = 16                     # recent runs kept for ProCache Stats to match its LATENT to
 
 
@@ -111,11 +109,6 @@ class ProCacheConfig:
         """The block adapter this config stands in for as the model-level fallback; None while
         ``adapter`` is what Apply chose."""
         return None if self.base is None else self.base.adapter
-
-    @property
-    def noted(self) -> set[str]:
-        """The run log's one-time log lines (``log.noted``)."""
-        return self.log.noted
 
     def as_fallback(self, adapter: Any) -> "ProCacheConfig":
         """This config with the model-level fallback ``adapter`` and no selective compute."""

@@ -49,8 +49,8 @@ import torch
 
 from ..procache_core.engine import CacheRun
 from ..procache_core.errors import ProCacheError
-from ..procache_core import few_step
-from ..procache_core.schedule import Action, Schedule, even_noise, map_by_noise
+from ..procache_core.plan import few_step_name, plan_schedule
+from ..procache_core.schedule import Action, Schedule
 from . import memory_bridge, multigpu_bridge
 from .run_context import (CONFIG_KEY, RUN_KEY, SHORT_RUN_FLOOR, WRAPPER_KEY,  # noqa: F401 (SHORT_RUN_FLOOR: apply)
                           ProCacheConfig, pop_active, push_active)
@@ -269,69 +269,21 @@ class RunPlan:
 
 
 def plan_run(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -> RunPlan:
-    """The schedule this run uses.
-
-    * A schedule with a noise record (``preset.noise``) is carried onto the run by noise level
-      (``procache_core.schedule.map_by_noise``): each step takes the preset's action at its own noise
-      position, the first step is FULL, the FULL share stays within rounding of the preset's.
-    * Without a record (presets written before the noise axis, typed schedules) the preset's steps are
-      taken as evenly spaced in noise level, except that a schedule with exactly the run's step count on
-      a run that starts at the top of the noise range runs as written (it was written for this run).
-    * A few-step run (fewer than ``few_step.FEW_STEP_BELOW`` steps) never carries a schedule made for
-      long runs: it takes the shipped few-step preset nearest its step count instead, as written when
-      it has the run's steps from the top of the noise range, else mapped as above
-      (``procache_core.few_step``; one log line). The floor below applies to it.
-    * Runs shorter than ``config.short_run_floor`` steps compute every step (reuse across a few large
-      steps costs the most detail), unless the schedule runs as written or the floor is 0.
-    Then selective injection and the start/end percent range apply as before.
-    """
+    """The schedule this run uses: ``procache_core.plan.plan_schedule`` (the rules are there) on the
+    run's noise positions and active range as the host's model sampling gives them, with the shipped
+    few-step preset it picks loaded from its file."""
     n = len(sigmas) - 1
-    sched = config.schedule
-    preset = config.preset
     noise, _exact = noise_positions(model_sampling, sigmas)
-    notes: list[str] = []
-    remapped_from = None
-    mapping = "as written"
-    few = _few_step_preset(config, len(sched), n)
-    if few is not None:
-        preset, sched = few, few.schedule
-    rec = getattr(preset, "noise", None)
-    has_record = rec is not None and len(rec) == len(sched)
-    # a few-step preset of the run's own step count runs as written from the top of the noise range: at 4
-    # steps the schedulers' small offsets from i/4 (sgm_uniform) would move its reuse by a whole step
-    exact_few = few is not None and len(sched) == n and noise[0] <= 1e-3
-    if n >= 1 and not exact_few and (has_record or len(sched) != n or noise[0] > 1e-3):
-        if not has_record and "no-noise" not in config.noted:
-            config.noted.add("no-noise")
-            notes.append(f"ProCache: schedule '{config.name}' has no noise record; its {len(sched)} steps are "
-                         "taken as evenly spaced in noise level (timestep percent i/steps).")
-        src = tuple(rec) if has_record else even_noise(len(sched))
-        mapped = map_by_noise(sched, src, noise)
-        if mapped != sched or len(sched) != n:
-            remapped_from = len(sched)
-        sched = mapped
-        mapping = "noise"
-    if few is not None:
-        notes.append(f"ProCache: {n}-step run: schedule '{config.name}' ({len(config.schedule)} steps) is made for "
-                     f"runs of {few_step.FEW_STEP_BELOW}+ steps; this run uses the few-step preset '{few.name}' "
-                     f"({few.schedule.to_string()})" + (" as written." if exact_few else
-                                                         f" carried onto its noise levels: {sched.to_string()}."))
-    if n >= 1 and (mapping != "as written" or few is not None) and 0 < config.short_run_floor and \
-            n < config.short_run_floor:
-        sched = Schedule(tuple([Action.FULL] * n))
-        mapping = "short run"
-        notes.append(f"ProCache: {n} steps is below the short-run floor of {config.short_run_floor}: every step is "
-                     "computed (set short_run_floor on ProCache Apply to 0 to cache short runs anyway).")
-    if config.inject_selective:
-        sched = sched.with_selective(True)
-    elif not config.selective.enabled:
-        sched = sched.with_selective(False)
-    active = _percent_active(model_sampling, sigmas, config.start_percent, config.end_percent)
-    if not all(active):
-        acts = [a if active[i] else Action.FULL for i, a in enumerate(sched.actions)]
-        sched = Schedule.from_string("".join(Action(a).value for a in acts))
-    return RunPlan(schedule=sched, remapped_from=remapped_from, noise=noise, mapping=mapping, notes=notes,
-                   few_step=few)
+    plan = plan_schedule(
+        config.schedule, getattr(config.preset, "noise", None), noise, name=config.name,
+        selective_enabled=config.selective.enabled, inject_selective=config.inject_selective,
+        active=_percent_active(model_sampling, sigmas, config.start_percent, config.end_percent),
+        short_run_floor=config.short_run_floor, few=_few_step_preset(config, len(config.schedule), n),
+        noted=config.log.noted)
+    for key in plan.noted:
+        config.log.note_once(key)
+    return RunPlan(schedule=plan.schedule, remapped_from=plan.remapped_from, noise=noise, mapping=plan.mapping,
+                   notes=plan.notes, few_step=plan.few_step)
 
 
 _FEW_STEP_CACHE: dict[str, Any] = {}
@@ -339,22 +291,19 @@ _FEW_STEP_CACHE: dict[str, Any] = {}
 
 def _few_step_preset(config: ProCacheConfig, schedule_steps: int, run_steps: int) -> Any:
     """The shipped few-step preset a ``run_steps``-step run takes in place of its schedule, or None
-    (``procache_core.few_step.few_step_choice``). A missing or broken preset file keeps the schedule
+    (``procache_core.plan.few_step_name``). A missing or broken preset file keeps the schedule
     (one log line per config)."""
-    family = getattr(config.block_adapter or config.adapter, "family", "")
-    table = few_step.presets_for(family)
-    steps = few_step.few_step_choice(schedule_steps, run_steps, table)
-    if steps is None:
+    family = (config.block_adapter or config.adapter).family
+    name = few_step_name(family, schedule_steps, run_steps)
+    if name is None:
         return None
-    name = table[steps]
     if name not in _FEW_STEP_CACHE:
         from .schedule_loader import load_named_preset
 
         try:
             _FEW_STEP_CACHE[name] = load_named_preset(name)
         except ProCacheError as e:
-            if "few-step-missing" not in config.noted:
-                config.noted.add("few-step-missing")
+            if config.log.note_once("few-step-missing"):
                 log.warning("ProCache: few-step preset unavailable (%s); short runs map '%s' as it is.", e, config.name)
             return None
     return _FEW_STEP_CACHE[name]
@@ -371,12 +320,6 @@ def few_step_note(few: Any, sched: Schedule) -> str:
     elif reused:
         text += "; quality traded for speed"
     return text
-
-
-def build_run_schedule(config: ProCacheConfig, sigmas: list[float], model_sampling: Any) -> tuple[Schedule, int | None]:
-    """The schedule this run uses and the preset length it was mapped from (None: as written)."""
-    plan = plan_run(config, sigmas, model_sampling)
-    return plan.schedule, plan.remapped_from
 
 
 def _use_fallback_if_failed(config: ProCacheConfig) -> ProCacheConfig:

@@ -2,7 +2,7 @@
 
 The family presets are made for 20-50 steps. Squeezed onto a 4- or 8-step run by noise level they keep
 their share of full steps (~35 %), which at a few large steps reuses across most of the denoising path.
-So the one rule, applied by the run planner (``nodes/runtime_bridge.plan_run``) whatever picked the
+So the one rule, applied by the run planner (``procache_core.plan``, for the run and the preview) whatever picked the
 preset (``auto``, a Schedule Loader preset, a typed schedule):
 
 * a run of fewer than ``FEW_STEP_BELOW`` steps whose schedule has ``FEW_STEP_BELOW`` or more steps

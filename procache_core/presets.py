@@ -47,6 +47,22 @@ NOISE_DECIMALS = 6
 _ProvValue = (str, int, float, bool, type(None))
 
 
+_TYPED_SEPARATORS = re.compile(r"[\s,|_\-]+")
+_TYPED_SCHEDULE = re.compile(r"[FCSfcs\s,|_\-]+")
+
+
+def typed_actions(text: str) -> str | None:
+    """The step letters of what a user typed (Schedule Loader's schedule_text, the preview, a UI save)
+    when it is a schedule string such as ``"FCSC FCS|FC"``, else None: the text is preset YAML.
+
+    The one rule: only F/C/S and separators (spaces, ``,|_-``), or anything without ':' and newlines (a
+    typo in a schedule string is then reported as one, not as broken YAML)."""
+    t = text.strip()
+    if _TYPED_SCHEDULE.fullmatch(t) or (":" not in t and "\n" not in t):
+        return _TYPED_SEPARATORS.sub("", t)
+    return None
+
+
 def validate_preset_name(name: Any) -> str:
     """The name itself when it is a safe file stem: [A-Za-z0-9_.-], 1..64 chars, no leading dot."""
     if not isinstance(name, str):
@@ -152,10 +168,12 @@ class Preset:
 
     @classmethod
     def from_schedule_text(cls, text: str, name: str = "custom", family: str = "any", model: str = "",
-                           selective: SelectiveSettings | None = None) -> "Preset":
-        """A preset around a typed-in schedule such as ``"FCSC FCS FC"``."""
-        return cls(name=name, schedule=Schedule.from_string(text), family=family, model=model,
-                   selective=selective or SelectiveSettings(), provenance={"source": "typed schedule"})
+                           selective: SelectiveSettings | None = None, source: str = "typed schedule") -> "Preset":
+        """A preset around a typed-in schedule such as ``"FCSC FCS FC"`` or ``"FC|SC"`` (the separators
+        :func:`typed_actions` drops are ignored)."""
+        letters = typed_actions(text) if isinstance(text, str) else None
+        return cls(name=name, schedule=Schedule.from_string(text if letters is None else letters), family=family,
+                   model=model, selective=selective or SelectiveSettings(), provenance={"source": source})
 
     @property
     def steps(self) -> int:
@@ -490,4 +508,4 @@ def replace(preset: Preset, **changes: Any) -> Preset:
 
 
 __all__ = ["PRESET_VERSION", "MAX_PRESET_BYTES", "USER_PREFIX", "Preset", "parse_preset_text", "load_preset",
-           "dump_preset", "save_preset", "list_presets", "shipped_presets_dir", "validate_preset_name", "MAX_STEPS"]
+           "dump_preset", "save_preset", "list_presets", "shipped_presets_dir", "validate_preset_name", "typed_actions", "MAX_STEPS"]

@@ -17,6 +17,11 @@ def load_pack():
     from host_inprocess import use_host
 
     use_host()
+    return import_pack()
+
+
+def import_pack():
+    """The pack as ``procache_pack``, without a host (what needs none can be tested host-free)."""
     if "procache_pack" not in sys.modules:
         spec = importlib.util.spec_from_file_location("procache_pack", ROOT / "__init__.py",
                                                       submodule_search_locations=[str(ROOT)])

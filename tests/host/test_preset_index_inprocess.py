@@ -17,6 +17,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _inprocess import load_pack  # noqa: E402
 
+
+def _preview(data):
+    """``/procache/preview``'s answer (nodes/preview.py; the ``mods`` fixture loaded the pack)."""
+    return importlib.import_module("procache_pack.nodes.preview").preview_payload(data)
+
+
 PRESET = "version: 1\nname: {name}\nfamily: pixart\nactions: {actions}\n"
 
 
@@ -27,92 +33,92 @@ def mods(tmp_path_factory):
 
     old = folder_paths.get_user_directory()
     folder_paths.set_user_directory(str(tmp_path_factory.mktemp("user")))
-    routes = importlib.import_module("procache_pack.nodes.routes")
+    payloads = importlib.import_module("procache_pack.nodes.preset_payloads")
     index = importlib.import_module("procache_pack.nodes.preset_index")
     presets = importlib.import_module("procache_pack.procache_core.presets")
-    yield routes, index, presets
+    yield payloads, index, presets
     folder_paths.set_user_directory(old)
 
 
 @pytest.fixture
 def udir(mods):
-    routes, _, _ = mods
-    d = routes.user_presets_dir()
+    payloads, _, _ = mods
+    d = payloads.preset_files.user_presets_dir()
     for f in d.iterdir():
         f.unlink()
-    routes._INDEX.clear()
+    payloads._INDEX.clear()
     return d
 
 
-def _uncached_body(routes) -> str:
+def _uncached_body(payloads) -> str:
     """The list answer computed the slow way: every file parsed now."""
-    items = [routes._list_item(n, p) for n, p in
-             sorted(routes._all_presets().items(), key=lambda kv: (kv[0].startswith("user/"), kv[0]))]
+    items = [payloads._list_item(n, p) for n, p in
+             sorted(payloads._all_presets().items(), key=lambda kv: (kv[0].startswith("user/"), kv[0]))]
     return json.dumps({"presets": items})
 
 
-def _user(routes, name):
-    return next(p for p in routes.list_payload()["presets"] if p["name"] == "user/" + name)
+def _user(payloads, name):
+    return next(p for p in payloads.list_payload()["presets"] if p["name"] == "user/" + name)
 
 
 def test_list_is_bitwise_the_uncached_answer_and_parses_once(mods, udir):
-    routes, _, _ = mods
+    payloads, _, _ = mods
     (udir / "a.yaml").write_text(PRESET.format(name="a", actions="FCCF"))
     (udir / "broken.yaml").write_bytes(b"\xff\xfe binary")
-    first = routes.list_body()
-    parses = routes._INDEX.parses
-    assert routes.list_body() == first == _uncached_body(routes)
-    assert routes._INDEX.parses == parses, "an unchanged file was parsed again"
-    assert "error" in _user(routes, "broken") and _user(routes, "a")["actions"] == "FCCF"
+    first = payloads.list_body()
+    parses = payloads._INDEX.parses
+    assert payloads.list_body() == first == _uncached_body(payloads)
+    assert payloads._INDEX.parses == parses, "an unchanged file was parsed again"
+    assert "error" in _user(payloads, "broken") and _user(payloads, "a")["actions"] == "FCCF"
 
 
 def test_edit_in_place_same_size_same_tick_is_seen(mods, udir):
-    routes, _, _ = mods
+    payloads, _, _ = mods
     f = udir / "p.yaml"
     f.write_text(PRESET.format(name="p", actions="FCCF"))
-    assert _user(routes, "p")["actions"] == "FCCF"
+    assert _user(payloads, "p")["actions"] == "FCCF"
     st = f.stat()
     with open(f, "r+") as fh:  # same size, same inode; then the old timestamps put back
         fh.write(PRESET.format(name="p", actions="FSSF"))
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert f.stat().st_size == st.st_size
-    assert _user(routes, "p")["actions"] == "FSSF"
-    assert routes.get_payload("user/p")["yaml"] == f.read_text()
-    assert routes.preview_payload({"preset": "user/p"})["actions"] == "FSSF"
-    assert routes.list_body() == _uncached_body(routes)
+    assert _user(payloads, "p")["actions"] == "FSSF"
+    assert payloads.get_payload("user/p")["yaml"] == f.read_text()
+    assert _preview({"preset": "user/p"})["actions"] == "FSSF"
+    assert payloads.list_body() == _uncached_body(payloads)
 
 
 def test_replaced_deleted_and_added_files_are_seen(mods, udir):
-    routes, _, presets = mods
+    payloads, _, presets = mods
     f = udir / "r.yaml"
     f.write_text(PRESET.format(name="r", actions="FCF"))
-    assert _user(routes, "r")["actions"] == "FCF"
+    assert _user(payloads, "r")["actions"] == "FCF"
     presets.write_text_atomic(f, PRESET.format(name="r", actions="FCCCF"))  # rename over it
-    assert _user(routes, "r")["actions"] == "FCCCF"
+    assert _user(payloads, "r")["actions"] == "FCCCF"
     f.write_text("actions: [unclosed\n")  # broken now: its error, not the old summary
-    assert "error" in _user(routes, "r")
-    with pytest.raises(routes.RouteError) as exc:
-        routes.preview_payload({"preset": "user/r"})
+    assert "error" in _user(payloads, "r")
+    with pytest.raises(payloads.RouteError) as exc:
+        _preview({"preset": "user/r"})
     assert exc.value.status == 400
     f.unlink()
-    assert all(p["name"] != "user/r" for p in routes.list_payload()["presets"])
+    assert all(p["name"] != "user/r" for p in payloads.list_payload()["presets"])
     (udir / "new.yml").write_text(PRESET.format(name="new", actions="FSF"))
-    assert _user(routes, "new")["actions"] == "FSF"
-    assert routes.list_body() == _uncached_body(routes)
+    assert _user(payloads, "new")["actions"] == "FSF"
+    assert payloads.list_body() == _uncached_body(payloads)
 
 
 def test_saved_preset_is_listed_at_once(mods, udir):
-    routes, _, _ = mods
+    payloads, _, _ = mods
     bodies = [{"name": "s", "actions": a, "family": "pixart", "overwrite": True} for a in ("FCF", "FSSCF", "FCF")]
     bodies += [{"name": "s", "overwrite": True, "yaml": PRESET.format(name=n, actions=a)}
                for n, a in (("s", "FCCF"), ("other-name", "FSF"), ("s", "FCCF"))]
     for body in bodies:
         acts = body.get("actions") or body["yaml"].split("actions: ")[1].strip()
-        _, out = routes.save_payload(body)
+        _, out = payloads.save_payload(body)
         assert out["summary"]["actions"] == acts
-        assert _user(routes, "s") == out["summary"]
-        assert routes.preview_payload({"preset": "user/s"})["actions"] == acts
-        assert routes.list_body() == _uncached_body(routes)
+        assert _user(payloads, "s") == out["summary"]
+        assert _preview({"preset": "user/s"})["actions"] == acts
+        assert payloads.list_body() == _uncached_body(payloads)
 
 
 def test_index_trusts_the_stat_only_once_the_file_has_aged(mods, tmp_path):

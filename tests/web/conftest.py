@@ -74,6 +74,27 @@ def web_server(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def planned():
+    """``planned(actions, n, record=None, family="any", selective_enabled=True)``: the actions a run of ``n``
+    evenly spaced noise levels uses (procache_core.plan, the run's planner). The preview promises the
+    run's schedule, not a step-share remap."""
+    from procache_core import presets as core_presets
+    from procache_core.plan import even_run_noise, few_step_name, plan_schedule
+    from procache_core.schedule import Schedule
+
+    def plan(actions: str, n: int, record=None, family: str = "any", selective_enabled: bool = True) -> str:
+        few_name = few_step_name(family, len(actions), n)
+        few = None
+        if few_name:
+            shipped = core_presets.list_presets([core_presets.shipped_presets_dir()])
+            few = core_presets.load_preset(shipped[few_name])
+        return plan_schedule(Schedule.from_string(actions), record, even_run_noise(n), few=few,
+                             selective_enabled=selective_enabled).schedule.to_string()
+
+    return plan
+
+
+@pytest.fixture(scope="session")
 def base_url(web_server) -> str:
     return web_server.base_url
 

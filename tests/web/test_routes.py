@@ -79,13 +79,13 @@ def test_get_unknown_or_traversal_is_404(api, name):
     assert "root:" not in r.text
 
 
-def test_preview_remaps_like_schedule_remap(api):
+def test_preview_is_the_run_plan(api, planned):
     src = "FCSCFCSCFCFCF"
     for n in (4, 13, 20, 50):
         r = api.get("/procache/preview", params={"actions": src, "steps": n})
         assert r.status_code == 200, r.text
         data = r.json()
-        assert data["actions"] == Schedule.from_string(src).remap(n).to_string()
+        assert data["actions"] == planned(src, n)
         assert data["steps"] == n and data["source_steps"] == len(src)
         assert data["remapped"] == (n != len(src))
         assert sum(data["counts"].values()) == n
@@ -93,11 +93,12 @@ def test_preview_remaps_like_schedule_remap(api):
     assert r.status_code == 200 and r.json()["actions"] == "FCCSC"
 
 
-def test_preview_of_a_preset_and_of_typed_text(api, listing):
+def test_preview_of_a_preset_and_of_typed_text(api, listing, planned):
     p = _shipped(listing)[0]
     r = api.post("/procache/preview", json={"preset": p["name"], "steps": 37})
     assert r.status_code == 200, r.text
-    assert r.json()["actions"] == Schedule.from_string(p["actions"]).remap(37).to_string()
+    sel = (p.get("selective") or {}).get("enabled", True)
+    assert r.json()["actions"] == planned(p["actions"], 37, p["noise"], p["family"], sel)
     assert r.json()["family"] == p["family"]
     r = api.post("/procache/preview", json={"text": "F C S C F", "steps": 5})
     assert r.status_code == 200 and r.json()["actions"] == "FCSCF"

@@ -144,7 +144,7 @@ def presets(base_url):
     return ps
 
 
-def test_strip_preset_steps_and_typed_schedule(page, base_url, presets, artifacts):
+def test_strip_preset_steps_and_typed_schedule(page, base_url, presets, artifacts, planned):
     p = presets[0]
     open_app(page, base_url)
     load(page, workflow(p["name"], p["steps"]))
@@ -160,10 +160,10 @@ def test_strip_preset_steps_and_typed_schedule(page, base_url, presets, artifact
     assert legend == [["F", "full"], ["S", "selective"], ["C", "cached"]]
     page.screenshot(path=str(artifacts / "web_strip_preset.png"))
 
-    # 2. the sampler's steps change -> the strip shows the remapped schedule
+    # 2. the sampler's steps change -> the strip shows what the run plans (procache_core.plan)
     page.evaluate("""(n) => { const k = app.graph.getNodeById(%d); const w = k.widgets.find(w => w.name === 'steps');
                      w.value = n; w.callback?.(n); app.graph.setDirtyCanvas(true, true); }""" % SAMPLER_ID, 30)
-    want = Schedule.from_string(p["actions"]).remap(30).to_string()
+    want = planned(p["actions"], 30, p["noise"], p["family"], (p.get("selective") or {}).get("enabled", True))
     s = wait_strip(page, want)
     assert_cells(s, want)
     assert s["data"]["sourceSteps"] == str(p["steps"]) and "remapped from" in s["summary"]
@@ -219,12 +219,12 @@ def test_extension_source_uses_only_public_front_end_api():
     assert 'EXTENSION_NAME = "procache.' in src
 
 
-def test_save_as_preset_then_reload(page, base_url, presets, user_presets, artifacts):
+def test_save_as_preset_then_reload(page, base_url, presets, user_presets, artifacts, planned):
     name = "webtest-saved"
     p = presets[0]
     open_app(page, base_url)
     load(page, workflow(p["name"], 12, text="FCCSFCSF"))
-    want = Schedule.from_string("FCCSFCSF").remap(12).to_string()
+    want = planned("FCCSFCSF", 12)
     wait_strip(page, want)
 
     # click the canvas button "Save as preset" and answer the app's name dialog (never a native prompt)

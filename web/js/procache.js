@@ -93,7 +93,7 @@ export function findApplySettings(node) {
   for (const n of downstream(node, 4)) {
     if (classOf(n) !== "ProCacheApply") continue;
     const out = {};
-    for (const k of ["start_percent", "end_percent"]) {
+    for (const k of ["start_percent", "end_percent", "short_run_floor"]) {
       const w = widget(n, k);
       if (w && Number.isFinite(Number(w.value))) out[k] = Number(w.value);
     }
