@@ -1,6 +1,6 @@
 """The run planner: which action every step of one run takes. Plain Python (no torch, no comfy).
 
-One function decides it for the sampling run (``nodes/runtime_bridge.plan_run``, which reads the run's
+One function decides it for the sampling run (``nodes/run_plan.plan_run``, which reads the run's
 noise positions and active range off the host's model sampling) and for the UI preview
 (``nodes/preset_payloads.preview_payload``, which has no sampler and uses evenly spaced noise), so the
 preview cannot disagree with the run.

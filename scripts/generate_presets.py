@@ -13,7 +13,7 @@ Two kinds of preset:
   for the user's own model and sampler.
 
 Every preset records the noise position (timestep percent) of each of its steps, so it behaves the same
-under any sampler, scheduler, step count and denoise (nodes/runtime_bridge.plan_run).
+under any sampler, scheduler, step count and denoise (nodes/run_plan.plan_run).
 
 Every value that ends up in a file is fixed here (seeds, date), so reruns give identical files.
 """

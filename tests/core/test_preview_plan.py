@@ -1,4 +1,4 @@
-"""The UI preview (nodes/preview.py) shows what the run plans (nodes/runtime_bridge.plan_run), without a host.
+"""The UI preview (nodes/preview.py) shows what the run plans (nodes/run_plan.plan_run), without a host.
 
 The run is planned the way ProCache Apply sets it up (its selective / inject decision, the active range,
 the short-run floor, the few-step preset of the preset's family), on a sampler whose steps sit at evenly
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from procache_core import few_step
-from procache_core.plan import active_from_noise, even_run_noise
+from procache_core.plan import SHORT_RUN_FLOOR, active_from_noise, even_run_noise
 
 ROOT = Path(__file__).resolve().parents[2]
 # a preset whose noise record is not even: carried by its record, not by its step share
@@ -36,15 +36,16 @@ def pack():
 
     import_pack()
     preview = importlib.import_module("procache_pack.nodes.preview")
-    bridge = importlib.import_module("procache_pack.nodes.runtime_bridge")
+    bridge = importlib.import_module("procache_pack.nodes.run_plan")
     files = importlib.import_module("procache_pack.nodes.preset_files")
+    context = importlib.import_module("procache_pack.nodes.run_context")
     core_presets = importlib.import_module("procache_pack.procache_core.presets")
     shipped = core_presets.list_presets([core_presets.shipped_presets_dir()])
     # the run loads its few-step presets through the Schedule Loader's listing (a host); same files
     for row in few_step.FEW_STEP_PRESETS.values():
         for name in row.values():
             bridge._FEW_STEP_CACHE.setdefault(name, core_presets.load_preset(shipped[name]))
-    return types.SimpleNamespace(preview=preview, bridge=bridge, files=files, presets=core_presets)
+    return types.SimpleNamespace(preview=preview, bridge=bridge, files=files, presets=core_presets, context=context)
 
 
 def _run_actions(pack, monkeypatch, preset, steps, selective, start, end, floor):
@@ -58,7 +59,7 @@ def _run_actions(pack, monkeypatch, preset, steps, selective, start, end, floor)
     config = types.SimpleNamespace(
         preset=preset, schedule=preset.schedule, selective=sel, inject_selective=inject, start_percent=start,
         end_percent=end, adapter=types.SimpleNamespace(family=preset.family), block_adapter=None,
-        short_run_floor=pack.bridge.SHORT_RUN_FLOOR if floor is None else floor, noted=set(), name=preset.name)
+        short_run_floor=SHORT_RUN_FLOOR if floor is None else floor, log=pack.context.RunLog(), name=preset.name)
     monkeypatch.setattr(pack.bridge, "noise_positions", lambda ms, sig: (even_run_noise(len(sig) - 1), True))
     sigmas = [1.0 - i / n for i in range(n)] + [0.0]
     return pack.bridge.plan_run(config, sigmas, None).schedule.to_string()

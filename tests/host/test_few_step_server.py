@@ -21,7 +21,7 @@ from procache_core.presets import load_preset, shipped_presets_dir  # noqa: E402
 
 pytestmark = pytest.mark.host
 
-FLOOR = 4  # the shipped default (nodes/runtime_bridge.SHORT_RUN_FLOOR), read independently of the code
+FLOOR = 4  # the shipped default (procache_core/plan.SHORT_RUN_FLOOR), read independently of the code
 
 
 def prompt(family: str, steps: int, prefix: str, apply: dict | None = None, cfg: float = 1.0) -> dict:
