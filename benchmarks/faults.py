@@ -45,8 +45,9 @@ from typing import Any
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
+sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "tests" / "host")]
 from comfy_client import ComfyClient, ComfyServer, load_latent  # noqa: E402
+from workflows import flux_conditioning, sample_and_save  # noqa: E402  (shared prompt builders)
 
 RESULTS = ROOT / "benchmarks" / "results"
 ACTIONS = "FCSCFCSF"
@@ -63,17 +64,9 @@ def flux_prompt(prefix: str, text: str = "", preset: str = "pixart-alpha-dpm20-p
     p: dict[str, dict] = {
         "flux": {"class_type": "ProCacheTestTinyFlux",
                  "inputs": {"seed": 5, "depth": 2, "depth_single_blocks": 2, "context_in_dim": CTX}},
-        "pos": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 1, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
-        "guid": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
-        "neg": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 2, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
+        **flux_conditioning(CTX),
         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": width, "height": width, "batch_size": 1}},
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["flux", 0], "positive": ["guid", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": seed, "steps": steps, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple",
-            "denoise": 1.0}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+        **sample_and_save("flux", positive="guid", prefix=prefix, seed=seed, steps=steps, cfg=1.0),
     }
     if procache:
         p["schedule"] = {"class_type": "ProCacheScheduleLoader", "inputs": {"preset": preset, "schedule_text": text}}

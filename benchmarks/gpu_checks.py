@@ -50,6 +50,8 @@ OUT = ROOT / "benchmarks" / "results" / "gpu_checks.md"
 FLUX_FILE = "procache-gpucheck-tiny-flux.safetensors"
 MARK = "GPUCHECK "
 CTX = 64
+sys.path.insert(0, str(ROOT / "tests" / "host"))
+from workflows import flux_conditioning, sample_and_save, sample_through_procache  # noqa: E402  (shared prompt builders)
 
 
 # ------------------------------------------------------------------------------------------ in the host
@@ -208,24 +210,12 @@ def run_child(name: str, py: str, host: str, device: str, timeout: int = 600) ->
 def flux_prompt(prefix: str, actions: str | None) -> dict:
     p = {
         "model": {"class_type": "UNETLoader", "inputs": {"unet_name": FLUX_FILE, "weight_dtype": "default"}},
-        "pos": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 1, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
-        "guid": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
-        "neg": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 2, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
+        **flux_conditioning(CTX),
         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["model", 0], "positive": ["guid", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": 0, "steps": 8, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+        **sample_and_save("model", positive="guid", prefix=prefix, steps=8, cfg=2.0),
     }
     if actions:
-        p["schedule"] = {"class_type": "ProCacheScheduleLoader",
-                         "inputs": {"preset": "pixart-alpha-dpm20-paper", "schedule_text": actions}}
-        p["apply"] = {"class_type": "ProCacheApply", "inputs": {"model": ["model", 0], "schedule": ["schedule", 0],
-                                                                "cache_device": "auto"}}
-        p["sampler"]["inputs"]["model"] = ["apply", 0]
-        p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
+        sample_through_procache(p, "model", {"actions": actions, "apply": {"cache_device": "auto"}})
     return p
 
 

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from comfy_client import load_latent
-from workflows import add_procache
+from workflows import sample_and_save, sample_through_procache, text_conditioning
 
 HUNYUAN_VIDEO = "procache-tiny-hunyuan-video.safetensors"
 HUNYUAN_IMAGE21 = "procache-tiny-hunyuan-image21.safetensors"
@@ -30,21 +30,13 @@ def prompt(model: dict, latent: dict, *, cond_dim: int, pooled_dim: int = 0, cfg
     """A text-to-image/video graph: `model` and `latent` are the nodes (API format) named "model"/"latent"."""
     p = {
         "model": copy.deepcopy(model),
-        "pos": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 1, "tokens": 8, "dim": cond_dim, "pooled_dim": pooled_dim, "scale": 1.0}},
-        "neg": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 2, "tokens": 8, "dim": cond_dim, "pooled_dim": pooled_dim, "scale": 1.0}},
+        **text_conditioning(cond_dim, pooled_dim),
         "latent": copy.deepcopy(latent),
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["model", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": 0, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler, "denoise": 1.0}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+        **sample_and_save("model", prefix=prefix, steps=steps, cfg=cfg, sampler=sampler, scheduler=scheduler),
     }
     p.update(copy.deepcopy(extra or {}))
     if procache is not None:
-        add_procache(p, "model", procache)
-        p["sampler"]["inputs"]["model"] = ["apply", 0]
-        p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
+        sample_through_procache(p, "model", procache)
     return p
 
 

@@ -29,7 +29,7 @@ import torch
 from _families import patched_run
 from _inprocess import load_pack
 from comfy_client import COMFY_DIR
-from workflows import add_procache, saved_latent, stats_line
+from workflows import sample_and_save, sample_through_procache, saved_latent, stats_line, text_conditioning
 
 load_pack()
 import test_adapters_pixart_flux_sd3_wan as TAF  # noqa: E402  (tiny Flux.1 and its inputs)
@@ -221,10 +221,7 @@ def nag_kv_prompt(prefix: str, procache: dict | None = None) -> dict:
         "nag": {"class_type": "NAGuidance", "inputs": {"model": ["model", 0], "nag_scale": 5.0, "nag_alpha": 0.5,
                                                      "nag_tau": 1.5}},
         "kv": {"class_type": "FluxKVCache", "inputs": {"model": ["nag", 0]}},
-        "pos": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 1, "tokens": 8, "dim": 48, "pooled_dim": 16, "scale": 1.0}},
-        "neg": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 2, "tokens": 8, "dim": 48, "pooled_dim": 16, "scale": 1.0}},
+        **text_conditioning(48, 16),
         # no distilled guidance (as Flux.2 klein): the host's timestep-zero reference rows double the
         # timestep batch only, so a guidance vector would not match it
         "pnog": {"class_type": "FluxDisableGuidance", "inputs": {"conditioning": ["pos", 0]}},
@@ -233,15 +230,10 @@ def nag_kv_prompt(prefix: str, procache: dict | None = None) -> dict:
         "posref": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["pnog", 0], "latent": ["reflat", 0]}},
         "negref": {"class_type": "ReferenceLatent", "inputs": {"conditioning": ["nnog", 0], "latent": ["reflat", 0]}},
         "latent": {"class_type": "EmptyFlux2LatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["kv", 0], "positive": ["posref", 0], "negative": ["negref", 0], "latent_image": ["latent", 0],
-            "seed": 0, "steps": 4, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+        **sample_and_save("kv", positive="posref", negative="negref", prefix=prefix),
     }
     if procache is not None:
-        add_procache(p, "kv", procache)
-        p["sampler"]["inputs"]["model"] = ["apply", 0]
-        p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
+        sample_through_procache(p, "kv", procache)
     return copy.deepcopy(p)
 
 

@@ -11,7 +11,7 @@ import re
 
 import torch
 
-from workflows import add_procache, saved_latent, stats_line
+from workflows import flux_conditioning, sample_and_save, sample_through_procache, saved_latent, stats_line
 
 CTX = 64
 
@@ -20,21 +20,12 @@ def flux_prompt(prefix: str, procache: dict | None = None) -> dict:
     p = {
         "flux": {"class_type": "ProCacheTestTinyFlux",
                  "inputs": {"seed": 5, "depth": 2, "depth_single_blocks": 2, "context_in_dim": CTX}},
-        "pos": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 1, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
-        "guid": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
-        "neg": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 2, "tokens": 8, "dim": CTX, "pooled_dim": 768, "scale": 1.0}},
+        **flux_conditioning(CTX),
         "latent": {"class_type": "EmptySD3LatentImage", "inputs": {"width": 256, "height": 256, "batch_size": 1}},
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["flux", 0], "positive": ["guid", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": 0, "steps": 4, "cfg": 1.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+        **sample_and_save("flux", positive="guid", prefix=prefix, steps=4, cfg=1.0),
     }
     if procache is not None:
-        add_procache(p, "flux", procache)
-        p["sampler"]["inputs"]["model"] = ["apply", 0]
-        p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
+        sample_through_procache(p, "flux", procache)
     return p
 
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from comfy_client import COMFY_DIR, load_latent
-from workflows import PIXART_ALPHA, add_procache
+from workflows import PIXART_ALPHA, add_procache, sample_and_save, text_conditioning
 
 MODELS = {
     "pixart": ({"class_type": "UNETLoader", "inputs": {"unet_name": PIXART_ALPHA, "weight_dtype": "default"}},
@@ -39,10 +39,7 @@ def prompt(family: str, mode: str | None, prefix: str, *, seed: int = 0, actions
     model, (dim, pooled), latent, _ = MODELS[family]
     p: dict = {
         "model": copy.deepcopy(model),
-        "pos": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 1, "tokens": 8, "dim": dim, "pooled_dim": pooled, "scale": 1.0}},
-        "neg": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 2, "tokens": 8, "dim": dim, "pooled_dim": pooled, "scale": 1.0}},
+        **text_conditioning(dim, pooled),
         "latent": copy.deepcopy(latent),
     }
     last = "model"
@@ -52,10 +49,7 @@ def prompt(family: str, mode: str | None, prefix: str, *, seed: int = 0, actions
     if actions is not None:
         add_procache(p, last, {"actions": actions})
         last = "apply"
-    p["sampler"] = {"class_type": "KSampler", "inputs": {
-        "model": [last, 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-        "seed": seed, "steps": 4, "cfg": 2.0, "sampler_name": "euler", "scheduler": "simple", "denoise": 1.0}}
-    p["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}}
+    p.update(sample_and_save(last, prefix=prefix, seed=seed))
     if actions is not None:
         p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
     return p

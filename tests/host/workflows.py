@@ -19,16 +19,10 @@ def pixart_prompt(*, steps: int = 6, width: int = 512, height: int = 512, seed: 
     """
     p: dict[str, dict] = {
         "unet": {"class_type": "UNETLoader", "inputs": {"unet_name": unet, "weight_dtype": "default"}},
-        "pos": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 1, "tokens": 8, "dim": 4096, "pooled_dim": 0, "scale": 1.0}},
-        "neg": {"class_type": "ProCacheTestConditioning",
-                "inputs": {"seed": 2, "tokens": 8, "dim": 4096, "pooled_dim": 0, "scale": 1.0}},
+        **text_conditioning(4096),
         "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": width, "height": height, "batch_size": batch}},
-        "sampler": {"class_type": "KSampler", "inputs": {
-            "model": ["unet", 0], "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0],
-            "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler, "scheduler": scheduler,
-            "denoise": 1.0}},
-        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+        **sample_and_save("unet", prefix=prefix, seed=seed, steps=steps, cfg=cfg, sampler=sampler,
+                          scheduler=scheduler),
     }
     if decode:
         p["vae"] = {"class_type": "VAELoader", "inputs": {"vae_name": "taesd"}}
@@ -37,6 +31,43 @@ def pixart_prompt(*, steps: int = 6, width: int = 512, height: int = 512, seed: 
     if procache is not None:
         add_procache(p, "unet", procache)
         p["sampler"]["inputs"]["model"] = ["apply", 0]
+    return p
+
+
+def text_conditioning(dim: int, pooled_dim: int = 0) -> dict[str, dict]:
+    """Nodes "pos" (seed 1) and "neg" (seed 2): seeded stand-in text embeddings of 8 tokens of `dim`
+    (plus a pooled vector when `pooled_dim` > 0), one pair shared by every test graph."""
+    return {name: {"class_type": "ProCacheTestConditioning",
+                   "inputs": {"seed": seed, "tokens": 8, "dim": dim, "pooled_dim": pooled_dim, "scale": 1.0}}
+            for name, seed in (("pos", 1), ("neg", 2))}
+
+
+def flux_conditioning(dim: int) -> dict[str, dict]:
+    """`text_conditioning` for Flux.1: a 768-d pooled vector (CLIP-L) and FluxGuidance 3.5 on the
+    positive (node "guid")."""
+    pair = text_conditioning(dim, 768)
+    return {"pos": pair["pos"],
+            "guid": {"class_type": "FluxGuidance", "inputs": {"conditioning": ["pos", 0], "guidance": 3.5}},
+            "neg": pair["neg"]}
+
+
+def sample_and_save(model: str, *, prefix: str, positive: str = "pos", negative: str = "neg", seed: int = 0,
+                    steps: int = 4, cfg: float = 2.0, sampler: str = "euler", scheduler: str = "simple") -> dict[str, dict]:
+    """Nodes "sampler" (KSampler, denoise 1, on the node "latent") and "save" (SaveLatent)."""
+    return {
+        "sampler": {"class_type": "KSampler", "inputs": {
+            "model": [model, 0], "positive": [positive, 0], "negative": [negative, 0],
+            "latent_image": ["latent", 0], "seed": seed, "steps": steps, "cfg": cfg, "sampler_name": sampler,
+            "scheduler": scheduler, "denoise": 1.0}},
+        "save": {"class_type": "SaveLatent", "inputs": {"samples": ["sampler", 0], "filename_prefix": prefix}},
+    }
+
+
+def sample_through_procache(p: dict, model_node: str, procache: dict[str, Any]) -> dict:
+    """`add_procache` after `model_node`, the sampler fed from ProCache Apply, and ProCache Stats after it."""
+    add_procache(p, model_node, procache)
+    p["sampler"]["inputs"]["model"] = ["apply", 0]
+    p["stats"] = {"class_type": "ProCacheStats", "inputs": {"samples": ["sampler", 0], "model": ["apply", 0]}}
     return p
 
 
