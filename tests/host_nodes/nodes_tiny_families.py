@@ -10,7 +10,7 @@ import torch
 from comfy_api.latest import io
 
 try:
-    from .tiny_models import host_params, seeded_
+    from .tiny_models import host_params, seeded_, set_host_option
 except ImportError:  # loaded by file path (tests/host/test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream.py): no package
     import importlib.util as _ilu
     from pathlib import Path as _Path
@@ -18,7 +18,7 @@ except ImportError:  # loaded by file path (tests/host/test_adapters_qwen_flux2_
     _spec = _ilu.spec_from_file_location("procache_test_tiny_models", _Path(__file__).with_name("tiny_models.py"))
     _tm = _ilu.module_from_spec(_spec)
     _spec.loader.exec_module(_tm)
-    host_params, seeded_ = _tm.host_params, _tm.seeded_
+    host_params, seeded_, set_host_option = _tm.host_params, _tm.seeded_, _tm.set_host_option
 
 
 def patcher_from_config(config, net_state: dict, prefix: str = "model.diffusion_model."):
@@ -79,8 +79,6 @@ def tiny_qwen_image_net(seed: int = 0, layers: int = 2, context_dim: int = 48, r
     """QwenImageTransformer2DModel, width 64 (2 heads of 32); the loader fixes 24 heads of 128.
     ``ref_method``: the host's ``default_ref_method`` (``"index_timestep_zero"``: Qwen-Image-Edit 2511);
     TypeError on a host whose class does not take it."""
-    import inspect
-
     import comfy.ops
     from comfy.ldm.qwen_image.model import QwenImageTransformer2DModel
 
@@ -88,16 +86,16 @@ def tiny_qwen_image_net(seed: int = 0, layers: int = 2, context_dim: int = 48, r
            "attention_head_dim": 32, "num_attention_heads": 2, "joint_attention_dim": context_dim,
            "axes_dims_rope": (8, 12, 12)}
     if ref_method is not None:
-        if "default_ref_method" not in inspect.signature(QwenImageTransformer2DModel.__init__).parameters:
-            raise TypeError("this host's Qwen-Image has no default_ref_method")
-        cfg["default_ref_method"] = ref_method
+        set_host_option(cfg, QwenImageTransformer2DModel, "default_ref_method", ref_method)
     net = QwenImageTransformer2DModel(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
 
 
-def tiny_flux2_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: int = 48):
-    """Flux.2 layout (global modulation, SiLU-gated MLP, no biases, patch 1, 128 latent channels), width 64."""
+def tiny_flux2_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: int = 48,
+                   guidance_embed: bool = True):
+    """Flux.2 layout (global modulation, SiLU-gated MLP, no biases, patch 1, 128 latent channels), width 64;
+    klein (tiny_family_variants.py) is this layout without the guidance embedding."""
     import comfy.ops
     from comfy.ldm.flux.model import Flux
 
@@ -105,7 +103,7 @@ def tiny_flux2_net(seed: int = 0, depth: int = 2, single: int = 2, context_dim: 
            "out_channels": 128, "global_modulation": True, "vec_in_dim": None, "mlp_silu_act": True,
            "qkv_bias": False, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
            "in_channels": 128, "hidden_size": 64, "context_in_dim": context_dim, "patch_size": 1, "depth": depth,
-           "depth_single_blocks": single, "guidance_embed": True}
+           "depth_single_blocks": single, "guidance_embed": guidance_embed}
     from comfy.ldm.flux.model import FluxParams
 
     cfg = host_params(FluxParams, cfg, {"txt_ids_dims": [3]})  # what the host's detection gives Flux.2
@@ -212,17 +210,13 @@ def tiny_hunyuan_image21_net(seed: int = 0, context_dim: int = 48):
 def tiny_ltxv_net(seed: int = 0, context_dim: int = 48, cross_adaln: bool = False):
     """LTXVModel (128 latent channels, patch 1), width 64 (2 heads of 32), 2 blocks. ``cross_adaln``: the
     9-row adaLN table with cross-attention modulation (LTX-2 layout); TypeError on a host without it."""
-    import inspect
-
     import comfy.ops
     from comfy.ldm.lightricks.model import LTXVModel
 
     cfg = {"image_model": "ltxv", "in_channels": 128, "cross_attention_dim": 64, "attention_head_dim": 32,
            "num_attention_heads": 2, "caption_channels": context_dim, "num_layers": 2}
     if cross_adaln:
-        if "cross_attention_adaln" not in inspect.signature(LTXVModel.__init__).parameters:
-            raise TypeError("this host's LTXVModel has no cross_attention_adaln")
-        cfg["cross_attention_adaln"] = True
+        set_host_option(cfg, LTXVModel, "cross_attention_adaln", True)
     net = LTXVModel(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
@@ -273,7 +267,7 @@ TINY = {"hidream": ("HiDream", tiny_hidream_net), "ltxv": ("LTXV", tiny_ltxv_net
 def _load_tiny_builders() -> None:
     """The families not built above keep their tiny builders in ``tiny_<what>.py`` beside this file: each defines
     ``TINY = {family: (supported_models config name, builder(seed, context_dim) -> (net, cfg))}``.
-    Loaded by path with ``seeded_``, ``host_params`` and ``latent_channels`` set as globals, so they work
+    Loaded by path with ``seeded_``, ``host_params``, ``latent_channels`` and ``tiny_flux2_net`` set as globals, so they work
     both as package modules and when this file is loaded by path (tests/host/test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream.py)."""
     import importlib.util
     from pathlib import Path
@@ -284,6 +278,7 @@ def _load_tiny_builders() -> None:
         spec = importlib.util.spec_from_file_location(f"procache_test_{path.stem}", path)
         mod = importlib.util.module_from_spec(spec)
         mod.seeded_, mod.host_params, mod.latent_channels = seeded_, host_params, _latent_channels
+        mod.tiny_flux2_net = tiny_flux2_net
         spec.loader.exec_module(mod)
         TINY.update(getattr(mod, "TINY", {}))
 

@@ -1,6 +1,6 @@
 """Tiny variants of families whose adapters already exist: Flux.2 klein, Qwen-Image layered, Chroma Radiance.
 
-Loaded by ``nodes_tiny_families._load_tiny_builders`` (``seeded_`` and ``host_params`` are set as globals). Each is
+Loaded by ``nodes_tiny_families._load_tiny_builders`` (``seeded_``, ``host_params`` and ``tiny_flux2_net`` are set as globals). Each is
 the host's own network class with the variant's config at width 64 (2 heads of 32), built into the
 variant's ``supported_models`` config like the loader does. A variant the host lacks is not offered
 (``TINY`` has no key for it), so a test can tell the host has it from ProCacheTestTinyDiT's options.
@@ -23,18 +23,7 @@ import inspect
 
 
 def tiny_flux2_klein_net(seed: int = 0, context_dim: int = 48, depth: int = 1, single: int = 3):
-    import comfy.ops
-    from comfy.ldm.flux.model import Flux, FluxParams
-
-    cfg = {"image_model": "flux2", "axes_dim": [8, 8, 8, 8], "num_heads": 2, "mlp_ratio": 3.0, "theta": 2000,
-           "out_channels": 128, "global_modulation": True, "vec_in_dim": None, "mlp_silu_act": True,
-           "qkv_bias": False, "ops_bias": False, "default_ref_method": "index", "ref_index_scale": 10.0,
-           "in_channels": 128, "hidden_size": 64, "context_in_dim": context_dim, "patch_size": 1, "depth": depth,
-           "depth_single_blocks": single, "guidance_embed": False}
-    cfg = host_params(FluxParams, cfg, {"txt_ids_dims": [3]})  # noqa: F821 (set by the loader)
-    net = Flux(operations=comfy.ops.disable_weight_init, **cfg)
-    seeded_(net, seed)  # noqa: F821 (set by the loader)
-    return net, cfg
+    return tiny_flux2_net(seed, depth, single, context_dim, guidance_embed=False)  # noqa: F821 (set by the loader)
 
 
 def tiny_qwen_image_layered_net(seed: int = 0, context_dim: int = 48, layers: int = 2):

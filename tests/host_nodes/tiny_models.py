@@ -92,3 +92,13 @@ def host_params(params_cls: type, cfg: dict, defaults: dict | None = None) -> di
                 raise KeyError(f"{params_cls.__name__} requires {f.name!r}: give the builder a value for it")
             out[f.name] = table[f.name]
     return out
+
+
+def set_host_option(cfg: dict, net_cls: type, name: str, value: object) -> None:
+    """``cfg[name] = value`` for a constructor argument newer hosts added to ``net_cls``; on a host whose
+    class lacks it a TypeError names the class and the argument (tests skip that variant on it)."""
+    import inspect
+
+    if name not in inspect.signature(net_cls.__init__).parameters:
+        raise TypeError(f"this host's {net_cls.__name__} has no {name}")
+    cfg[name] = value
