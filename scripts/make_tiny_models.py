@@ -41,29 +41,29 @@ def _init_(module: torch.nn.Module, seed: int) -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
 
 
+def _tiny_pixart(micro_condition: bool, model_max_length: int, seed: int) -> dict[str, torch.Tensor]:
+    """PixArt-α and -Σ differ in micro-conditioning and caption length only (the docstrings of the makers
+    below feed their files' stamps: editing one regenerates that file)."""
+    from comfy.ldm.pixart.pixartms import PixArtMS
+
+    model = PixArtMS(depth=4, hidden_size=1152, num_heads=16, patch_size=2, in_channels=4,
+                     pred_sigma=True, micro_condition=micro_condition, model_max_length=model_max_length,
+                     caption_channels=4096, operations=torch.nn)
+    _init_(model, seed=seed)
+    return {k: v.contiguous() for k, v in model.state_dict().items()}
+
+
 @maker("procache-tiny-pixart-alpha.safetensors", "diffusion_models")
 def tiny_pixart_alpha() -> dict[str, torch.Tensor]:
     """PixArt-α layout (micro-conditioning embedders present). The host forces hidden 1152 / 16 heads;
     depth is read from the keys, so 4 blocks keep CPU runs short."""
-    from comfy.ldm.pixart.pixartms import PixArtMS
-
-    model = PixArtMS(depth=4, hidden_size=1152, num_heads=16, patch_size=2, in_channels=4,
-                     pred_sigma=True, micro_condition=True, model_max_length=120,
-                     caption_channels=4096, operations=torch.nn)
-    _init_(model, seed=1234)
-    return {k: v.contiguous() for k, v in model.state_dict().items()}
+    return _tiny_pixart(micro_condition=True, model_max_length=120, seed=1234)
 
 
 @maker("procache-tiny-pixart-sigma.safetensors", "diffusion_models")
 def tiny_pixart_sigma() -> dict[str, torch.Tensor]:
     """PixArt-Σ layout (no micro-conditioning), 4 blocks."""
-    from comfy.ldm.pixart.pixartms import PixArtMS
-
-    model = PixArtMS(depth=4, hidden_size=1152, num_heads=16, patch_size=2, in_channels=4,
-                     pred_sigma=True, micro_condition=False, model_max_length=300,
-                     caption_channels=4096, operations=torch.nn)
-    _init_(model, seed=4321)
-    return {k: v.contiguous() for k, v in model.state_dict().items()}
+    return _tiny_pixart(micro_condition=False, model_max_length=300, seed=4321)
 
 
 @maker("procache-tiny-hunyuan-video.safetensors", "diffusion_models")
