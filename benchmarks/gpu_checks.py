@@ -160,29 +160,18 @@ def child_multigpu(device: str, host: str) -> dict:
     devices = mm.get_all_torch_devices()
     if len(devices) < 2:
         return {"skipped": f"one device only ({', '.join(map(str, devices))}): the split needs two"}
-    from procache_pack.nodes import runtime_bridge as RB
-    from test_multigpu_split import _apply, _sample, tiny_flux_patcher
+    import pytest
+    from test_multigpu_split import _apply, _sample, _spy_workers, tiny_flux_patcher
 
     base = tiny_flux_patcher()
     single = _sample(_apply(base, "FCFCFC"))
-    seen = []
-    orig = RB.RunState.worker
-
-    def worker(self, dev, base_model):
-        sub = orig(self, dev, base_model)
-        if all(s is not sub for s in seen):
-            seen.append(sub)
-        return sub
-
-    RB.RunState.worker = worker
-    try:
+    with pytest.MonkeyPatch.context() as mp:  # the test's worker spy, undone on leaving
+        seen = _spy_workers(mp)
         split = comfy.multigpu.create_multigpu_deepclones(_apply(base, "FCFCFC"), 2, reuse_loaded=True)
         clones = split.get_additional_models_with_key("multigpu")
         t0 = time.monotonic()
         out = _sample(split)
         secs = time.monotonic() - t0
-    finally:
-        RB.RunState.worker = orig
     dms = {str(w.device): (w.dm is base.model.diffusion_model, any(w.dm is c.model.diffusion_model for c in clones))
            for w in seen}
     return {"devices": [str(d) for d in devices[:2]], "clone_devices": [str(c.load_device) for c in clones],

@@ -148,8 +148,9 @@ def _spy_workers(monkeypatch) -> list:
     return seen
 
 
-def _thread_calls(model_patchers) -> tuple[dict, list]:
-    """Forward hooks on every Linear of each model's network: which threads ran which model's modules."""
+def _sample_recording_threads(model, model_patchers) -> tuple[torch.Tensor, dict]:
+    """``_sample(model)`` with forward hooks on every Linear of each of ``model_patchers``' networks: the
+    latent and which threads ran which model's modules (``id(diffusion_model) -> {thread ids}``)."""
     calls: dict = {}
     handles = []
     for mp in model_patchers:
@@ -159,7 +160,11 @@ def _thread_calls(model_patchers) -> tuple[dict, list]:
                 def hook(m, inp, out, dm=dm):
                     calls.setdefault(id(dm), set()).add(threading.get_ident())
                 handles.append(mod.register_forward_hook(hook))
-    return calls, handles
+    try:
+        return _sample(model), calls
+    finally:
+        for h in handles:
+            h.remove()
 
 
 _NF = None
@@ -209,12 +214,7 @@ def test_cached_split_keeps_one_cache_per_device_on_its_own_modules(two_cpu_devi
         return orig_set_stream(self, key, chunks, grid_hw)
 
     monkeypatch.setattr(CacheRun, "set_stream", set_stream)
-    calls, handles = _thread_calls([split, clone])
-    try:
-        out = _sample(split)
-    finally:
-        for h in handles:
-            h.remove()
+    out, calls = _sample_recording_threads(split, [split, clone])
     cfg = RB.config_of(patched)
     stats = cfg.log.last_stats
     # one worker state per device, each with its own CacheRun on its own model's modules
@@ -308,12 +308,7 @@ def test_object_patched_family_binds_the_clones_blocks(two_cpu_devices, monkeypa
     assert ours and all(p.block is clone.model.get_submodule(k.rsplit(".", 1)[0])
                         for k, p in clone.object_patches.items() if isinstance(p, A.ChainedForward))
     workers = _spy_workers(monkeypatch)
-    calls, handles = _thread_calls([split, clone])
-    try:
-        out = _sample(split)
-    finally:
-        for h in handles:
-            h.remove()
+    out, calls = _sample_recording_threads(split, [split, clone])
     assert sorted(str(w.device) for w in workers) == ["cpu", "cpu:0"]
     for w in workers:
         assert w.run.stats.steps_cached == 3 and w.run.stats.block_evals_done < w.run.stats.block_evals_full
