@@ -81,10 +81,15 @@ def stats_node(g: Graph, pos) -> int:
                   outputs=[("stats", "STRING"), ("samples", L)], size=(360, 140))
 
 
-def ksampler(g: Graph, pos, steps: int, cfg: float, sampler: str, scheduler: str) -> int:
-    return g.node("KSampler", pos, [0, "fixed", steps, cfg, sampler, scheduler, 1.0],
-                  inputs=[("model", M), ("positive", C), ("negative", C), ("latent_image", L)],
-                  outputs=[("LATENT", L)], size=(320, 262))
+def ksampler(g: Graph, pos, steps: int, cfg: float, sampler: str, scheduler: str, *, model: int, positive: int,
+             negative: int, latent: int) -> int:
+    """A KSampler fed from output 0 of the nodes `model`, `positive`, `negative` and `latent`."""
+    ks = g.node("KSampler", pos, [0, "fixed", steps, cfg, sampler, scheduler, 1.0],
+                inputs=[("model", M), ("positive", C), ("negative", C), ("latent_image", L)],
+                outputs=[("LATENT", L)], size=(320, 262))
+    for src, name in ((model, "model"), (positive, "positive"), (negative, "negative"), (latent, "latent_image")):
+        g.link(src, 0, ks, name)
+    return ks
 
 
 def text_encoders(g: Graph, clip_node: int, x: int, y: int, positive: str, negative: str = "") -> tuple[int, int]:
@@ -131,11 +136,8 @@ def pixart_alpha() -> Graph:
     pos, neg = text_encoders(g, clip, 380, 470, "a small cactus with a happy face in the Sahara desert, "
                                                 "photograph, high detail")
     lat = g.node("EmptyLatentImage", (0, 440), [1024, 1024, 1], outputs=[("LATENT", L)])
-    ks = ksampler(g, (860, 0), 20, 4.5, "dpmpp_2m", "normal")
-    g.link(apply, 0, ks, "model")
-    g.link(pos, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(lat, 0, ks, "latent_image")
+    ks = ksampler(g, (860, 0), 20, 4.5, "dpmpp_2m", "normal", model=apply, positive=pos, negative=neg,
+                  latent=lat)
     tail(g, ks, apply, (vae, 0), 860, 320, "ProCache_PixArt")
     g.note((0, 620), "PixArt-α 1024 with ProCache (the paper's 20-step DPM-Solver schedule).\n\n"
            "models/diffusion_models/PixArt-XL-2-1024-MS.pth  (PixArt-alpha/PixArt-alpha on Hugging Face)\n"
@@ -162,11 +164,8 @@ def flux_dev() -> Graph:
                   size=(320, 60))
     g.link(pos, 0, guid, "conditioning")
     lat = g.node("EmptySD3LatentImage", (0, 460), [1024, 1024, 1], outputs=[("LATENT", L)])
-    ks = ksampler(g, (860, 0), 28, 1.0, "euler", "simple")
-    g.link(apply, 0, ks, "model")
-    g.link(guid, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(lat, 0, ks, "latent_image")
+    ks = ksampler(g, (860, 0), 28, 1.0, "euler", "simple", model=apply, positive=guid, negative=neg,
+                  latent=lat)
     tail(g, ks, apply, (vae, 0), 860, 320, "ProCache_Flux")
     g.note((0, 640), "Flux.1-dev with ProCache (preset auto -> flux-28-balanced, remapped to your steps).\n\n"
            "models/diffusion_models/flux1-dev.safetensors  (black-forest-labs/FLUX.1-dev; fp8 files work too)\n"
@@ -189,11 +188,8 @@ def sd35() -> Graph:
     g.link(shift, 0, apply, "model")
     pos, neg = text_encoders(g, clip, 380, 280, "a lighthouse on a cliff at sunset, oil painting")
     lat = g.node("EmptySD3LatentImage", (0, 320), [1024, 1024, 1], outputs=[("LATENT", L)])
-    ks = ksampler(g, (860, 0), 28, 4.5, "euler", "sgm_uniform")
-    g.link(apply, 0, ks, "model")
-    g.link(pos, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(lat, 0, ks, "latent_image")
+    ks = ksampler(g, (860, 0), 28, 4.5, "euler", "sgm_uniform", model=apply, positive=pos, negative=neg,
+                  latent=lat)
     tail(g, ks, apply, (ckpt, 2), 860, 320, "ProCache_SD35")
     g.note((0, 500), "SD3.5 Large / Medium with ProCache (preset auto -> sd3-28-balanced).\n\n"
            "models/checkpoints/sd3.5_large.safetensors  (stabilityai/stable-diffusion-3.5-large; the "
@@ -216,11 +212,8 @@ def wan21_t2v() -> Graph:
     pos, neg = text_encoders(g, clip, 380, 280, "a paper boat drifting down a rainy street, cinematic",
                              "blurry, low quality, static, watermark")
     lat = g.node("EmptyHunyuanLatentVideo", (0, 440), [832, 480, 33, 1], outputs=[("LATENT", L)], size=(320, 130))
-    ks = ksampler(g, (860, 0), 30, 6.0, "uni_pc", "simple")
-    g.link(apply, 0, ks, "model")
-    g.link(pos, 0, ks, "positive")
-    g.link(neg, 0, ks, "negative")
-    g.link(lat, 0, ks, "latent_image")
+    ks = ksampler(g, (860, 0), 30, 6.0, "uni_pc", "simple", model=apply, positive=pos, negative=neg,
+                  latent=lat)
     tail(g, ks, apply, (vae, 0), 860, 320, "ProCache_Wan", video=True)
     g.note((0, 620), "Wan 2.1 text-to-video with ProCache (preset auto -> wan-30-balanced).\n\n"
            "models/diffusion_models/wan2.1_t2v_1.3B_fp16.safetensors  (or wan2.1_t2v_14B_fp16 / fp8)\n"
