@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import re
 import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
 from .common import made_stamp, md_table, write_results
-from .forecast import FAMILIES, SEED, _server, case_sampler
-from .host_quality import CASES, _init_images, _save_tiff, uniform_schedule
+from .forecast import FAMILIES, SEED, case_sampler, digits_server, reference_features
+from .host_quality import CASES, uniform_schedule
 
 STEPS = 20
 GUARDS = (0.0, 1.5, 2.0, 3.0)
@@ -35,20 +33,13 @@ def _settings(guard: float) -> dict:
 
 
 def run(repeat: int = 3, seed: int = SEED, log=print) -> dict:
-    from .data import features, load_digits_images, load_or_train_featnet
+    from .data import features
 
-    hd.ensure_host()
-    featnet, _ = load_or_train_featnet(log=log)
-    real, _ = load_digits_images(32)
-    f_real = features(featnet, real).numpy()
-    labels = hd.labels_of("0123456789", repeat)
+    featnet, _, f_real, labels = reference_features(repeat, log)
     acts = uniform_schedule(STEPS, 4)
     t0 = time.time()
     res: dict[str, Any] = {"steps": STEPS, "schedule": acts, "n_samples": len(labels), "seed": seed, "rows": []}
-    workdir = Path(tempfile.mkdtemp(prefix="procache-guard-"))
-    with _server()(workdir=workdir) as srv:
-        client = srv.client()
-        _save_tiff(_init_images(repeat)[0], workdir / "input" / "digits_init.tiff")
+    with digits_server(repeat, "procache-guard-") as client:
         for fam in FAMILIES:
             client.run(hd.digits_prompt(fam, digits="0", steps=2, prefix="warm"), timeout=900)
             for case in CASES:

@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -56,6 +58,30 @@ def _server():
 SEED = 1000
 
 
+def reference_features(repeat: int, log=print) -> tuple[Any, dict, Any, list[int]]:
+    """What the digits benches measure against, after ``hd.ensure_host()``: the feature net (trained once)
+    and its info, the real digits' features, and the labels of ``repeat`` x 0-9 per sample."""
+    from .data import features, load_digits_images, load_or_train_featnet
+
+    hd.ensure_host()
+    featnet, feat_info = load_or_train_featnet(log=log)
+    real, _ = load_digits_images(32)
+    return featnet, feat_info, features(featnet, real).numpy(), hd.labels_of("0123456789", repeat)
+
+
+@contextmanager
+def digits_server(repeat: int, prefix: str) -> Iterator[Any]:
+    """A real ComfyUI server on a fresh work folder (``prefix``) whose input/digits_init.tiff is the img2img
+    cases' start image (``repeat`` x 0-9); yields its client."""
+    from .host_quality import _init_images, _save_tiff
+
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    with _server()(workdir=workdir) as srv:
+        client = srv.client()
+        _save_tiff(_init_images(repeat)[0], workdir / "input" / "digits_init.tiff")
+        yield client
+
+
 def case_sampler(client, fam: str, case: dict, repeat: int, seed: int, prefix: str, steps: int = STEPS):
     """``sample(**digits_prompt kwargs) -> (decoded images, history entry)`` for one model and sampler case
     (img2img cases start from the server's input/digits_init.tiff); shared by the digits benches."""
@@ -72,27 +98,14 @@ def case_sampler(client, fam: str, case: dict, repeat: int, seed: int, prefix: s
 
 
 def run(families=FAMILIES, cases=None, repeat: int = 3, seed: int = SEED, log=print) -> dict:
-    from .data import features, load_digits_images, load_or_train_featnet
+    from .data import features
 
-    hd.ensure_host()
+    featnet, feat_info, f_real, labels = reference_features(repeat, log)
     cases = cases or CASES
-    featnet, feat_info = load_or_train_featnet(log=log)
-    real, _ = load_digits_images(32)
-    f_real = features(featnet, real).numpy()
-    digits = "0123456789"
-    labels = hd.labels_of(digits, repeat)
     t0 = time.time()
     res: dict[str, Any] = {"steps": STEPS, "budget": BUDGET, "repeat": repeat, "n_samples": len(labels), "seed": seed,
                            "featnet": feat_info, "families": {}}
-    import tempfile
-
-    workdir = Path(tempfile.mkdtemp(prefix="procache-forecast-"))
-    from .host_quality import _init_images, _save_tiff
-
-    with _server()(workdir=workdir) as srv:
-        client = srv.client()
-        init_img, _ = _init_images(repeat)
-        _save_tiff(init_img, workdir / "input" / "digits_init.tiff")
+    with digits_server(repeat, "procache-forecast-") as client:
         for fam in families:
             client.run(hd.digits_prompt(fam, digits="0", steps=2, prefix="warm"), timeout=900)
             schedules = {"uniform": uniform_schedule(STEPS, BUDGET), "paper": paper_schedule(fam, STEPS)}

@@ -20,15 +20,14 @@ Writes benchmarks/results/token_picks_cpu.md and raw/token_picks_cpu.json.
 from __future__ import annotations
 
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
 from .common import made_stamp, md_table, write_results
-from .forecast import FAMILIES, SEED, _server, case_sampler
-from .host_quality import CASES, _init_images, _save_tiff
+from .forecast import FAMILIES, SEED, case_sampler, digits_server, reference_features
+from .host_quality import CASES
 
 STEPS = 20
 BASE = {"enabled": True, "depth_fraction": 1.0, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 0.0,
@@ -50,19 +49,12 @@ def _schedule(fam: str) -> str:
 
 
 def run(families=FAMILIES, repeat: int = 3, seed: int = SEED, log=print) -> dict:
-    from .data import features, load_digits_images, load_or_train_featnet
+    from .data import features
 
-    hd.ensure_host()
-    featnet, _ = load_or_train_featnet(log=log)
-    real, _ = load_digits_images(32)
-    f_real = features(featnet, real).numpy()
-    labels = hd.labels_of("0123456789", repeat)
+    featnet, _, f_real, labels = reference_features(repeat, log)
     t0 = time.time()
     res: dict[str, Any] = {"steps": STEPS, "n_samples": len(labels), "seed": seed, "families": {}}
-    workdir = Path(tempfile.mkdtemp(prefix="procache-tokens-"))
-    with _server()(workdir=workdir) as srv:
-        client = srv.client()
-        _save_tiff(_init_images(repeat)[0], workdir / "input" / "digits_init.tiff")
+    with digits_server(repeat, "procache-tokens-") as client:
         for fam in families:
             client.run(hd.digits_prompt(fam, digits="0", steps=2, prefix="warm"), timeout=900)
             acts = _schedule(fam)
