@@ -196,6 +196,30 @@ class LossLog:
         return round(sum(tail) / max(1, len(tail)), 5)
 
 
+def train_steps(net: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+                batch_loss: Callable[[], torch.Tensor], *, steps: int, lr: float, warmup: int, ema_rate: float,
+                time_budget: float | None, rec: LossLog) -> int:
+    """The training scripts' loop: linear warm-up of the learning rate, one `batch_loss()` per step (it
+    draws its own batch), gradient clipping at 1, the EMA update; stops early past `time_budget`
+    seconds since `rec` started. Returns the steps run."""
+    done = 0
+    for step in range(steps):
+        if time_budget is not None and time.time() - rec.t0 > time_budget:
+            rec.log(f"{rec.prefix} time budget {time_budget:.0f} s reached after {step} steps")
+            break
+        for g in opt.param_groups:
+            g["lr"] = lr * min(1.0, (step + 1) / warmup)
+        loss = batch_loss()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        opt.step()
+        ema_update(ema, net, step, ema_rate)
+        rec.add(loss.item())
+        done = step + 1
+    return done
+
+
 def head_commit() -> str:
     """The short commit of the checkout the bench runs in ("unknown" outside git)."""
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .common import LossLog, digits_module, ema_update
+from .common import LossLog, digits_module, train_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "nodes" / "demo" / "weights"
@@ -140,13 +140,8 @@ def _loop(family, model, net, ema, ms, opt, x_all, labels_all, tables, steps, se
     n = len(x_all)
     rec = LossLog(log, f"[train {family}]")
     t0 = rec.t0
-    done = 0
-    for step in range(steps):
-        if time_budget is not None and time.time() - t0 > time_budget:
-            log(f"[train {family}] time budget {time_budget:.0f} s reached after {step} steps")
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / DEFAULTS["warmup"])
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(0, n, (batch,), generator=gen)
         x0, y = x_all[idx], labels_all[idx].clone()
         y[torch.rand(batch, generator=gen) < DEFAULTS["label_dropout"]] = dg.NULL_DIGIT
@@ -155,14 +150,10 @@ def _loop(family, model, net, ema, ms, opt, x_all, labels_all, tables, steps, se
         s4 = sig.view(-1, 1, 1, 1)
         x = ms.noise_scaling(s4, noise, x0)
         den = model.apply_model(x, sig, **cond_kwargs(family, y, tables))
-        loss = (loss_weight(family, s4) * ((x - den) / s4 - (x - x0) / s4) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, net, step, DEFAULTS["ema"])
-        rec.add(loss.item())
-        done = step + 1
+        return (loss_weight(family, s4) * ((x - den) / s4 - (x - x0) / s4) ** 2).mean()
+
+    done = train_steps(net, ema, opt, batch_loss, steps=steps, lr=lr, warmup=DEFAULTS["warmup"],
+                       ema_rate=DEFAULTS["ema"], time_budget=time_budget, rec=rec)
     info = {
         "family": family, "unet_config": dg.CONFIGS[family], "seed": seed, "steps_requested": steps,
         "steps_run": done, "batch": batch, "lr": lr, "ema": DEFAULTS["ema"],

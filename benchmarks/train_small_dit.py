@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .common import LossLog, ema_update
+from .common import LossLog, train_steps
 from .data import ASSETS, load_digits_images
 
 DIT_PATH = ASSETS / "digits_dit.safetensors"
@@ -55,13 +55,8 @@ def train(steps: int = DEFAULTS["steps"], seed: int = DEFAULTS["seed"], batch: i
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     rec = LossLog(log, "[train]")
     t0 = rec.t0
-    done = 0
-    for step in range(steps):
-        if time_budget is not None and time.time() - t0 > time_budget:
-            log(f"[train] time budget {time_budget:.0f} s reached after {step} steps")
-            break
-        for g in opt.param_groups:
-            g["lr"] = lr * min(1.0, (step + 1) / DEFAULTS["warmup"])
+
+    def batch_loss() -> torch.Tensor:
         idx = torch.randint(0, n, (batch,), generator=gen)
         x0, y = x_all[idx], y_all[idx].clone()
         drop = torch.rand(batch, generator=gen) < DEFAULTS["label_dropout"]
@@ -70,14 +65,10 @@ def train(steps: int = DEFAULTS["steps"], seed: int = DEFAULTS["seed"], batch: i
         noise = torch.randn(x0.shape, generator=gen)
         a = ab[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        loss = F.mse_loss(model(xt, t.float(), y), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        ema_update(ema, model, step, DEFAULTS["ema"])
-        rec.add(loss.item())
-        done = step + 1
+        return F.mse_loss(model(xt, t.float(), y), noise)
+
+    done = train_steps(model, ema, opt, batch_loss, steps=steps, lr=lr, warmup=DEFAULTS["warmup"],
+                       ema_rate=DEFAULTS["ema"], time_budget=time_budget, rec=rec)
     info = {
         "model_config": MODEL_CONFIG, "seed": seed, "steps_requested": steps, "steps_run": done,
         "batch": batch, "lr": lr, "ema": DEFAULTS["ema"], "label_dropout": DEFAULTS["label_dropout"],
