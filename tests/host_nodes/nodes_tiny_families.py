@@ -152,20 +152,31 @@ def tiny_lumina2_net(seed: int = 0, context_dim: int = 48):
     return tiny_lumina_net(seed, context_dim, z_image=False)
 
 
-def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
-    """HunyuanVideo 1.0 layout (Flux blocks, 3-D patches, token refiner), width 64, 2 double + 2 single."""
+# The HunyuanVideo network's tiny config (width 64, 2 heads, 2 double + 2 single blocks); each layout
+# below changes only what it names.
+_HUNYUAN_CFG = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": None,
+                "context_in_dim": 48, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
+                "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
+                "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
+                "use_cond_type_embedding": False, "vision_in_dim": None}
+
+
+def _tiny_hunyuan_net(seed: int, **layout):
+    """The host's HunyuanVideo network in :data:`_HUNYUAN_CFG` changed by ``layout``, seeded."""
+    import copy
+
     import comfy.ops
     from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
 
-    cfg = {"image_model": "hunyuan_video", "in_channels": 16, "out_channels": 16, "vec_in_dim": 16,
-           "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
-           "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
-           "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
-           "use_cond_type_embedding": False, "vision_in_dim": None}
-    cfg = host_params(HunyuanVideoParams, cfg)
+    cfg = host_params(HunyuanVideoParams, {**copy.deepcopy(_HUNYUAN_CFG), **layout})
     net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
     seeded_(net, seed)
     return net, cfg
+
+
+def tiny_hunyuan_video_net(seed: int = 0, context_dim: int = 48):
+    """HunyuanVideo 1.0 layout (Flux blocks, 3-D patches, token refiner), width 64, 2 double + 2 single."""
+    return _tiny_hunyuan_net(seed, vec_in_dim=16, context_in_dim=context_dim)
 
 
 def tiny_hunyuan_video15_net(seed: int = 0, context_dim: int = 48, latent_channels: int | None = None):
@@ -176,35 +187,15 @@ def tiny_hunyuan_video15_net(seed: int = 0, context_dim: int = 48, latent_channe
     ``model_base.HunyuanVideo15`` concatenates an image condition of the same width and a mask channel
     to the noise, sized from ``img_in``'s input width: in ``2 * latent_channels + 1``, out
     ``latent_channels``); None keeps 16 in / 16 out for calling the network directly."""
-    import comfy.ops
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
-
     c_in, c_out = (16, 16) if latent_channels is None else (2 * latent_channels + 1, latent_channels)
-    cfg = {"image_model": "hunyuan_video", "in_channels": c_in, "out_channels": c_out, "vec_in_dim": None,
-           "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
-           "depth_single_blocks": 2, "axes_dim": [8, 12, 12], "theta": 256, "patch_size": [1, 2, 2],
-           "qkv_bias": True, "guidance_embed": False, "byt5": True, "meanflow": False,
-           "use_cond_type_embedding": True, "vision_in_dim": 40}
-    cfg = host_params(HunyuanVideoParams, cfg)
-    net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
-    seeded_(net, seed)
-    return net, cfg
+    return _tiny_hunyuan_net(seed, in_channels=c_in, out_channels=c_out, context_in_dim=context_dim, byt5=True,
+                             use_cond_type_embedding=True, vision_in_dim=40)
 
 
 def tiny_hunyuan_image21_net(seed: int = 0, context_dim: int = 48):
     """HunyuanImage 2.1 layout (2-D 1x1 patches on 64 latent channels, no pooled vector), width 64."""
-    import comfy.ops
-    from comfy.ldm.hunyuan_video.model import HunyuanVideo, HunyuanVideoParams
-
-    cfg = {"image_model": "hunyuan_video", "in_channels": 64, "out_channels": 64, "vec_in_dim": None,
-           "context_in_dim": context_dim, "hidden_size": 64, "mlp_ratio": 4.0, "num_heads": 2, "depth": 2,
-           "depth_single_blocks": 2, "axes_dim": [16, 16], "theta": 256, "patch_size": [1, 1],
-           "qkv_bias": True, "guidance_embed": False, "byt5": False, "meanflow": False,
-           "use_cond_type_embedding": False, "vision_in_dim": None}
-    cfg = host_params(HunyuanVideoParams, cfg)
-    net = HunyuanVideo(operations=comfy.ops.disable_weight_init, **cfg)
-    seeded_(net, seed)
-    return net, cfg
+    return _tiny_hunyuan_net(seed, in_channels=64, out_channels=64, context_in_dim=context_dim, axes_dim=[16, 16],
+                             patch_size=[1, 1])
 
 
 def tiny_ltxv_net(seed: int = 0, context_dim: int = 48, cross_adaln: bool = False):
