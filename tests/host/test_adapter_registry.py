@@ -140,7 +140,7 @@ def test_default_priority_never_shadows_the_flux_families(registered):
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location(
-        "procache_test_nodes_families_reg", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_families.py")
+        "procache_test_nodes_families_reg", Path(__file__).resolve().parents[1] / "host_nodes" / "nodes_tiny_families.py")
     NF = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(NF)
     registry.register("procache_greedy", "Greedy", lambda dm, cfg: True, lambda dm, name: _Adapter(dm))
