@@ -8,10 +8,11 @@ import math
 import torch
 from comfy_api.latest import io
 
+from ..procache_core.plan import SHORT_RUN_FLOOR, SHORT_RUN_FLOOR_MAX
 from ..procache_core.schedule import Action
 from .adapters import adapter_for
 from .memory_bridge import memory_inputs, request_from_inputs
-from .run_context import SHORT_RUN_FLOOR, ProCacheConfig
+from .run_context import ProCacheConfig
 from .runtime_bridge import config_of, install_wrappers, validate_range
 from .auto_preset import AUTO, preset_name_for
 from .family_text import apply_description
@@ -57,7 +58,7 @@ class ProCacheApply(io.ComfyNode):
                 io.Combo.Input("preset", options=preset_choices(), default=AUTO, optional=True,
                                tooltip="Used when no schedule is connected. 'auto' picks the preset made for "
                                        "the model's family; the schedule is remapped to the sampler's steps."),
-                io.Int.Input("short_run_floor", default=SHORT_RUN_FLOOR, min=0, max=1000, optional=True,
+                io.Int.Input("short_run_floor", default=SHORT_RUN_FLOOR, min=0, max=SHORT_RUN_FLOOR_MAX, optional=True,
                              tooltip="Runs with fewer steps than this compute every step (reuse across a few "
                                      "large steps costs the most detail; the log says so). 0 = always follow "
                                      "the schedule."),

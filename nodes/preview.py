@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..procache_core.errors import ProCacheError
-from ..procache_core.plan import SHORT_RUN_FLOOR, even_run_noise, few_step_name, plan_schedule
+from ..procache_core.plan import SHORT_RUN_FLOOR, SHORT_RUN_FLOOR_MAX, even_run_noise, few_step_name, plan_schedule
 from ..procache_core.schedule import Schedule
 from ..procache_core.settings import SelectiveSettings
 from .preset_payloads import (MAX_ACTIONS, MAX_BODY_BYTES, _actions_of, _all_presets, _counts, _presets_mod,
@@ -18,7 +18,6 @@ from .preset_payloads import (MAX_ACTIONS, MAX_BODY_BYTES, _actions_of, _all_pre
 from .route_errors import RouteError
 
 MAX_STEPS = 1000                    # preview refuses more steps than this
-MAX_FLOOR = 1000                    # ProCache Apply's short_run_floor range is 0..1000
 
 
 def _parse_int(value: Any, key: str, low: int, high: int, what: str) -> int | None:
@@ -119,7 +118,7 @@ def preview_payload(data: dict[str, Any]) -> dict[str, Any]:
     the request gives: ``selective`` (a connected Selective Compute Settings node), ``start_percent`` /
     ``end_percent``, ``short_run_floor``."""
     steps = _parse_steps(data.get("steps"))
-    floor = _parse_int(data.get("short_run_floor"), "short_run_floor", 0, MAX_FLOOR, "steps")
+    floor = _parse_int(data.get("short_run_floor"), "short_run_floor", 0, SHORT_RUN_FLOOR_MAX, "steps")
     try:
         actions, preset = _source(data)
         if len(actions) > MAX_ACTIONS:

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..procache_core.plan import SHORT_RUN_FLOOR  # noqa: F401 (the planner's rule; Apply's default)
+from ..procache_core.plan import SHORT_RUN_FLOOR
 from ..procache_core.schedule import Schedule
 from ..procache_core.settings import SelectiveSettings
 

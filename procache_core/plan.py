@@ -2,7 +2,7 @@
 
 One function decides it for the sampling run (``nodes/run_plan.plan_run``, which reads the run's
 noise positions and active range off the host's model sampling) and for the UI preview
-(``nodes/preset_payloads.preview_payload``, which has no sampler and uses evenly spaced noise), so the
+(``nodes/preview.preview_payload``, which has no sampler and uses evenly spaced noise), so the
 preview cannot disagree with the run.
 """
 from __future__ import annotations
@@ -16,6 +16,7 @@ from .schedule import Action, Schedule, even_noise, map_by_noise
 # runs with fewer steps compute every step unless ProCache Apply says otherwise; 4 from the measurement in
 # benchmarks/few_step.py (results/few_step_cpu.md): the best 3-step reuse loses too much, 4 steps hold the bar
 SHORT_RUN_FLOOR = 4
+SHORT_RUN_FLOOR_MAX = 1000         # the largest floor ProCache Apply (and the preview) accepts
 NOTE_NO_NOISE = "no-noise"        # key of the once-per-config "no noise record" note
 _TOP = 1e-3                       # a run whose first noise position is at most this starts at the top
 
@@ -29,7 +30,7 @@ class Plan:
     mapping: str                      # "as written", "noise" or "short run"
     notes: list[str]                  # log lines for the run
     few_step: Any = None              # the few-step preset that replaced a long schedule (or None)
-    noted: set[str] = field(default_factory=set)   # once-only note keys this plan used (add them to the config's)
+    noted: set[str] = field(default_factory=set)   # once-only note keys this plan used (the caller adds them to its run log)
 
 
 def even_run_noise(n_steps: int) -> list[float]:
@@ -120,4 +121,4 @@ def plan_schedule(schedule: Schedule, noise_record: Sequence[float] | None, nois
     return Plan(schedule=sched, remapped_from=remapped_from, mapping=mapping, notes=notes, few_step=few, noted=used)
 
 
-__all__ = ["SHORT_RUN_FLOOR", "Plan", "plan_schedule", "even_run_noise", "active_from_noise", "few_step_name"]
+__all__ = ["SHORT_RUN_FLOOR", "SHORT_RUN_FLOOR_MAX", "Plan", "plan_schedule", "even_run_noise", "active_from_noise", "few_step_name"]
