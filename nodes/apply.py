@@ -16,7 +16,8 @@ from .run_context import ProCacheConfig
 from .runtime_bridge import config_of, install_wrappers, validate_range
 from .auto_preset import AUTO, preset_name_for
 from .family_text import apply_description
-from .schedule_loader import ScheduleSocket, available_presets, load_named_preset
+from .preset_files import available_presets, load_named_preset
+from .schedule_loader import ScheduleSocket
 from .selective_settings import SelectiveSocket
 
 log = logging.getLogger("ProCache")

@@ -17,7 +17,8 @@ from ..procache_core import profile_search, proxy, search
 from ..procache_core.baselines import uniform_schedule
 from ..procache_core.presets import Preset, save_preset, validate_preset_name
 from ..procache_core.settings import SelectiveSettings
-from .schedule_loader import ScheduleSocket, user_presets_dir
+from .preset_files import user_presets_dir
+from .schedule_loader import ScheduleSocket
 from .selective_settings import SelectiveSocket
 
 log = logging.getLogger("ProCache")

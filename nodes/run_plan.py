@@ -71,7 +71,7 @@ def _few_step_preset(config: ProCacheConfig, schedule_steps: int, run_steps: int
     if name is None:
         return None
     if name not in _FEW_STEP_CACHE:
-        from .schedule_loader import load_named_preset
+        from .preset_files import load_named_preset
 
         try:
             _FEW_STEP_CACHE[name] = load_named_preset(name)

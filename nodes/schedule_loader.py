@@ -8,8 +8,7 @@ from pathlib import Path
 from comfy_api.latest import io
 
 from ..procache_core.errors import ProCacheError
-from .preset_files import (available_presets, load_listed_preset, load_named_preset,  # noqa: F401 (re-exported)
-                           preset_from_text, read_listed_preset, user_presets_dir)
+from .preset_files import available_presets, load_named_preset, preset_from_text
 
 
 ScheduleSocket = io.Custom("PROCACHE_SCHEDULE")

@@ -62,7 +62,7 @@ def test_raising_detector_is_no_match(registered):
 def test_every_family_has_a_shipped_auto_preset():
     """"auto" on ProCache Apply resolves, for every family the pack detects, to a preset file it ships."""
     from procache_pack.nodes.auto_preset import preset_name_for
-    from procache_pack.nodes.schedule_loader import available_presets
+    from procache_pack.nodes.preset_files import available_presets
 
     names = set(registry.families()) | {A.GENERIC}
     assert {"flux", "flux2", "chroma", "qwen_image", "ltxv", "pixart", "sd3", "wan", "z_image", "hunyuan_video15",
