@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Runs the host-matrix share of the suite on every host scripts/setup_hosts.sh prepared (.host/matrix/hosts.txt),
-# after `pytest tests` has run the whole suite on ComfyUI 0.3.75.
+# Runs the host share of the suite on every host scripts/setup_hosts.sh prepared (.host/matrix/hosts.txt) and,
+# with --with-base, first on the base host (.host/ComfyUI, ComfyUI 0.3.75, in .venv: what `make test` does
+# after the host-independent tests/core).
 #
-# The newest matrix host runs NEWEST_TESTS (every host and browser test), the others MATRIX_TESTS (README
-# "Tested hosts"; both can be overridden from the environment). Each host runs in its own venv (PROCACHE_HOST / PROCACHE_HOST_PY select it
-# for the harness).
+# The newest host (found by version; what users run) runs NEWEST_TESTS (every host and browser test), every
+# other host MATRIX_TESTS (README "Tested hosts"; both can be overridden from the environment), so the whole
+# host suite runs once, where users are, and each older release runs what differs between releases. Each
+# host runs in its own venv (PROCACHE_HOST / PROCACHE_HOST_PY select it for the harness; unset for the base).
 # Exit status: non-zero when any host failed; every host runs either way.
 set -uo pipefail
 
@@ -25,14 +27,20 @@ MATRIX_TESTS="${MATRIX_TESTS:-tests/host/test_families_server.py tests/host/test
 # and 1.58.1), as on 0.3.75.
 NEWEST_TESTS="${NEWEST_TESTS:-tests/host tests/web}"
 
+WITH_BASE=0
+[ "${1:-}" = "--with-base" ] && WITH_BASE=1
+HOSTS_RUN="$(mktemp)"
+trap 'rm -f "$HOSTS_RUN"' EXIT
+[ "$WITH_BASE" -eq 1 ] && echo "base $ROOT/.host/ComfyUI $ROOT/.venv/bin/python" > "$HOSTS_RUN"
+[ -s "$LIST" ] && cat "$LIST" >> "$HOSTS_RUN"
 if [ ! -s "$LIST" ]; then
   echo "[procache-hosts] no other ComfyUI host set up: the matrix share is skipped (see scripts/setup_hosts.sh)"
-  exit 0
+  [ "$WITH_BASE" -eq 1 ] || exit 0
 fi
 
 version_of() { sed -n 's/^__version__ = "\(.*\)"/\1/p' "$1/comfyui_version.py"; }
-newest="$(while read -r name tree py; do printf '%s %s\n' "$(version_of "$tree")" "$name"; done < "$LIST" \
-          | sort -V | tail -n 1 | cut -d' ' -f2)"
+newest="$(while read -r name tree py; do printf '%s %s\n' "$(version_of "$tree")" "$name"; done \
+          < "$HOSTS_RUN" | sort -V | tail -n 1 | cut -d' ' -f2)"
 
 failed=""
 while read -r name tree py; do
@@ -42,14 +50,18 @@ while read -r name tree py; do
   for t in $share; do [ -e "$t" ] && tests="$tests $t"; done
   echo "[procache-hosts] ComfyUI $(version_of "$tree") ($name):$tests"
   start=$SECONDS
-  PROCACHE_HOST="$tree" PROCACHE_HOST_PY="$py" "$py" -m pytest $tests -q -p no:cacheprovider < /dev/null
+  if [ "$name" = "base" ]; then
+    "$py" -m pytest $tests -q -p no:cacheprovider < /dev/null
+  else
+    PROCACHE_HOST="$tree" PROCACHE_HOST_PY="$py" "$py" -m pytest $tests -q -p no:cacheprovider < /dev/null
+  fi
   rc=$?
   echo "[procache-hosts] ComfyUI $(version_of "$tree"): rc=$rc in $((SECONDS - start)) s"
   [ "$rc" -eq 0 ] || failed="$failed $name(rc=$rc)"
-done < "$LIST"
+done < "$HOSTS_RUN"
 
 if [ -n "$failed" ]; then
   echo "[procache-hosts] failed on:$failed"
   exit 1
 fi
-echo "[procache-hosts] every matrix host passed"
+echo "[procache-hosts] every host passed"
