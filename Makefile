@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-drift bench-quick bench-deep bench-load bench-faults bench-peers clean
+.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-drift bench-quick bench-deep bench-load bench-faults bench-peers results-age clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -87,6 +87,10 @@ bench-faults: models
 # requirements go into .host/peer-deps (pip --target), never into the venv. About 10 minutes on 2 cores.
 bench-peers: models
 	nice -n 10 $(PY) -m benchmarks.peers --peers "$(PEERS)"
+
+# which commit each committed results section was made at, and how many engine/node commits landed since
+results-age:
+	$(PY) scripts/results_age.py
 
 clean:
 	rm -rf .host .venv demo_output tests/artifacts
