@@ -215,8 +215,8 @@ def _selective_dict(sel: SelectiveSettings) -> dict[str, Any]:
         out["forecast"] = d["forecast"]
     if d["tie_break"] != "index":  # likewise
         out["tie_break"] = d["tie_break"]
-    if not d["image_first"]:  # likewise (value_norm above too)
-        out["image_first"] = False
+    if d["image_first"]:  # likewise (value_norm above too)
+        out["image_first"] = True
     if d["drift_guard"]:  # likewise
         out["drift_guard"], out["drift_budget"] = d["drift_guard"], d["drift_budget"]
     return out

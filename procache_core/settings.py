@@ -77,8 +77,10 @@ class SelectiveSettings:
     tie_break: str = "index"
     # joint blocks (text and image tokens in one sequence, Flux single blocks): True orders image tokens
     # before text tokens among equal scores (a text token is picked first only when it scores higher);
-    # False keeps the sequence order (text first in Flux). Needs the adapter to name the text range
-    image_first: bool = True
+    # False keeps the sequence order (text first in Flux). Needs the adapter to name the text range.
+    # Here, as tie_break, the paper code's order (what presets without the key mean); the Selective Compute
+    # Settings node defaults to the bench's winner (stratified, image first: benchmarks/results/token_picks_cpu.md)
+    image_first: bool = False
     # drift guard (procache_core.engine): 0 = off; else a reused step whose first block moved more than this
     # many times the drift the last computed steps predict becomes a full step, at most ``drift_budget`` of
     # the steps in a run
@@ -158,7 +160,7 @@ class SelectiveSettings:
             raise ProCacheError(f"selective.weights.{sorted(set(w) - wknown)[0]}", "is not a known weight.",
                                 f"use only {sorted(wknown)}.")
         forecast = check_order(data.get("forecast", 0), "selective.forecast")
-        image_first = data.get("image_first", True)
+        image_first = data.get("image_first", False)
         if not isinstance(image_first, bool):
             raise ProCacheError("selective.image_first", f"is {image_first!r}, not true or false.",
                                 "write 'image_first: true' (image tokens before text on ties) or false.")

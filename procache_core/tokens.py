@@ -122,7 +122,7 @@ class TokenSelector:
     """Attention-free token scores and top-k selection shared across CFG chunks."""
 
     def __init__(self, weights: ScoreWeights | None = None, grid_hw: tuple[int, int] | None = None,
-                 tie_break: str = "index", image_first: bool = True) -> None:
+                 tie_break: str = "index", image_first: bool = False) -> None:
         self.weights = weights if weights is not None else ScoreWeights()
         self.grid_hw = grid_hw
         self.tie_break = tie_break
