@@ -128,7 +128,7 @@ class TokenSelector:
         self.tie_break = tie_break
         self.image_first = image_first
         self._ties: dict[tuple, Tensor] = {}
-        self._keys: dict[tuple, Tensor | None] = {}
+        self._keys: dict[tuple, Tensor] = {}
 
     def tie_key(self, step: int, n: int, k: int, grid_hw: tuple[int, int] | None,
                 text: tuple[int, int] | None, device) -> Tensor | None:
