@@ -43,7 +43,7 @@ CASES = [
 ]
 THRESHOLDS = (0.05, 0.15, 0.4, 1.0)  # 1.0: so the sweeps reach the ~20 % block budgets of the ProCache rows
 SELECTIVE = {"enabled": True, "depth_fraction": 0.25, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 1.0,
-             "w_output_norm": 0.25, "w_spatial": 0.5}
+             "w_output_norm": 0.25, "w_spatial": 0.5, "tie_break": "index", "image_first": False}  # the paper's picks
 
 
 def paper_schedule(family: str, steps: int) -> str:

@@ -360,7 +360,10 @@ def apply_model_wrapper(executor, *args, **kwargs):
     chunks = len(cond_or_uncond)
     if x.shape[0] % chunks:
         chunks = 1
-    run.set_stream(key, chunks, grid_hw=state.config.adapter.grid_hw(tuple(x.shape)))
+    ctx = args[3] if len(args) > 3 else kwargs.get("c_crossattn")  # apply_model(x, t, c_concat, c_crossattn, ...)
+    run.set_stream(key, chunks, grid_hw=state.config.adapter.grid_hw(tuple(x.shape)),
+                   text_tokens=state.config.adapter.text_tokens(
+                       tuple(x.shape), int(ctx.shape[1]) if torch.is_tensor(ctx) and ctx.ndim == 3 else None))
     check = state.check
     if check is not None and check.pending and not state.blocks_off and run.action == Action.FULL and \
             not _stateful_patches(check, to):

@@ -24,7 +24,7 @@ from .schedule import Action, Schedule
 from .settings import SelectiveSettings, branch_kind
 from .stats import RunStats, estimate_branch_flops
 from .storage import CacheStorage
-from .tokens import TokenSelector, num_tokens
+from .tokens import TextTokens, TokenSelector, num_tokens
 
 
 @dataclass
@@ -98,7 +98,8 @@ class CacheRun:
             self._lane_span[self._lanes[i]] = (first, i)
         self._lane_start: dict[Hashable, tuple] = {}   # lane -> ((eval, stream), input of its first block)
         self._lane_used: dict[Hashable, tuple] = {}
-        self.selector = TokenSelector(self.selective.weights, grid_hw, self.selective.tie_break)
+        self.selector = TokenSelector(self.selective.weights, grid_hw, self.selective.tie_break,
+                                      self.selective.image_first)
         self.stats = RunStats()
         self.set_memory(memory or CacheMemory())
         has_selective = any(a == Action.SELECTIVE for a in schedule.actions)
@@ -111,6 +112,7 @@ class CacheRun:
         self._stream_key: Hashable = None
         self._chunks = 1
         self._stream_grid: tuple[int, int] | None = None
+        self._stream_text: TextTokens | None = None
         self._closed = False
         # segment of a step = the scheduled FULL step that opens its run of reused steps; a stream's
         # cache is only reused inside the segment it was computed in
@@ -179,12 +181,15 @@ class CacheRun:
         self.stats.record_step(action)
         return action
 
-    def set_stream(self, key: Hashable, chunks: int = 1, grid_hw: tuple[int, int] | None = None) -> None:
+    def set_stream(self, key: Hashable, chunks: int = 1, grid_hw: tuple[int, int] | None = None,
+                   text_tokens: TextTokens | tuple[int, int, int] | None = None) -> None:
         """Select the cache set for the next blocks.
 
         ``key`` names the batch layout (e.g. which CFG branches are in it); ``chunks`` is the number
         of equal batch parts that share one token selection; ``grid_hw`` (optional) the 2-D token grid
-        of this stream, overriding the run's.
+        of this stream, overriding the run's; ``text_tokens`` (optional) which tokens are text in the
+        blocks that hold text and image tokens in one sequence (selective steps then pick image tokens
+        first among equal scores: procache_core.tokens).
         """
         chunks = int(chunks)
         if chunks < 1:
@@ -192,6 +197,7 @@ class CacheRun:
         self._stream_key = key
         self._chunks = chunks
         self._stream_grid = grid_hw
+        self._stream_text = None if text_tokens is None else TextTokens(*text_tokens).check()
         self.cache.stream(key).chunks = chunks
 
     # -- blocks -------------------------------------------------------------------------------
@@ -442,10 +448,14 @@ class CacheRun:
         x_in = x
         order = None  # (B, k_max) token indices, most important first
         if any(0 < k < n for k in ks.values()) or any(br.partial is not None for br in local):
+            text = self._stream_text
             order = self.selector.rank(step=self._step, k=k_max, chunks=chunks, last_refresh=entry.last_refresh,
                                        x_in=x_in if entry.input_ref is not None else None,
                                        input_ref=entry.input_ref, cached=[entry.outputs[br.name] for br in local],
-                                       grid_hw=self._stream_grid or self.grid_hw)
+                                       values=self._value_rows(branches, entry),
+                                       grid_hw=self._stream_grid or self.grid_hw,
+                                       text=text[:2] if text is not None and block >= text.first_block
+                                       and n >= text.stop else None)
         for br in branches:
             out = entry.outputs[br.name]
             k = ks.get(br.name, 0)
@@ -483,6 +493,14 @@ class CacheRun:
             self.cache.checkin(stored, entry, tuple(br.name for br in local if ks.get(br.name, 0) > 0))
         self.stats.record_block(costs, [ks.get(br.name, 0) / n for br in branches], tokens=b * k_max)
         return x
+
+    def _value_rows(self, branches: Sequence[Branch], entry: BlockEntry) -> list[Tensor]:
+        """The cached attention rows of a block (value-norm score): token-mixing branch outputs and the
+        attention halves fused branches keep; none when that score is off."""
+        if not self.selective.weights.value_norm:
+            return []
+        rows = [entry.outputs[br.name] for br in branches if not br.token_local and br.partial is None]
+        return rows + [entry.aux[br.name] for br in branches if br.name in entry.aux]
 
     def _forecast_selective(self, entry: BlockEntry, br: Branch, x: Tensor, k: int, order: Tensor | None) -> Tensor:
         """Branch output on a selective step under forecasting (see ``_selective``)."""

@@ -208,13 +208,15 @@ def _check_version(version: Any) -> int:
 def _selective_dict(sel: SelectiveSettings) -> dict[str, Any]:
     d = sel.to_dict()
     out = {"enabled": d["enabled"], "depth_fraction": d["depth_fraction"], "start_block": d["start_block"],
-           "ratio": d["ratio"], "weights": dict(d["weights"])}
+           "ratio": d["ratio"], "weights": {k: v for k, v in d["weights"].items() if k != "value_norm" or v}}
     if d["ratio_schedule"] != "constant":  # written only when used, so older presets read back unchanged
         out["ratio_schedule"] = d["ratio_schedule"]
     if d["forecast"]:  # likewise
         out["forecast"] = d["forecast"]
     if d["tie_break"] != "index":  # likewise
         out["tie_break"] = d["tie_break"]
+    if d["image_first"]:  # likewise (value_norm above too)
+        out["image_first"] = True
     if d["drift_guard"]:  # likewise
         out["drift_guard"], out["drift_budget"] = d["drift_guard"], d["drift_budget"]
     return out

@@ -38,9 +38,15 @@ class ScoreWeights:
     input_change: float = 1.0  # relative change of the block input since it was cached
     output_norm: float = 0.25  # norm of the cached branch output of the token
     spatial: float = 0.5     # bonus spreading picks over the 2-D token grid
+    # norm of the token's cached attention (token-mixing) rows: DuCa's value-norm idea, which needs no
+    # attention map (fused attention never forms one); 0 in the paper's mixed score
+    value_norm: float = 0.0
 
     def validate(self) -> None:
         for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ProCacheError(f"weights.{name}", f"is {value!r}, not a number.",
+                                    "use a non-negative weight such as 1.0 (0 switches the term off).")
             if not (0.0 <= float(value) <= 100.0):
                 raise ProCacheError(f"weights.{name}", f"is {value}, outside [0, 100].",
                                     "use a non-negative weight such as 1.0 (0 switches the term off).")
@@ -69,6 +75,12 @@ class SelectiveSettings:
     # how tokens that score the same are ordered on selective steps (procache_core.tokens): "index" (the
     # lower index first, the paper code's stable sort) or "stratified" (seeded, spread over the image)
     tie_break: str = "index"
+    # joint blocks (text and image tokens in one sequence, Flux single blocks): True orders image tokens
+    # before text tokens among equal scores (a text token is picked first only when it scores higher);
+    # False keeps the sequence order (text first in Flux). Needs the adapter to name the text range.
+    # Here, as tie_break, the paper code's order (what presets without the key mean); the Selective Compute
+    # Settings node defaults to the bench's winner (stratified, image first: benchmarks/results/token_picks_cpu.md)
+    image_first: bool = False
     # drift guard (procache_core.engine): 0 = off; else a reused step whose first block moved more than this
     # many times the drift the last computed steps predict becomes a full step, at most ``drift_budget`` of
     # the steps in a run
@@ -104,6 +116,9 @@ class SelectiveSettings:
         if not (0.0 <= self.drift_budget <= 1.0):
             raise ProCacheError("drift_budget", f"is {self.drift_budget}, outside [0, 1].",
                                 "use a share of the steps such as 0.1 (at most one extra full step in ten).")
+        if not isinstance(self.image_first, bool):
+            raise ProCacheError("image_first", f"is {self.image_first!r}, not true or false.",
+                                "use true to pick image tokens before text tokens among equal scores.")
         if self.tie_break not in ("index", "stratified"):
             raise ProCacheError("tie_break", f"is {self.tie_break!r}, not 'index' or 'stratified'.",
                                 "use 'stratified' to spread tied picks over the image, 'index' for raster order.")
@@ -131,7 +146,7 @@ class SelectiveSettings:
             raise ProCacheError("selective", f"must be a mapping, got {type(data).__name__}.",
                                 "write e.g. 'selective: {enabled: true, ratio: 0.3}'.")
         known = {"enabled", "depth_fraction", "start_block", "ratio", "weights", "ratio_schedule", "forecast",
-                 "tie_break", "drift_guard", "drift_budget"}
+                 "tie_break", "image_first", "drift_guard", "drift_budget"}
         unknown = set(data) - known
         if unknown:
             raise ProCacheError(f"selective.{sorted(unknown)[0]}", "is not a known setting.",
@@ -145,6 +160,10 @@ class SelectiveSettings:
             raise ProCacheError(f"selective.weights.{sorted(set(w) - wknown)[0]}", "is not a known weight.",
                                 f"use only {sorted(wknown)}.")
         forecast = check_order(data.get("forecast", 0), "selective.forecast")
+        image_first = data.get("image_first", False)
+        if not isinstance(image_first, bool):
+            raise ProCacheError("selective.image_first", f"is {image_first!r}, not true or false.",
+                                "write 'image_first: true' (image tokens before text on ties) or false.")
         try:
             weights = ScoreWeights(**{k: float(v) for k, v in w.items()})
             sb = data.get("start_block")
@@ -154,6 +173,7 @@ class SelectiveSettings:
                       ratio=float(data.get("ratio", 0.3)), weights=weights,
                       ratio_schedule=str(data.get("ratio_schedule", "constant")),
                       forecast=forecast, tie_break=str(data.get("tie_break", "index")),
+                      image_first=image_first,
                       drift_guard=float(data.get("drift_guard", 0.0)), drift_budget=float(data.get("drift_budget", 0.1)))
         except (TypeError, ValueError) as exc:
             raise ProCacheError("selective", f"has a value of the wrong type ({exc}).",

@@ -9,25 +9,35 @@ uses) never materialise. We rank by signals the cache already has, each normalis
 * ``input_change``: relative L2 change of the token's block input since its last refresh
   (``|x - x_ref| / |x_ref|``): a token whose input moved most has the stalest output;
 * ``output_norm``: L2 norm of the cached token-local outputs (large contributions matter more);
+* ``value_norm``: L2 norm of the token's cached attention rows (``values``: the outputs of the
+  token-mixing branches, and the attention half a fused branch keeps, Flux single blocks). Each row is
+  the mix of value rows the attention wrote to the token, so this is DuCa's value-norm idea in the
+  form the cache holds it: it needs no attention map, which fused kernels never form;
 * ``spatial``: a bonus for the best token of each ``g x g`` group of the 2-D token grid, with
   ``g = ceil(sqrt(N / k))``. There are at most ``k`` groups, so when the bonus dominates every group
   gets one pick before any group gets two, and picks do not clump. Without a usable grid the groups
   are runs of ``g*g`` consecutive tokens.
 
 Everything runs on whole batches with tensor ops (no Python loop over tokens, no host sync). Ties
-are broken deterministically: by the token index (``tie_break="index"``, a stable sort, the lower index
-wins; right after a full step every token ties on staleness, so this picks the first rows of the image,
-or in joint blocks the text tokens) or by a seeded stratified order (``"stratified"``): the tokens of
-each ``g x g`` group of the grid get a random rank, the groups a random order, and a pick takes rank 0 of
-every group before rank 1 of any, so tied picks spread over the image and rotate from step to step. The
-order depends only on (step, N, grid), so runs repeat bit for bit. With ``chunks`` > 1 the batch is ``chunks`` equal
-parts (CFG cond/uncond); scores are averaged over the parts per sample and the same indices are used
-in every part.
+(equal scores) are broken deterministically, by keys compared only when the scores are equal:
+
+1. with a ``text`` range (joint blocks: text and image tokens in one sequence, see
+   :class:`TextTokens`) and ``image_first``, image tokens before text tokens, so a text token is picked
+   first only when it scores higher (Flux puts the text first: index order would spend the first picks
+   after a full step, where every token ties on staleness, on the prompt);
+2. ``tie_break="index"``: the lower index (a stable sort: the first rows of the image); or
+   ``"stratified"``: a seeded order where the tokens of each ``g x g`` group of the grid get a random
+   rank, the groups a random order, and a pick takes rank 0 of every group before rank 1 of any, so tied
+   picks spread over the image and rotate from step to step. It depends only on (step, N, grid), so
+   runs repeat bit for bit.
+
+With ``chunks`` > 1 the batch is ``chunks`` equal parts (CFG cond/uncond); scores are averaged over
+the parts per sample and the same indices are used in every part.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +48,26 @@ from .settings import ScoreWeights
 _EPS = 1e-12
 TIE_BREAKS = ("index", "stratified")
 TIE_SEED = 20260
-TIE_SCALE = 1e-4
+
+
+class TextTokens(NamedTuple):
+    """Which tokens of a stream are text, where text and image tokens share one sequence.
+
+    Tokens ``[start, stop)`` are text in the engine blocks from ``first_block`` on (Flux: the single
+    blocks, text first); a block with fewer than ``stop`` tokens is taken to hold no text range.
+    """
+
+    start: int
+    stop: int
+    first_block: int = 0
+
+    def check(self) -> "TextTokens":
+        if not (0 <= int(self.start) <= int(self.stop)) or int(self.first_block) < 0:
+            from .errors import ProCacheError
+
+            raise ProCacheError("text_tokens", f"is {tuple(self)}; it needs 0 <= start <= stop and first_block >= 0.",
+                                "pass the text range of the joint blocks, e.g. (0, 512, 38) for Flux.1.")
+        return self
 
 
 def num_tokens(ratio: float, n: int) -> int:
@@ -93,11 +122,46 @@ class TokenSelector:
     """Attention-free token scores and top-k selection shared across CFG chunks."""
 
     def __init__(self, weights: ScoreWeights | None = None, grid_hw: tuple[int, int] | None = None,
-                 tie_break: str = "index") -> None:
+                 tie_break: str = "index", image_first: bool = False) -> None:
         self.weights = weights if weights is not None else ScoreWeights()
         self.grid_hw = grid_hw
         self.tie_break = tie_break
+        self.image_first = image_first
         self._ties: dict[tuple, Tensor] = {}
+        self._keys: dict[tuple, Tensor] = {}
+
+    def tie_key(self, step: int, n: int, k: int, grid_hw: tuple[int, int] | None,
+                text: tuple[int, int] | None, device) -> Tensor | None:
+        """(N,) float32 secondary key, compared only between equal scores (higher first), or None for
+        plain index order. Image tokens (with ``image_first``) rank above every text token; inside each
+        part the stratified order (with ``tie_break="stratified"``), else the index, decides."""
+        a, b = (int(text[0]), int(text[1])) if text is not None else (0, 0)
+        split = self.image_first and 0 <= a < b <= n
+        strat = self.tie_break == "stratified"
+        if not split and not strat:
+            return None
+        key = (int(step) if strat else 0, n, k, grid_hw, (a, b) if split else None, str(device))
+        if key in self._keys:
+            return self._keys[key]
+        if not split:
+            out = self.tie_order(step, n, k, grid_hw, device)
+        else:
+            is_text = torch.zeros(n, dtype=torch.bool)
+            is_text[a:b] = True
+            out = torch.empty(n, dtype=torch.float32)
+            n_img, n_txt = n - (b - a), b - a
+            if strat:  # each part its own stratified order; the image grid applies to the image part
+                if n_img:
+                    out[~is_text] = 1.0 + self.tie_order(step, n_img, k, grid_hw, "cpu")
+                out[is_text] = self.tie_order(step, n_txt, k, None, "cpu")
+            else:
+                out[~is_text] = 1.0
+                out[is_text] = 0.0
+            out = out.to(device)
+        if len(self._keys) > 64:
+            self._keys.clear()
+        self._keys[key] = out
+        return out
 
     def tie_order(self, step: int, n: int, k: int, grid_hw: tuple[int, int] | None, device) -> Tensor:
         """(N,) float32 in [0, 1): the stratified tie-break priority of each token (higher first)."""
@@ -140,15 +204,19 @@ class TokenSelector:
 
     def scores(self, *, step: int, k: int, last_refresh: Tensor | None = None,
                x_in: Tensor | None = None, input_ref: Tensor | None = None,
-               cached: Sequence[Tensor] = (), chunks: int = 1,
-               grid_hw: tuple[int, int] | None = None) -> Tensor:
-        """Importance (B // chunks, N) in float32; higher = recompute first.
+               cached: Sequence[Tensor] = (), values: Sequence[Tensor] = (), chunks: int = 1,
+               grid_hw: tuple[int, int] | None = None, text: tuple[int, int] | None = None) -> Tensor:
+        """Importance (B // chunks, N) in float32; higher = recompute first. Ties are ordered by
+        :meth:`tie_key`, not here.
 
         ``last_refresh`` (B, N) int steps, ``x_in``/``input_ref`` (B, N, C) current and cached block
-        input, ``cached`` token-local cached outputs (B, N, C). Missing inputs drop their term.
+        input, ``cached`` token-local cached outputs (B, N, C), ``values`` cached attention rows
+        (B, N, D). Missing inputs drop their term. ``text``: the text range (spatial groups then cover
+        the image tokens only).
         """
         w = self.weights
-        ref = last_refresh if last_refresh is not None else (x_in if x_in is not None else cached[0])
+        ref = last_refresh if last_refresh is not None else (
+            x_in if x_in is not None else (cached[0] if len(cached) else values[0]))
         b, n = ref.shape[0], ref.shape[1]
         total = torch.zeros((b // chunks, n), dtype=torch.float32, device=ref.device)
         if w.staleness and last_refresh is not None:
@@ -163,40 +231,59 @@ class TokenSelector:
         if w.output_norm and len(cached):
             norm = sum(torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32) for t in cached)
             total = total + w.output_norm * _per_sample_max_norm(_chunk_mean(norm, chunks))
+        if w.value_norm and len(values):
+            vnorm = sum(torch.linalg.vector_norm(t, dim=-1, dtype=torch.float32) for t in values)
+            total = total + w.value_norm * _per_sample_max_norm(_chunk_mean(vnorm, chunks))
         if w.spatial:
             g = group_side(n, k)
             if g > 1:
-                best = group_best(total, g, self._grid(n, grid_hw))
+                a, b = (int(text[0]), int(text[1])) if text is not None else (0, 0)
+                if 0 <= a < b <= n and n - (b - a) > 0:  # the grid is the image part's
+                    img = torch.cat([total[:, :a], total[:, b:]], dim=1)
+                    best_img = group_best(img, group_side(img.shape[1], k), self._grid(img.shape[1], grid_hw))
+                    best_txt = group_best(total[:, a:b], group_side(b - a, k), None)
+                    best = torch.cat([best_img[:, :a], best_txt, best_img[:, a:]], dim=1)
+                else:
+                    best = group_best(total, g, self._grid(n, grid_hw))
                 total = total + w.spatial * best.to(torch.float32)
-        if self.tie_break == "stratified":
-            # far below any real score difference (staleness steps are >= 1/steps apart): only orders ties
-            total = total + TIE_SCALE * self.tie_order(step, n, k, grid_hw, total.device)
         return total
 
     @staticmethod
-    def select(scores: Tensor, k: int) -> Tensor:
-        """Indices (S, k) int64 of the ``k`` highest scores, ascending; ties -> lower index."""
+    def select(scores: Tensor, k: int, key: Tensor | None = None) -> Tensor:
+        """Indices (S, k) int64 of the ``k`` highest scores, ascending; ties -> higher ``key`` (N,),
+        then the lower index."""
         s, n = scores.shape
         k = max(0, min(int(k), n))
         if k == n:
             return torch.arange(n, device=scores.device).expand(s, n).contiguous()
-        order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+        order = TokenSelector.order(scores, k, key)
         return torch.sort(order, dim=-1).values  # ascending: contiguous-ish gathers, reproducible
 
     @staticmethod
-    def order(scores: Tensor, k: int) -> Tensor:
-        """Indices (S, k) of the ``k`` highest scores, best first; ties -> lower index."""
+    def order(scores: Tensor, k: int, key: Tensor | None = None) -> Tensor:
+        """Indices (S, k) of the ``k`` highest scores, best first; ties -> higher ``key`` (N,), then
+        the lower index. Exact: the key never outweighs a score difference, however small."""
         s, n = scores.shape
         k = max(0, min(int(k), n))
-        return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+        if key is None:
+            return torch.sort(scores, dim=-1, descending=True, stable=True).indices[:, :k]
+        # lexicographic by two stable sorts: the tie key first, then the score
+        perm = torch.sort(key, descending=True, stable=True).indices
+        inner = torch.sort(scores[:, perm], dim=-1, descending=True, stable=True).indices[:, :k]
+        return perm[inner]
+
+    def _key(self, step: int, k: int, scores: Tensor, inputs: dict) -> Tensor | None:
+        return self.tie_key(step, scores.shape[-1], k, inputs.get("grid_hw"), inputs.get("text"), scores.device)
 
     def rank(self, *, step: int, k: int, chunks: int = 1, **inputs) -> Tensor:
         """Like ``__call__`` but best first, so ``rank(...)[:, :j]`` is the best ``j`` for any j <= k
         (branches with different token shares select from one ranking)."""
-        idx = self.order(self.scores(step=step, k=k, chunks=chunks, **inputs), k)
+        scores = self.scores(step=step, k=k, chunks=chunks, **inputs)
+        idx = self.order(scores, k, self._key(step, k, scores, inputs))
         return idx.repeat(chunks, 1) if chunks > 1 else idx
 
     def __call__(self, *, step: int, k: int, chunks: int = 1, **inputs) -> Tensor:
         """Indices (B, k) for the whole batch: the per-sample pick repeated in every chunk."""
-        idx = self.select(self.scores(step=step, k=k, chunks=chunks, **inputs), k)
+        scores = self.scores(step=step, k=k, chunks=chunks, **inputs)
+        idx = self.select(scores, k, self._key(step, k, scores, inputs))
         return idx.repeat(chunks, 1) if chunks > 1 else idx

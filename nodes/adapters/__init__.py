@@ -77,6 +77,12 @@ class FamilyAdapter:
         """2-D token grid of the image stream for model input shape ``x_shape`` (spatial token bonus)."""
         return None
 
+    def text_tokens(self, x_shape: tuple, context_tokens: int | None) -> tuple[int, int, int] | None:
+        """``(start, stop, first_block)``: the text tokens of the engine blocks that hold text and image
+        tokens in one sequence (``CacheRun.set_stream``); None: no such blocks, or they never recompute
+        tokens (families with separate text and image streams)."""
+        return None
+
     def describe(self) -> str:
         return f"{self.family}: {self.num_blocks} cached blocks, selective compute {self.selective_support}"
 

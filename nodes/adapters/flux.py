@@ -442,6 +442,10 @@ class FluxAdapter(FamilyAdapter):
         p = self.patch_size
         return ((x_shape[2] + p // 2) // p, (x_shape[3] + p // 2) // p)
 
+    def text_tokens(self, x_shape: tuple, context_tokens: int | None) -> tuple[int, int, int] | None:
+        # single blocks run on cat((txt, img)): the prompt's tokens come first
+        return (0, int(context_tokens), self.single_offset) if context_tokens else None
+
     def modulation_layers(self) -> dict[str, Any]:
         out = {}
         for i, b in enumerate(self.dm.double_blocks):

@@ -153,3 +153,148 @@ def test_tie_break_setting_is_checked_by_name():
         SelectiveSettings(tie_break="random").validate()
     assert e.value.field == "tie_break"
     assert SelectiveSettings.from_dict({"tie_break": "stratified"}).tie_break == "stratified"
+
+
+# -- value norm ---------------------------------------------------------------------------------------
+
+VALUE = ScoreWeights(staleness=1.0, input_change=0.0, output_norm=0.0, spatial=0.0, value_norm=1.0)
+
+
+def test_value_norm_ranks_tokens_by_their_cached_attention_rows():
+    torch.manual_seed(1)
+    values = torch.rand(2, 16, 8) * 0.1
+    values[0, [3, 12]] *= 40
+    values[1, [0, 9]] *= 40
+    refresh = torch.zeros(2, 16, dtype=torch.int32)  # every token ties on staleness
+    picked = TokenSelector(VALUE)(step=2, k=2, last_refresh=refresh, values=[values])
+    assert picked.tolist() == [[3, 12], [0, 9]]
+    # without the weight the same inputs fall back to the tie order: value rows are what moved the pick
+    plain = TokenSelector(ONLY["staleness"])(step=2, k=2, last_refresh=refresh, values=[values])
+    assert plain.tolist() == [[0, 1], [0, 1]]
+    # staleness still counts: a token refreshed long ago beats a large value row
+    refresh[0, 5] = -30
+    assert 5 in TokenSelector(VALUE)(step=2, k=2, last_refresh=refresh, values=[values])[0].tolist()
+
+
+def test_engine_scores_value_norm_from_the_token_mixing_branch():
+    """In a block with an attention branch (mixes tokens) and an MLP, the value-norm score reads the cached
+    attention output: the tokens with the largest attention rows are the ones a selective step recomputes."""
+    n, c = 16, 4
+    big = torch.tensor([2, 11])
+    attn_out = torch.full((1, n, c), 0.01)
+    attn_out[0, big] = 5.0
+    mlp = torch.nn.Linear(c, c)
+    branches = [Branch("attn", lambda h: attn_out.expand(h.shape[0], -1, -1).clone(), None, token_local=False),
+                Branch("mlp", mlp, None, token_local=True)]
+
+    def refreshed(weights: ScoreWeights) -> list[int]:
+        run = CacheRun(Schedule.from_string("FS"), SelectiveSettings(ratio=2 / n, start_block=0, weights=weights),
+                       num_blocks=1)
+        x = torch.randn(1, n, c)
+        with torch.no_grad():
+            for step in range(2):
+                run.begin_step(step)
+                run.run_block(0, x, branches)
+        return torch.nonzero(run.cache.stream(None).blocks[0].last_refresh[0] == 1).flatten().tolist()
+
+    assert refreshed(VALUE) == big.tolist()
+    assert refreshed(ONLY["staleness"]) == [0, 1]
+
+
+def test_value_norm_and_image_first_settings_are_checked_by_name():
+    from procache_core.errors import ProCacheError
+    from procache_core.tokens import TextTokens
+
+    with pytest.raises(ProCacheError) as e:
+        SelectiveSettings(weights=ScoreWeights(value_norm=-1.0)).validate()
+    assert e.value.field == "weights.value_norm"
+    with pytest.raises(ProCacheError) as e:
+        SelectiveSettings(weights=ScoreWeights(value_norm="big")).validate()  # type: ignore[arg-type]
+    assert e.value.field == "weights.value_norm" and "not a number" in str(e.value)
+    with pytest.raises(ProCacheError) as e:
+        SelectiveSettings.from_dict({"weights": {"value_norm": "big"}})
+    assert e.value.field == "selective"
+    with pytest.raises(ProCacheError) as e:
+        SelectiveSettings.from_dict({"image_first": "yes"})
+    assert e.value.field == "selective.image_first"
+    with pytest.raises(ProCacheError) as e:
+        SelectiveSettings(image_first=1).validate()  # type: ignore[arg-type]
+    assert e.value.field == "image_first"
+    s = SelectiveSettings.from_dict({"weights": {"value_norm": 0.5}, "image_first": True})
+    assert s.weights.value_norm == 0.5 and s.image_first is True
+    assert SelectiveSettings.from_dict({}).image_first is False   # presets without the key: the paper's order
+    with pytest.raises(ProCacheError) as e:
+        TextTokens(5, 2).check()
+    assert e.value.field == "text_tokens"
+    run = CacheRun(Schedule.from_string("FS"), SelectiveSettings(), num_blocks=1)
+    with pytest.raises(ProCacheError) as e:
+        run.set_stream("s", 1, text_tokens=(0, 4, -1))
+    assert e.value.field == "text_tokens"
+
+
+# -- image tokens before text tokens ----------------------------------------------------------------------
+
+def test_ties_pick_image_tokens_before_text_unless_text_scores_higher():
+    n, k = 24, 6
+    refresh = torch.zeros(2, n, dtype=torch.int32)
+    text = (0, 8)  # Flux single blocks: the prompt first
+    first = TokenSelector(ONLY["staleness"], image_first=True)(step=1, k=k, last_refresh=refresh, text=text)
+    assert first.tolist() == [list(range(8, 8 + k))] * 2        # image tokens, then the lower index
+    seq = TokenSelector(ONLY["staleness"], image_first=False)(step=1, k=k, last_refresh=refresh, text=text)
+    assert seq.tolist() == [list(range(k))] * 2                   # sequence order: the text tokens
+    no_range = TokenSelector(ONLY["staleness"], image_first=True)(step=1, k=k, last_refresh=refresh)
+    assert no_range.tolist() == [list(range(k))] * 2             # no text range: index order
+    stale = refresh.clone()
+    stale[0, 3] = -4  # a stale text token scores higher: it goes first
+    picked = TokenSelector(ONLY["staleness"], image_first=True)(step=1, k=k, last_refresh=stale, text=text)
+    assert picked[0].tolist() == [3] + list(range(8, 8 + k - 1))
+    ranked = TokenSelector(ONLY["staleness"], image_first=True).rank(step=1, k=k, last_refresh=stale, text=text)
+    assert ranked[0, 0] == 3 and ranked[1].tolist() == list(range(8, 8 + k))
+    # text in the middle or at the end (image first in the sequence) works the same
+    tail = TokenSelector(ONLY["staleness"], image_first=True)(step=1, k=k, last_refresh=refresh, text=(20, 24))
+    assert tail.tolist() == [list(range(k))] * 2
+    mid = TokenSelector(ONLY["staleness"], image_first=True)(step=1, k=k, last_refresh=refresh, text=(2, 10))
+    assert mid.tolist() == [[0, 1, 10, 11, 12, 13]] * 2
+
+
+def test_stratified_ties_take_image_tokens_first_spread_over_the_image_grid():
+    h = w = 8
+    n_txt, k = 16, 16
+    n = n_txt + h * w
+    refresh = torch.zeros(1, n, dtype=torch.int32)
+    sel = TokenSelector(ONLY["staleness"], grid_hw=(h, w), tie_break="stratified", image_first=True)
+    idx = sel(step=3, k=k, last_refresh=refresh, text=(0, n_txt), grid_hw=(h, w))[0]
+    assert all(int(i) >= n_txt for i in idx)
+    img = idx - n_txt
+    assert len({(int(i) // w // 2, int(i) % w // 2) for i in img}) == k   # one pick per 2x2 group of the grid
+    assert torch.equal(idx, sel(step=3, k=k, last_refresh=refresh, text=(0, n_txt), grid_hw=(h, w))[0])
+    seq = TokenSelector(ONLY["staleness"], grid_hw=(h, w), tie_break="stratified", image_first=False)
+    assert any(int(i) < n_txt for i in seq(step=3, k=k, last_refresh=refresh, text=(0, n_txt))[0])
+
+
+def test_engine_applies_the_stream_text_range_from_its_first_block_on():
+    """set_stream(text_tokens=(0, T, first_block)): blocks from first_block on pick image tokens on ties;
+    earlier blocks (Flux double blocks: image or text stream alone) and blocks shorter than the range keep
+    index order."""
+    n, c, t = 16, 4, 6
+    mlp = torch.nn.Linear(c, c)
+
+    def picks(text_tokens, image_first=True, tokens=n) -> list[list[int]]:
+        run = CacheRun(Schedule.from_string("FS"), SelectiveSettings(ratio=4 / tokens, start_block=0,
+                                                                    weights=ONLY["staleness"],
+                                                                    image_first=image_first), num_blocks=2)
+        x = torch.randn(1, tokens, c)
+        with torch.no_grad():
+            for step in range(2):
+                run.begin_step(step)
+                run.set_stream("s", 1, text_tokens=text_tokens)
+                for b in range(2):
+                    run.run_block(b, x, [Branch("mlp", mlp, None, token_local=True)])
+        blocks = run.cache.stream("s").blocks
+        return [torch.nonzero(blocks[b].last_refresh[0] == 1).flatten().tolist() for b in range(2)]
+
+    assert picks((0, t, 1)) == [[0, 1, 2, 3], [6, 7, 8, 9]]
+    assert picks((0, t, 0)) == [[6, 7, 8, 9]] * 2
+    assert picks((0, t, 1), image_first=False) == [[0, 1, 2, 3]] * 2
+    assert picks(None) == [[0, 1, 2, 3]] * 2
+    assert picks((0, 20, 0)) == [[0, 1, 2, 3]] * 2   # 16 tokens < the range's end: not a joint block

@@ -209,9 +209,9 @@ def test_cached_split_keeps_one_cache_per_device_on_its_own_modules(two_cpu_devi
     streams: dict = {}
     orig_set_stream = CacheRun.set_stream
 
-    def set_stream(self, key, chunks=1, grid_hw=None):
+    def set_stream(self, key, chunks=1, grid_hw=None, **kw):
         streams.setdefault(id(self), set()).add((key, threading.get_ident()))
-        return orig_set_stream(self, key, chunks, grid_hw)
+        return orig_set_stream(self, key, chunks, grid_hw, **kw)
 
     monkeypatch.setattr(CacheRun, "set_stream", set_stream)
     out, calls = _sample_recording_threads(split, [split, clone])

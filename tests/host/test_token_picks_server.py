@@ -1,6 +1,8 @@
-"""Selective Compute Settings' tie_break through the REAL server on the trained digits Flux: the choice
+"""Selective Compute Settings' token-pick options through the REAL server on the trained digits Flux: tie_break
 reaches the run (stratified picks other tokens than index order, so the latent differs), a stratified run
-repeats bit for bit, and an unknown choice is refused by name while the server keeps running."""
+repeats bit for bit, and an unknown choice is refused by name while the server keeps running; image_first
+reaches the single blocks (the bridge names the prompt's tokens as the text range: the picks, and so the
+latent, change) and so does w_value_norm."""
 from __future__ import annotations
 
 import sys
@@ -20,11 +22,11 @@ SEL = {"enabled": True, "depth_fraction": 1.0, "ratio": 0.3, "w_staleness": 1.0,
        "w_output_norm": 0.0, "w_spatial": 0.0}
 
 
-def run(client, prefix: str, tie_break: str):
+def run(client, prefix: str, tie_break: str, **extra):
     from comfy_client import load_latent
 
     p = hd.digits_prompt("flux", digits="0123456789", steps=8, prefix=prefix,
-                         procache={"actions": "FSCSFSCS", "selective": {**SEL, "tie_break": tie_break}})
+                         procache={"actions": "FSCSFSCS", "selective": {**SEL, "tie_break": tie_break, **extra}})
     entry = client.run(p, timeout=600)
     return load_latent(client.output_files(entry, "latents")[0]), hd.stats_text(entry) or ""
 
@@ -46,3 +48,11 @@ def test_unknown_tie_break_is_refused_by_name(comfy_server):
     assert "tie_break" in str(e.value)
     ok, _ = run(comfy_server, "tb_after", "index")
     assert ok.shape[0] == 10
+
+
+def test_image_first_and_value_norm_reach_the_run(comfy_server):
+    seq, _ = run(comfy_server, "if_off", "index", image_first=False)
+    first, _ = run(comfy_server, "if_on", "index", image_first=True)
+    value, _ = run(comfy_server, "vn_on", "index", image_first=True, w_value_norm=1.0)
+    assert not torch.equal(seq, first)    # ties in the single blocks went to the text tokens before
+    assert not torch.equal(first, value)
