@@ -86,11 +86,13 @@ class Method:
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Method,
            selective_settings=None, cfg_scale: float = CFG_SCALE,
-           step_log: list | None = None, timesteps: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+           step_log: list | None = None, timesteps: list[int] | None = None,
+           x0_log: list | None = None) -> tuple[torch.Tensor, dict]:
     """DDIM (eta 0) with CFG, the same update as reference_dit.ddim_sample, with a per-method step.
 
     ``step_log`` (optional) receives ``(action, seconds)`` per model evaluation of the full-compute and
-    schedule methods (action "F", "C" or "S"; wall clock of the batched CFG call)."""
+    schedule methods (action "F", "C" or "S"; wall clock of the batched CFG call). ``x0_log`` (optional)
+    receives each step's denoised prediction (the per-step profile of procache_core.profile_search)."""
     from procache_core.engine import CacheRun
     from procache_core.reference_dit import _alphas_cumprod, ddim_timesteps
     from procache_core.schedule import Schedule
@@ -145,6 +147,8 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Met
             a_t = ab[t]
             a_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
             x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+            if x0_log is not None:
+                x0_log.append(x0.clone())
             x = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps
     finally:
         if run is not None:
