@@ -8,7 +8,9 @@ REAL ComfyUI server runs ProCache Schedule Search on the proxy seed ``search_on_
 
 and the schedule it outputs (uniform when uniform scored better on the proxy, as the node does) is then
 sampled on the evaluation seed ``seed`` (never the proxy one) and compared with full compute of that seed:
-PSNR and FD-full on the decoded images. Uniform reuse of the same budget is the reference row.
+PSNR and FD-full on the decoded images. Uniform reuse of the same budget is the reference row. A second
+table samples the three flux-28 tier presets (quality / balanced / fast, carried onto each run by the
+noise-axis remap) on the Flux model: a higher tier must not lose to a lower one on any case.
 ``python -m benchmarks.search_host`` writes benchmarks/results/search_host_cpu.md.
 """
 from __future__ import annotations
@@ -26,6 +28,7 @@ from .host_quality import CASES, _init_images, _save_tiff, _search_report, _serv
 
 ROOT = Path(__file__).resolve().parent
 BOUNDS = {"flux": (0, 8), "pixart": (1, 4)}  # at B = 4 of 20 the node's default (1, 4) leaves only uniform
+TIERS = ("flux-28-quality", "flux-28-balanced", "flux-28-fast")
 CONFIGS = {"sampled-ni": ("sampled", True), "sampled-any": ("sampled", False),
            "profile-ni": ("profile", True), "profile-any": ("profile", False)}
 
@@ -92,6 +95,18 @@ def run(families=("flux", "pixart"), cases=None, steps: int = 20, repeat: int = 
                     x = sample("pcs", procache={"actions": sched})
                     rows[name] = {"schedule": sched, "report": report,
                                   **hd.sample_metrics(featnet, labels, x, x_full, f_full, f_real)}
+                if fam == "flux":
+                    tiers = {}
+                    for preset in TIERS:
+                        entry = client.run(hd.digits_prompt(fam, prefix="tier", **base, procache={"preset": preset}),
+                                           timeout=1800)
+                        x = hd.decode_latent_file(client.output_files(entry, "latents")[0])
+                        st = hd.parse_stats(hd.stats_text(entry))
+                        tiers[preset] = {"schedule_full": st["full"], "block_eval_fraction": st["block_eval_fraction"],
+                                         **hd.sample_metrics(featnet, labels, x, x_full, f_full, f_real)}
+                        log(f"  {fam} {case['name']:<34s} {preset:<18s} blocks {st['block_eval_fraction']:.3f}  "
+                            f"PSNR {tiers[preset]['psnr']:6.2f}  FD-full {tiers[preset]['fd_full']:8.3f}")
+                    res.setdefault("tiers", {})[case["name"]] = tiers
                 for name, r in rows.items():
                     log(f"  {fam} {case['name']:<34s} {name:<12s} {r['schedule']}  PSNR {r['psnr']:6.2f}  "
                         f"FD-full {r['fd_full']:8.3f}")
@@ -127,6 +142,18 @@ def report(res: dict, commit: str, date: str) -> str:
     lines += [f"- {name}: {t[0]} / {t[1]} / {t[2]}" for name, t in tally.items()]
     lines += ["", "**Any-order against non-increasing** (same method): "
               + "; ".join(f"{k} {v[0]} better / {v[1]} worse / {v[2]} mixed or same" for k, v in duel.items()), ""]
+    if res.get("tiers"):
+        lines += ["## flux-28 tier presets on the Flux digits model (seed " + str(res["seed"]) + ")", "",
+                  "| case | preset | blocks | PSNR (dB) | FD-full |", "|---|---|---|---|---|"]
+        losses = []
+        for case, tiers in res["tiers"].items():
+            for preset, r in tiers.items():
+                lines.append(f"| {case} | {preset} | {r['block_eval_fraction']:.3f} | {r['psnr']:.2f} | {r['fd_full']:.3f} |")
+            q, b = tiers.get("flux-28-quality"), tiers.get("flux-28-balanced")
+            if q and b and (q["psnr"] < b["psnr"] or q["fd_full"] > b["fd_full"]):
+                losses.append(case)
+        lines += ["", "flux-28-quality loses to flux-28-balanced (lower PSNR or higher FD-full) in: "
+                  + (", ".join(losses) if losses else "no case") + ".", ""]
     return "\n".join(lines)
 
 
@@ -151,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-on-seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "search_host_cpu.md")
     a = ap.parse_args(argv)
-    res = run(repeat=a.repeat, k=a.k, seed=a.seed, search_on_seed=a.search_on_seed)
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
+                            cwd=ROOT).stdout.strip() or "unknown"  # the code the run starts with
+    res = run(repeat=a.repeat, k=a.k, seed=a.seed, search_on_seed=a.search_on_seed)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = report(res, commit, date)
     a.out.write_text(text)

@@ -207,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
+    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
+                            cwd=ROOT).stdout.strip() or "unknown"  # the code the run starts with
     res = run(T=a.steps, k=a.k, n_samples=a.samples, n_proxy=a.proxy, search_seed=a.search_seed,
               proxy_seed=a.proxy_seed, eval_seed=a.eval_seed)
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = report(res, commit, date)
     a.out.parent.mkdir(parents=True, exist_ok=True)

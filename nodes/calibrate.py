@@ -24,8 +24,9 @@ from .selective_settings import SelectiveSocket
 log = logging.getLogger("ProCache")
 
 METHODS = ("sampled", "profile", "both")
-# the interval ordering rule of the search space; the default is the one benchmarks/search_space.py measured
-# better on held-out seeds (benchmarks/results/search_space_cpu.md)
+# the interval ordering rule of the search space. benchmarks/search_space.py (digits DiT, held-out seeds,
+# benchmarks/results/search_space_cpu.md) found any-order worse: sampled search 1 row better / 4 worse on both
+# metrics, profile search 0 / 8; so the paper's non-increasing rule stays the default, for both methods
 DEFAULT_NON_INCREASING = True
 
 
@@ -103,7 +104,7 @@ class ProCacheScheduleSearch(io.ComfyNode):
                                tooltip="sampled: K candidates drawn from the constrained space (non-increasing "
                                        "reuse runs), each sampled. profile: from the full-compute run alone, how "
                                        "far the prediction moves between steps, and the exact best schedule for "
-                                       "that profile (runs any order, dense early or late); 2 samplings in all. "
+                                       "that profile under the same interval rules; 2 samplings in all. "
                                        "both: the profile's schedule joins the sampled candidates."),
                 io.Boolean.Input("non_increasing", default=DEFAULT_NON_INCREASING, optional=True,
                                  tooltip="on: reuse runs never grow along the run (long reuse early, short late; "
