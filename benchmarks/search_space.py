@@ -30,21 +30,13 @@ import torch
 from . import metrics
 from .data import features, load_or_train_featnet
 from .noise_axis import SPACINGS, timesteps_for
-from .quality import Method, sample, sample_set, uniform_string
+from .quality import Method, sample, sample_set, split_seeds, uniform_string
 
 ROOT = Path(__file__).resolve().parent
 # (budget, vmin, vmax): the paper's bounds at B = 5 and 7, and B = 4 with wider bounds (at B = 4 of 20 the
 # paper's bounds (1, 4) leave one pattern, uniform, in either space)
 SETTINGS = ((4, 0, 8), (5, 1, 4), (7, 1, 4))
 METHODS = ("uniform", "sampled-ni", "sampled-any", "profile-ni", "profile-any")
-
-
-def split_seeds(proxy_seed: int, eval_seed: int) -> tuple[int, int]:
-    """The two seed sets; refuses one seed for both (a search must not be judged on what it scored)."""
-    if proxy_seed == eval_seed:
-        raise ValueError(f"proxy_seed and eval_seed are both {proxy_seed}: the search would be evaluated on the "
-                         "samples it scored; give two different seeds.")
-    return proxy_seed, eval_seed
 
 
 def run(T: int = 20, k: int = 5, n_samples: int = 100, n_proxy: int = 20, chunk: int = 100, search_seed: int = 0,
