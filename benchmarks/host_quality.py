@@ -7,7 +7,9 @@ img2img case at denoise 0.6 from real digits), with the same seed, prompts and l
 - full                    plain KSampler
 - procache (paper)        the paper preset of the family scaled to the step count, S steps as reuse
 - procache (searched)     the schedule the ProCache Schedule Search node picks on this model and sampler
-                          (same budget, K = 3, vmin 1, vmax 4; it calibrates at denoise 1)
+                          (same budget, K = 3, vmin 1, vmax 4; it calibrates at denoise 1 on the proxy
+                          seed ``search_on_seed``, never on the evaluation seed ``seed``: the row is judged
+                          on samples the search did not see)
 - procache+sel            the paper-style schedule with Selective Compute Settings (pack defaults)
 - uniform                 full every N-th step, same number of full steps as the paper-style schedule
 - easycache / lazycache   the host's nodes over a threshold sweep (start 0.15, end 0.95); EasyCache with the
@@ -106,11 +108,14 @@ def _server_cls():
 
 def run(quick: bool = True, log=print, families=("flux", "pixart"), cases=None, steps: int = 20,
         repeat: int | None = None, thresholds=THRESHOLDS, cfg: float = hd.CFG, search_k: int = 3,
-        workdir: Path | None = None) -> dict[str, Any]:
+        workdir: Path | None = None, seed: int = 0, search_on_seed: int = 1) -> dict[str, Any]:
     import tempfile
 
     from .data import features, load_digits_images, load_or_train_featnet
 
+    if seed == search_on_seed:
+        raise ValueError(f"seed and search_on_seed are both {seed}: the search node would be judged on the samples "
+                         "it scored; give two different seeds.")
     hd.ensure_host()
     cases = cases or CASES
     repeat = repeat or (3 if quick else 20)
@@ -123,7 +128,8 @@ def run(quick: bool = True, log=print, families=("flux", "pixart"), cases=None, 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="procache-hostq-"))
     ComfyServer = _server_cls()
     results: dict[str, Any] = {"steps": steps, "cfg": cfg, "n_samples": len(labels), "thresholds": list(thresholds),
-                               "selective": SELECTIVE, "search_k": search_k, "families": {}, "featnet": feat_info}
+                               "selective": SELECTIVE, "search_k": search_k, "families": {}, "featnet": feat_info,
+                               "seed": seed, "search_on_seed": search_on_seed}
     with ComfyServer(workdir=workdir) as srv:
         client = srv.client()
         init_img, _ = _init_images(repeat)
@@ -142,7 +148,7 @@ def run(quick: bool = True, log=print, families=("flux", "pixart"), cases=None, 
             for case in cases:
                 fam_res["cases"].append(_run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, paper,
                                                   uniform, budget, thresholds, search_k, featnet, f_real,
-                                                  init_loaded, log))
+                                                  init_loaded, log, seed, search_on_seed))
             results["families"][fam] = fam_res
     results["seconds"] = round(time.time() - t_start, 1)
     results["verdicts"] = verdicts(results)
@@ -161,11 +167,11 @@ def _model_info(fam: str) -> dict:
 
 
 def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, paper, uniform, budget, thresholds,
-              search_k, featnet, f_real, init_loaded, log) -> dict:
+              search_k, featnet, f_real, init_loaded, log, seed: int = 0, search_on_seed: int = 1) -> dict:
     from .data import features
 
     base = dict(digits=digits, repeat=repeat, steps=steps, cfg=cfg, sampler=case["sampler"],
-                scheduler=case["scheduler"], denoise=case["denoise"], seed=0)
+                scheduler=case["scheduler"], denoise=case["denoise"], seed=seed)
     if case["denoise"] < 1.0:
         base["init_image"] = "digits_init.tiff"
 
@@ -200,7 +206,8 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, paper,
     add_block_row("procache", "procache (paper-style)", paper, e, x, t)
     # the calibration node on this model, sampler and prompt (denoise 1); its pick is then sampled on its own
     t0 = time.perf_counter()
-    se = client.run(hd.digits_prompt(fam, prefix="search", **{**base, "init_image": None, "denoise": 1.0},
+    se = client.run(hd.digits_prompt(fam, prefix="search", **{**base, "init_image": None, "denoise": 1.0,
+                                                              "seed": search_on_seed},
                                      search={"budget": budget, "k": search_k}), timeout=3600)
     search_s = time.perf_counter() - t0
     report = _search_report(se)
@@ -305,7 +312,10 @@ def section(results: dict, commit: str | None = None) -> list[str]:
              + (f" at commit `{commit}`" if commit else "") + f", {results.get('seconds')} s. "
              "Models: the pack's demo models (`nodes/demo`, trained by `benchmarks/train_host_digits.py`), sampled by the "
              f"real ComfyUI server at {results['steps']} steps, CFG {results['cfg']}, {results['n_samples']} samples "
-             "(digits 0-9 in turn, seed 0); metrics on the decoded 32x32 images. *blocks* = block-evaluation ratio "
+             f"(digits 0-9 in turn, seed {results.get('seed', 0)}"
+             + (f"; the search node calibrates on seed {results['search_on_seed']}, so its row is judged on held-out "
+                "samples" if "search_on_seed" in results else "; the search node calibrated on the same seed")
+             + "); metrics on the decoded 32x32 images. *blocks* = block-evaluation ratio "
              "(ProCache Stats; for EasyCache/LazyCache the share of model calls they did not skip); *wall* = full-compute "
              "execution time (mean of a run before and after the methods) / the method's, as the host reports it — "
              "at this model size the sampler and the server's per-step overhead are a large share of it. "

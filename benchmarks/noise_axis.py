@@ -76,12 +76,15 @@ def noise_positions(ts: list[int]) -> list[float]:
 
 
 def run(T: int = 20, budget: int = 7, k: int = 5, vmin: int = 1, vmax: int = 4, n_samples: int = 200,
-        n_proxy: int = 40, chunk: int = 100, seed: int = 0, log=print) -> dict:
+        n_proxy: int = 40, chunk: int = 100, seed: int = 0, proxy_seed: int = 999, eval_seed: int = 1234,
+        log=print) -> dict:
     from procache_core.schedule import Schedule
     from procache_core.search import sample_patterns, sample_patterns_on_noise
 
+    from .quality import split_seeds
     from .train_small_dit import load_or_train
 
+    proxy_seed, eval_seed = split_seeds(proxy_seed, eval_seed)
     t0 = time.time()
     model, _ = load_or_train(log=log)
     featnet, _ = load_or_train_featnet(log=log)
@@ -91,11 +94,11 @@ def run(T: int = 20, budget: int = 7, k: int = 5, vmin: int = 1, vmax: int = 4, 
         g = torch.Generator().manual_seed(s)
         return torch.randn(n, ch, size, size, generator=g), torch.arange(n) % model.num_classes
 
-    noise, labels = inputs(n_samples, 1234)
-    p_noise, p_labels = inputs(n_proxy, 999)
+    noise, labels = inputs(n_samples, eval_seed)
+    p_noise, p_labels = inputs(n_proxy, proxy_seed)
     patterns = [c.with_selective(False) for c in sample_patterns(T, budget, vmin, vmax, k, seed)]
     out = {"T": T, "budget": budget, "k": k, "vmin": vmin, "vmax": vmax, "n_samples": n_samples,
-           "n_proxy": n_proxy, "spacings": {}}
+           "n_proxy": n_proxy, "proxy_seed": proxy_seed, "eval_seed": eval_seed, "spacings": {}}
     for spacing in SPACINGS:
         ts = timesteps_for(spacing, T)
         q = noise_positions(ts)

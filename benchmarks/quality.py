@@ -70,6 +70,15 @@ def search_schedule(T: int, B: int, k: int, proxy_fn, seed: int = 0, log=print) 
                            "k": k, "seed": seed}
 
 
+def split_seeds(proxy_seed: int, eval_seed: int) -> tuple[int, int]:
+    """The search's proxy seed set and the evaluation set; refuses one seed for both (a search must not be
+    judged on the samples it scored)."""
+    if proxy_seed == eval_seed:
+        raise ValueError(f"proxy_seed and eval_seed are both {proxy_seed}: the search would be evaluated on the "
+                         "samples it scored; give two different seeds.")
+    return proxy_seed, eval_seed
+
+
 # -- sampling ----------------------------------------------------------------------------------
 
 @dataclass
@@ -86,11 +95,13 @@ class Method:
 @torch.no_grad()
 def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Method,
            selective_settings=None, cfg_scale: float = CFG_SCALE,
-           step_log: list | None = None, timesteps: list[int] | None = None) -> tuple[torch.Tensor, dict]:
+           step_log: list | None = None, timesteps: list[int] | None = None,
+           x0_log: list | None = None) -> tuple[torch.Tensor, dict]:
     """DDIM (eta 0) with CFG, the same update as reference_dit.ddim_sample, with a per-method step.
 
     ``step_log`` (optional) receives ``(action, seconds)`` per model evaluation of the full-compute and
-    schedule methods (action "F", "C" or "S"; wall clock of the batched CFG call)."""
+    schedule methods (action "F", "C" or "S"; wall clock of the batched CFG call). ``x0_log`` (optional)
+    receives each step's denoised prediction (the per-step profile of procache_core.profile_search)."""
     from procache_core.engine import CacheRun
     from procache_core.reference_dit import _alphas_cumprod, ddim_timesteps
     from procache_core.schedule import Schedule
@@ -145,6 +156,8 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Met
             a_t = ab[t]
             a_prev = ab[ts[i + 1]] if i + 1 < len(ts) else 1.0
             x0 = (x - math.sqrt(1.0 - a_t) * eps) / math.sqrt(a_t)
+            if x0_log is not None:
+                x0_log.append(x0.clone())
             x = math.sqrt(a_prev) * x0 + math.sqrt(1.0 - a_prev) * eps
     finally:
         if run is not None:
@@ -192,13 +205,15 @@ def sample_set(model, noise, labels, T, method, chunk: int, selective_settings=N
 def run_quality(quick: bool = True, log=print, T: int = 50, budgets=(10, 13, 17, 25),
                 thresholds=(0.02, 0.05, 0.15, 0.3, 0.6, 1.2), n_samples: int | None = None,
                 n_proxy: int | None = None, k: int = 5, chunk: int = 100, model=None,
-                featnet=None, real: torch.Tensor | None = None) -> dict[str, Any]:
+                featnet=None, real: torch.Tensor | None = None, proxy_seed: int = 999,
+                eval_seed: int = 1234) -> dict[str, Any]:
     """Runs every method; `model`, `featnet` and `real` (reference images) default to the trained digits
     DiT, the digits feature net and the digits data set (the smoke test passes tiny stand-ins)."""
     from procache_core.settings import SelectiveSettings
 
     from .train_small_dit import load_or_train
 
+    proxy_seed, eval_seed = split_seeds(proxy_seed, eval_seed)
     t_start = time.time()
     if model is None:
         model, dit_info = load_or_train(log=log)
@@ -220,8 +235,8 @@ def run_quality(quick: bool = True, log=print, T: int = 50, budgets=(10, 13, 17,
         labels = torch.arange(n) % model.num_classes
         return noise, labels
 
-    noise, labels = make_inputs(n_samples, 1234)
-    p_noise, p_labels = make_inputs(n_proxy, 999)   # search proxy set: different seeds than the evaluation set
+    noise, labels = make_inputs(n_samples, eval_seed)
+    p_noise, p_labels = make_inputs(n_proxy, proxy_seed)   # search proxy set: held apart from the evaluation set
 
     if real is None:
         real, _ = load_digits_images(size)
@@ -279,6 +294,7 @@ def run_quality(quick: bool = True, log=print, T: int = 50, budgets=(10, 13, 17,
             f"  relL2 {mt['rel_l2']:.4f}  FD-real {mt['fd_real']:.3f}  FD-full {mt['fd_full']:.3f}")
     return {
         "T": T, "cfg_scale": CFG_SCALE, "n_samples": n_samples, "n_proxy": n_proxy, "k": k,
+        "proxy_seed": proxy_seed, "eval_seed": eval_seed,
         "selective": sel_settings.to_dict(), "dit": dit_info, "featnet": feat_info, "rows": rows,
         "searched": searched, "seconds": round(time.time() - t_start, 1), "samples": samples,
         "verdicts": verdicts(rows),

@@ -24,6 +24,10 @@ from .selective_settings import SelectiveSocket
 log = logging.getLogger("ProCache")
 
 METHODS = ("sampled", "profile", "both")
+# the interval ordering rule of the search space. benchmarks/search_space.py (digits DiT, held-out seeds,
+# benchmarks/results/search_space_cpu.md) found any-order worse: sampled search 1 row better / 4 worse on both
+# metrics, profile search 0 / 8; so the paper's non-increasing rule stays the default, for both methods
+DEFAULT_NON_INCREASING = True
 
 
 def _sample(model, latent: dict, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str,
@@ -100,8 +104,14 @@ class ProCacheScheduleSearch(io.ComfyNode):
                                tooltip="sampled: K candidates drawn from the constrained space (non-increasing "
                                        "reuse runs), each sampled. profile: from the full-compute run alone, how "
                                        "far the prediction moves between steps, and the exact best schedule for "
-                                       "that profile (runs any order, dense early or late); 2 samplings in all. "
+                                       "that profile under the same interval rules; 2 samplings in all. "
                                        "both: the profile's schedule joins the sampled candidates."),
+                io.Boolean.Input("non_increasing", default=DEFAULT_NON_INCREASING, optional=True,
+                                 tooltip="on: reuse runs never grow along the run (long reuse early, short late; "
+                                         "the paper's rule). off: runs in any order, so dense-early schedules "
+                                         "(short reuse first, as karras-like schedulers favour) are allowed too; "
+                                         "a larger space, so more candidates (k) are worth it. Applies to every "
+                                         "method."),
             ],
             outputs=[ScheduleSocket.Output(display_name="schedule"), io.String.Output(display_name="report")],
             is_output_node=True,
@@ -110,7 +120,8 @@ class ProCacheScheduleSearch(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive, negative, latent_image, seed, steps, cfg, sampler_name, scheduler,
                 target_speedup, budget, vmin, vmax, k, search_seed, metric, selective=None,
-                save_as: str = "", method: str = "sampled") -> io.NodeOutput:
+                save_as: str = "", method: str = "sampled",
+                non_increasing: bool = DEFAULT_NON_INCREASING) -> io.NodeOutput:
         import comfy.utils
 
         from ..procache_core.errors import ProCacheError
@@ -131,9 +142,10 @@ class ProCacheScheduleSearch(io.ComfyNode):
         sel = selective.validate() if selective is not None else None
         use_sel = bool(sel is not None and sel.enabled)
         candidates = [] if method == "profile" else \
-            search.sample_patterns(steps, budget, vmin, vmax, k, search_seed, selective=use_sel)
+            search.sample_patterns(steps, budget, vmin, vmax, k, search_seed, selective=use_sel,
+                                   non_increasing=bool(non_increasing))
         if method != "sampled":  # the profile's schedule must exist before anything is sampled
-            search.PatternSpace(steps, budget, vmin, vmax)
+            search.PatternSpace(steps, budget, vmin, vmax, bool(non_increasing))
             if not (budget * (vmin + 1) <= steps <= budget * (vmax + 1)):
                 raise search._infeasible(steps, budget, vmin, vmax)
         uniform = uniform_schedule(steps, budget)
@@ -155,7 +167,8 @@ class ProCacheScheduleSearch(io.ComfyNode):
             if len(predictions) != steps:
                 raise ProCacheError("sampler_name", f"{sampler_name} reported {len(predictions)} of {steps} steps, so "
                                     "no per-step profile could be recorded.", "use method sampled with this sampler.")
-            profile = profile_search.best_schedule(profile_search.reuse_cost(predictions), budget, vmin, vmax)
+            profile = profile_search.best_schedule(profile_search.reuse_cost(predictions), budget, vmin, vmax,
+                                                   bool(non_increasing))
             profile = profile.with_selective(True) if use_sel else profile
         scores = []
         for i, sched in enumerate(candidates):
@@ -190,10 +203,14 @@ class ProCacheScheduleSearch(io.ComfyNode):
                         "date": _dt.date.today().isoformat(),
                         "notes": (f"uniform reuse: it beat all {len(candidates)} candidates"
                                   if uniform_wins else f"best of {len(candidates)} candidates")
-                                 + f" (method {method}, vmin={vmin}, vmax={vmax}, search_seed={search_seed})"})
+                                 + f" (method {method}, vmin={vmin}, vmax={vmax}, "
+                                   f"{'non-increasing' if non_increasing else 'any-order'} intervals, "
+                                   f"search_seed={search_seed})"})
         shown = candidates[:-1] if profile_wins else candidates
         lines = [f"ProCache search: {steps} steps, budget {budget} full, {len(shown)} candidates, {metric}"
-                 + ("" if method == "sampled" else f", method {method}")]
+                 + ("" if method == "sampled" else f", method {method}")
+                 + ("" if non_increasing else ", any-order intervals")
+                 + f"; scored on seed {seed}: judge the schedule on other seeds"]
         for i, (sched, sc) in enumerate(zip(shown, scores)):
             mark = "*" if i == best and not (method == "profile" or profile_wins) else " "
             if method != "profile":

@@ -6,9 +6,11 @@ feature), ``cost[j][i]`` estimates the error of reusing at step ``i`` what was c
 (how far the feature moved from ``j`` to ``i``, as MagCache / ERTACache measure it). A schedule's cost is
 the sum of ``cost[last full step before i][i]`` over its reused steps, and the programme finds the
 schedule of least cost with exactly ``budget`` full steps, step 0 full, every reuse run (the trailing one
-too) within [vmin, vmax] and, optionally, non-increasing runs, as the sampled search's space has them.
-It is exact: no schedule of that space costs less (tests/core/test_profile_search.py checks it against
-enumeration).
+too) within [vmin, vmax] and, optionally, non-increasing runs: the sampled search's two spaces
+(``search.PatternSpace(..., non_increasing)``). It is exact: no schedule of that space costs less
+(tests/core/test_profile_search.py checks it against enumeration and against every pattern the sampled
+search can draw). It is not the better search: on held-out seeds it loses to the sampled one
+(benchmarks/results/search_space_cpu.md), because its objective underrates late reuse.
 """
 from __future__ import annotations
 

@@ -397,8 +397,9 @@ def map_by_noise(sched: "Schedule", src_noise: Sequence[float], dst_noise: Seque
        at which the source refreshes (``required_full``).
     3. The FULL count is kept within rounding of the source's share of FULL steps over the noise range
        the run covers (``full_budget``): surplus FULL steps are turned into reuses where that leaves the
-       shortest merged reuse gap (later first); missing ones split the longest reuse run in its middle
-       (earliest first).
+       merged reuse gap spanning the least noise (later first); missing ones split the reuse run spanning
+       the most noise where that best halves its span (earliest run first). Gaps are measured on the
+       noise axis, not in steps, so full steps stay where the noise drops most.
     4. Non-full steps are SELECTIVE where the source is SELECTIVE at that noise position, else CACHED.
     When the budget does not bind, every refresh of the source is a refresh of the run within one step
     of its noise level. When it binds (a run much sparser than the source), the share wins.
@@ -417,9 +418,9 @@ def map_by_noise(sched: "Schedule", src_noise: Sequence[float], dst_noise: Seque
     full = required_full(sched, src, dst)
     lo_b, hi_b = full_budget(_full_share(sched, src, min(dst), max(dst)), n)
     while sum(full) > hi_b:
-        full[_surplus_full(full)] = False
+        full[_surplus_full(full, dst)] = False
     while sum(full) < lo_b:
-        full[_missing_full(full)] = True
+        full[_missing_full(full, dst)] = True
     acts = [Action.FULL if f else (Action.SELECTIVE if raw[j] is Action.SELECTIVE else Action.CACHED)
             for j, f in enumerate(full)]
     return Schedule(tuple(acts))
@@ -440,24 +441,38 @@ def required_full(sched: "Schedule", src_noise: Sequence[float], dst_noise: Sequ
     return out
 
 
-def _surplus_full(full: list[bool]) -> int:
-    """The FULL step (never step 0) whose removal leaves the shortest merged reuse gap (the distance
-    from the previous FULL step to the next one, or to the end); ties go to the later step. Surplus
-    FULL steps in a dense group are thereby thinned out evenly rather than cut off at one end."""
+_SPAN_GRID = 1e-4  # the host's float32 sigmas put ~1e-7 jitter on evenly spaced positions; spans tie on this grid
+
+
+def _span(noise: Sequence[float] | None, a: int, b: int) -> int:
+    """Noise covered from step ``a`` to step ``b`` (``b`` may be the run's end) in units of ``_SPAN_GRID``,
+    so evenly spaced positions tie exactly; the step count without positions."""
+    if noise is None:
+        return b - a
+    return round((float(noise[b]) - float(noise[a])) / _SPAN_GRID)
+
+
+def _surplus_full(full: list[bool], noise: Sequence[float] | None = None) -> int:
+    """The FULL step (never step 0) whose removal leaves the shortest merged reuse gap: the NOISE span
+    from the previous FULL step to the next one (or to the run's end, ``noise[n]``), then the step gap;
+    ties go to the later step. So full steps stay where the noise drops most (under karras-like spacings
+    the first steps), and surplus FULL steps in a dense group are thinned out evenly."""
     n = len(full)
     idx = [j for j in range(n) if full[j]] + [n]
     best, best_key = -1, None
     for k in range(1, len(idx) - 1):
-        key = (idx[k + 1] - idx[k - 1], -idx[k])
+        key = (_span(noise, idx[k - 1], idx[k + 1]), idx[k + 1] - idx[k - 1], -idx[k])
         if best_key is None or key < best_key:
             best, best_key = idx[k], key
     return best
 
 
-def _missing_full(full: list[bool]) -> int:
-    """Middle step of the longest run of non-full steps (earliest first)."""
+def _missing_full(full: list[bool], noise: Sequence[float] | None = None) -> int:
+    """A new FULL step in the reuse run that spans the most noise (from its FULL step to the next FULL
+    step or the end; then the most steps; earliest first), at the step that best halves that span
+    (the later one on ties; with evenly spaced positions the run's middle step)."""
     n = len(full)
-    best_start, best_len = -1, 0
+    best_run, best_key = None, None
     j = 0
     while j < n:
         if full[j]:
@@ -466,7 +481,10 @@ def _missing_full(full: list[bool]) -> int:
         k = j
         while k < n and not full[k]:
             k += 1
-        if k - j > best_len:
-            best_start, best_len = j, k - j
+        key = (_span(noise, max(j - 1, 0), k), k - j)
+        if best_key is None or key > best_key:
+            best_run, best_key = (j, k), key
         j = k
-    return best_start + best_len // 2
+    j, k = best_run
+    prev = max(j - 1, 0)
+    return min(range(j, k), key=lambda m: (max(_span(noise, prev, m), _span(noise, m, k)), -m))

@@ -6,16 +6,20 @@ The search space for T steps and a budget of B full steps holds every F/C patter
 * reuse intervals v_1..v_B with v_min <= v_i <= v_max, where v_i is the number of reused steps after
   the i-th full step. **The trailing run after the last full step counts as an interval too**, so it
   obeys the same bounds and ordering (a pattern cannot end in a long unchecked reuse run);
-* non-increasing intervals, v_{i+1} <= v_i (long reuse early, short reuse late).
+* optionally (``non_increasing=True``, the paper's rule and the default) non-increasing intervals,
+  v_{i+1} <= v_i (long reuse early, short reuse late). Without it the intervals may come in any order,
+  so dense-early schedules (short reuse first), which win under karras-like spacings, are in the space.
 
-Since the intervals add up to T - B, a pattern is a partition of T - B into exactly B parts in
-[v_min, v_max], and B is feasible exactly when B * (v_min + 1) <= T <= B * (v_max + 1). We count the
-partitions with a dynamic programme in Python integers (exact, no overflow), then draw uniform ranks
-and unrank them: every pattern has the same probability, unlike stick-breaking with rejection.
+Since the intervals add up to T - B, a pattern is a partition (non-increasing) or a composition (any
+order) of T - B into exactly B parts in [v_min, v_max], and B is feasible exactly when
+B * (v_min + 1) <= T <= B * (v_max + 1) either way. We count them with a dynamic programme in Python
+integers (exact, no overflow), then draw uniform ranks and unrank them: every pattern has the same
+probability, unlike stick-breaking with rejection.
 
 CLI::
 
     python -m procache_core.search --steps 50 --budget 13 --vmin 1 --vmax 4 -k 5 --seed 0 --json
+    python -m procache_core.search --steps 20 --budget 4 --any-order --count
     python -m procache_core.search --validate schedules/dit-xl2-ddim50-paper.yaml
 """
 from __future__ import annotations
@@ -71,25 +75,43 @@ class PatternSpace:
     """All constrained patterns for (steps, budget, vmin, vmax), countable, rankable and unrankable.
 
     Patterns are ordered by their interval sequence (v_1, v_2, ...) lexicographically ascending.
-    ``table[h][k][n]`` = number of non-increasing sequences of length k, values in [vmin, h], sum n.
+    Non-increasing space: ``table[h][k][n]`` = number of non-increasing sequences of length k, values in
+    [vmin, h], sum n. Any-order space (``non_increasing=False``): ``comp[k][n]`` = number of sequences of
+    length k, values in [vmin, vmax], sum n.
     """
 
-    def __init__(self, steps: int, budget: int, vmin: int, vmax: int) -> None:
+    def __init__(self, steps: int, budget: int, vmin: int, vmax: int, non_increasing: bool = True) -> None:
         _check_space(steps, vmin, vmax)
         _int_arg(budget, "budget", 1, steps)
+        if not isinstance(non_increasing, bool):
+            raise ScheduleError("non_increasing", f"must be true or false, got {non_increasing!r}.",
+                                "use True (the paper's ordering) or False (intervals in any order).")
         self.steps, self.budget, self.vmin, self.vmax = steps, budget, vmin, vmax
+        self.non_increasing = non_increasing
         self.rest = steps - budget
         lo, hi = feasible_budgets(steps, vmin, vmax)
         self._hi = min(vmax, max(vmin, self.rest))  # no part can exceed the total
         self.table: list[list[list[int]]] = []
+        self.comp: list[list[int]] = []
         if not lo <= budget <= hi:
             self.count = 0
+            return
+        k_max, n_max = budget, self.rest
+        if not non_increasing:
+            if (budget + 1) * (n_max + 1) > _MAX_TABLE_CELLS:
+                raise ScheduleError("steps", f"with budget={budget} makes a search table too large.",
+                                    "use fewer steps.")
+            comp = [[1 if n == 0 else 0 for n in range(n_max + 1)]]
+            for k in range(1, k_max + 1):
+                below = comp[-1]
+                comp.append([sum(below[n - v] for v in range(vmin, min(self._hi, n) + 1)) for n in range(n_max + 1)])
+            self.comp = comp
+            self.count = comp[budget][self.rest]
             return
         cells = (self._hi - vmin + 1) * (budget + 1) * (self.rest + 1)
         if cells > _MAX_TABLE_CELLS:
             raise ScheduleError("steps", f"with budget={budget} and vmax={vmax} makes a search table too large "
                                          f"({cells} cells).", "use fewer steps or a smaller vmax.")
-        k_max, n_max = budget, self.rest
         prev = [[1 if (k == 0 and n == 0) else 0 for n in range(n_max + 1)] for k in range(k_max + 1)]
         for h in range(vmin, self._hi + 1):
             cur = [row[:] for row in prev]  # sequences whose largest value is < h
@@ -100,6 +122,14 @@ class PatternSpace:
             self.table.append(cur)
             prev = cur
         self.count = self._table(self._hi, budget, self.rest)
+
+    def _rest_count(self, v: int, k: int, n: int) -> int:
+        """Sequences of k more parts summing to n that may follow a part equal to v."""
+        if n < 0:
+            return 0
+        if not self.non_increasing:
+            return self.comp[k][n]
+        return self._table(v, k, n)
 
     def _table(self, h: int, k: int, n: int) -> int:
         if n < 0 or h < self.vmin:
@@ -114,10 +144,11 @@ class PatternSpace:
         n, k, h = self.rest, self.budget, self._hi
         while k > 0:
             for v in range(self.vmin, min(h, n) + 1):
-                c = self._table(v, k - 1, n - v)  # sequences starting with v, the rest bounded by v
+                c = self._rest_count(v, k - 1, n - v)  # sequences starting with v (then bounded by v if ordered)
                 if rank < c:
                     out.append(v)
-                    n, k, h = n - v, k - 1, v
+                    n, k = n - v, k - 1
+                    h = v if self.non_increasing else self._hi
                     break
                 rank -= c
             else:  # pragma: no cover - counts are exact, so this cannot happen
@@ -133,7 +164,7 @@ class PatternSpace:
         r, n, k = 0, self.rest, self.budget
         for v in vals:
             for w in range(self.vmin, v):  # every sequence that starts lower at this position comes first
-                r += self._table(w, k - 1, n - w)
+                r += self._rest_count(w, k - 1, n - w)
             n, k = n - v, k - 1
         return r
 
@@ -141,7 +172,7 @@ class PatternSpace:
         vals = list(intervals)
         return (len(vals) == self.budget and sum(vals) == self.rest
                 and all(self.vmin <= v <= self.vmax for v in vals)
-                and all(a >= b for a, b in zip(vals, vals[1:])))
+                and (not self.non_increasing or all(a >= b for a, b in zip(vals, vals[1:]))))
 
     def schedule(self, rank: int, selective: bool = False) -> Schedule:
         return from_intervals(self.unrank(rank), selective=selective)
@@ -158,9 +189,9 @@ class PatternSpace:
         return sorted(chosen)
 
 
-def count_patterns(steps: int, budget: int, vmin: int, vmax: int) -> int:
+def count_patterns(steps: int, budget: int, vmin: int, vmax: int, non_increasing: bool = True) -> int:
     """Number of patterns in the constrained space (0 when the budget is infeasible)."""
-    return PatternSpace(steps, budget, vmin, vmax).count
+    return PatternSpace(steps, budget, vmin, vmax, non_increasing).count
 
 
 def sample_patterns_on_noise(noise: Sequence[float], budget: int, vmin: int, vmax: int, k: int, seed: int = 0,
@@ -183,17 +214,19 @@ def sample_patterns_on_noise(noise: Sequence[float], budget: int, vmin: int, vma
 
 
 def sample_patterns(steps: int, budget: int, vmin: int, vmax: int, k: int, seed: int = 0,
-                    selective: bool = False) -> list[Schedule]:
+                    selective: bool = False, non_increasing: bool = True) -> list[Schedule]:
     """k distinct patterns drawn uniformly from the space (a uniform k-subset), ordered by rank.
 
     Fewer than k patterns in the space: all of them, in rank order. Same arguments -> same output.
     An empty space raises ScheduleError naming the feasible budget range. ``selective=True`` applies
-    paper Eq. 7 to each candidate (does not change which patterns are drawn).
+    paper Eq. 7 to each candidate (does not change which patterns are drawn). ``non_increasing=False``
+    draws from the larger space whose intervals come in any order (the default keeps the paper's rule;
+    benchmarks/search_space.py measures both).
     """
     _int_arg(k, "k", 1)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ScheduleError("seed", f"must be a whole number, got {seed!r}.", "use e.g. seed=0.")
-    space = PatternSpace(steps, budget, vmin, vmax)
+    space = PatternSpace(steps, budget, vmin, vmax, non_increasing)
     if space.count == 0:
         raise _infeasible(steps, budget, vmin, vmax)
     ranks = space.sample_ranks(k, random.Random(seed))
@@ -260,6 +293,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("-k", type=int, default=5, help="number of distinct candidates (default 5)")
     ap.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     ap.add_argument("--selective", action="store_true", help="mark selective steps (paper Eq. 7)")
+    ap.add_argument("--any-order", action="store_true",
+                    help="reuse intervals in any order (default: non-increasing, the paper's rule)")
     ap.add_argument("--json", action="store_true", help="print a JSON list")
     ap.add_argument("--count", action="store_true", help="print the size of the space and exit")
     args = ap.parse_args(argv)
@@ -277,10 +312,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ScheduleError("budget", "is missing.", "pass --budget B (full steps) or --speedup X.")
         if args.count:
             _check_space(args.steps, args.vmin, args.vmax)
-            print(count_patterns(args.steps, budget, args.vmin, args.vmax))
+            print(count_patterns(args.steps, budget, args.vmin, args.vmax, not args.any_order))
             return 0
         cands = sample_patterns(args.steps, budget, args.vmin, args.vmax, args.k, args.seed,
-                                selective=args.selective)
+                                selective=args.selective, non_increasing=not args.any_order)
     except ProCacheError as exc:
         print(str(exc), file=sys.stderr)
         return 2

@@ -8,7 +8,7 @@ from hypothesis import given, settings, strategies as st
 
 from procache_core.errors import ScheduleError
 from procache_core.presets import Preset, dump_preset, parse_preset_text
-from procache_core.schedule import (Action, Schedule, even_noise, full_budget, map_by_noise, noise_lookup,
+from procache_core.schedule import (Action, Schedule, even_noise, from_intervals, full_budget, map_by_noise, noise_lookup,
                                    required_full)
 
 FAST = settings(max_examples=120, deadline=None)
@@ -118,3 +118,39 @@ def test_search_on_the_noise_axis_keeps_budget_and_carries_the_step_patterns():
     got = sample_patterns_on_noise(late, 7, 1, 4, 5, 0)
     assert all(g.counts()["full"] == 7 and len(g) == n for g in got)
     assert got != sample_patterns(n, 7, 1, 4, 5, 0)
+
+
+def _karras_like(n: int) -> list[float]:
+    """Noise positions whose first steps cover most of the range (karras on a flow model), plus the end."""
+    return [1.0 - (1.0 - i / n) ** 5 for i in range(n)] + [1.0]
+
+
+def test_budget_keeps_full_steps_where_the_noise_drops_most():
+    """flux-28-quality's shape (dense FULL late) on a karras-like run: every late step lies in the source's
+    all-FULL tail, the budget binds, and the FULL steps kept must be the ones spanning the most noise, not an
+    every-other-step thinning that reuses across the run's largest drops (issue 27: it lost to -balanced)."""
+    src = from_intervals([2, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    dst = _karras_like(20)
+    out = map_by_noise(src, even_noise(len(src)), dst)
+    lo, hi = full_budget(src.counts()["full"] / len(src), 20)
+    assert lo <= out.counts()["full"] <= hi
+    drop = [dst[j + 1] - dst[j] for j in range(20)]
+    largest = sorted(range(20), key=lambda j: -drop[j])[:out.counts()["full"] - 1]
+    assert all(out[j] is Action.FULL for j in largest), (out.to_string(), largest)
+    assert out.to_string().startswith("FFFF"), out.to_string()
+
+
+@given(st.lists(st.booleans(), min_size=2, max_size=40), st.sampled_from([1.0, 0.6]))
+@settings(max_examples=200, deadline=None)
+def test_even_runs_thin_and_fill_as_by_step_count(tail, end):
+    """On evenly spaced positions (host float32 jitter included) noise spans order like step gaps: the
+    noise rule picks the same steps as the step-count rule did."""
+    from procache_core.schedule import _missing_full, _surplus_full
+
+    full = [True] + tail
+    n = len(full)
+    noise = [end * i / n + (1e-7 if i % 3 == 1 else -1e-7 if i % 3 == 2 else 0.0) for i in range(n)] + [end]
+    if sum(full) > 1:
+        assert _surplus_full(full, noise) == _surplus_full(full)
+    if not all(full):
+        assert _missing_full(full, noise) == _missing_full(full)

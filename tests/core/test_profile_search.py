@@ -58,3 +58,19 @@ def test_infeasible_budget_names_the_field():
     with pytest.raises(ScheduleError) as e:
         best_schedule(random_cost(10, 0), 9, 1, 4)
     assert e.value.field == "budget"
+
+
+@pytest.mark.parametrize("non_increasing", [False, True])
+@pytest.mark.parametrize("steps,budget,vmin,vmax,seed", [(12, 4, 0, 5, 5), (15, 5, 1, 4, 6), (20, 5, 1, 4, 7)])
+def test_programme_matches_the_sampled_search_space_exhaustively(steps, budget, vmin, vmax, seed, non_increasing):
+    """The programme searches the sampled search's own space: its optimum is the best of every pattern
+    sample_patterns can draw there (k above the space's size draws them all)."""
+    from procache_core.search import count_patterns, sample_patterns
+
+    cost = random_cost(steps, seed)
+    n = count_patterns(steps, budget, vmin, vmax, non_increasing)
+    drawn = sample_patterns(steps, budget, vmin, vmax, n + 1, 0, non_increasing=non_increasing)
+    assert len(drawn) == n > 1
+    got = best_schedule(cost, budget, vmin, vmax, non_increasing)
+    assert got.to_string() in {d.to_string() for d in drawn}
+    assert schedule_cost(cost, got) == pytest.approx(min(schedule_cost(cost, d) for d in drawn), abs=1e-12)

@@ -248,3 +248,57 @@ def test_cli_validate(tmp_path):
     assert p.returncode == 1 and "'yaml'" in p.stderr and len(p.stderr.strip().splitlines()) == 1
     p = _cli("--validate", str(tmp_path / "missing.yaml"))
     assert p.returncode == 1 and "does not exist" in p.stderr
+
+
+# -- the any-order space (non_increasing=False) ----------------------------------------------------
+def brute_force_any_order(t: int, b: int, vmin: int, vmax: int) -> set[str]:
+    out = set()
+    for bits in itertools.product("FC", repeat=t - 1):
+        s = "F" + "".join(bits)
+        if s.count("F") != b:
+            continue
+        full = [i for i, c in enumerate(s) if c == "F"] + [t]
+        if all(vmin <= full[i + 1] - full[i] - 1 <= vmax for i in range(b)):
+            out.add(s)
+    return out
+
+
+@pytest.mark.parametrize("t", range(1, 12))
+def test_any_order_counts_and_draws_match_brute_force(t):
+    for vmin, vmax in [(0, 0), (0, 2), (1, 3), (0, 11), (2, 5)]:
+        for b in range(1, t + 1):
+            expected = brute_force_any_order(t, b, vmin, vmax)
+            assert count_patterns(t, b, vmin, vmax, non_increasing=False) == len(expected), (t, b, vmin, vmax)
+            if expected:
+                got = {s.to_string() for s in sample_patterns(t, b, vmin, vmax, k=10_000, seed=1,
+                                                              non_increasing=False)}
+                assert got == expected
+                assert brute_force(t, b, vmin, vmax) <= expected  # the paper's space is a subset
+
+
+def test_any_order_rank_unrank_bijection_and_order():
+    space = PatternSpace(20, 6, 0, 5, non_increasing=False)
+    seqs = [space.unrank(r) for r in range(space.count)]
+    assert seqs == sorted(seqs) and len(set(map(tuple, seqs))) == space.count
+    assert all(space.rank(s) == r for r, s in enumerate(seqs))
+    assert any(a < b for s in seqs for a, b in zip(s, s[1:]))  # dense-early orderings are in it
+
+
+def test_any_order_draw_contains_increasing_intervals():
+    """Under the default bounds at B=5 of 20 the paper's space has 5 patterns, the any-order one 101."""
+    assert count_patterns(20, 5, 1, 4) == 5 and count_patterns(20, 5, 1, 4, non_increasing=False) == 101
+    cands = sample_patterns(20, 5, 1, 4, k=101, seed=0, non_increasing=False)
+    assert len(cands) == 101 and any(c.intervals()[0] < c.intervals()[-1] for c in cands)
+    assert sample_patterns(20, 5, 1, 4, k=5, seed=3) == sample_patterns(20, 5, 1, 4, k=5, seed=3, non_increasing=True)
+
+
+def test_non_increasing_must_be_a_bool():
+    with pytest.raises(ScheduleError) as e:
+        PatternSpace(10, 3, 1, 4, non_increasing="no")
+    assert e.value.field == "non_increasing"
+
+
+def test_cli_any_order_count():
+    out = subprocess.run([sys.executable, "-m", "procache_core.search", "--steps", "20", "--budget", "5",
+                          "--any-order", "--count"], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "101"

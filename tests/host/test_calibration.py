@@ -246,3 +246,19 @@ def test_profile_search_unknown_method_is_refused(comfy_server):
         text = str(e)
     assert "method" in text, text[:600]
     assert comfy_server.get("/system_stats").ok
+
+
+# -- (e) the interval ordering option: any-order draws from the larger space ---------------------------------
+def test_any_order_search_draws_from_the_larger_space(comfy_server):
+    p = search_prompt(k=6, search_seed=3)
+    p["search"]["inputs"]["non_increasing"] = False
+    p["search"]["inputs"]["method"] = "both"
+    report = report_of(comfy_server.run(p, timeout=900))
+    print(f"\n{report}")
+    cands, _ = parse_report(report)
+    expected = [s.to_string() for s in search.sample_patterns(STEPS, BUDGET, VMIN, VMAX, 6, 3, non_increasing=False)]
+    assert [c[0] for c in cands] == expected and "any-order intervals" in report
+    ordered = [s.to_string() for s in search.sample_patterns(STEPS, BUDGET, VMIN, VMAX, 6, 3)]
+    assert expected != ordered  # the option changed the draw (the any-order space is larger)
+    prof = re.search(r"^[* ] profile ([FC]+)", report, re.M).group(1)
+    assert len(prof) == STEPS and prof.count("F") == BUDGET
