@@ -101,8 +101,14 @@ class CacheRun:
         # stack reuse (CacheMemory.stack): each lane's first and last block over ALL blocks; a CACHED
         # evaluation adds one residual per lane at its first block and passes the rest through
         self._stack_span: dict[Hashable, tuple[int, int]] = {}
+        self._stack_next: dict[int, int] = {}   # block -> the next block of its lane (-1 after the last)
+        last_of: dict[Hashable, int] = {}
         for i, lane in enumerate(self._lanes):
             self._stack_span[lane] = (self._stack_span.get(lane, (i, i))[0], i)
+            if lane in last_of:
+                self._stack_next[last_of[lane]] = i
+            last_of[lane] = i
+            self._stack_next[i] = -1
         self._stack_start: dict[Hashable, tuple] = {}  # lane -> ((eval, stream), input of its first block)
         self._stack_used: dict[Hashable, tuple] = {}
         self._seen_costs: dict[tuple, list[float]] = {}  # (block, shape) -> branch costs (stats of reused blocks)
@@ -539,16 +545,19 @@ class CacheRun:
         key = (self._eval, self._stream_key)
         if block == first:
             if computed:
-                self._stack_start[lane] = (key, x_in)
+                self._stack_start[lane] = (key, x_in, block)
             else:
                 self._stack_start.pop(lane, None)
-        ev, start = self._stack_start.get(lane, (None, None))
+        ev, start, expected = self._stack_start.get(lane, (None, None, None))
         if ev != key:
             return
-        if not computed or start.shape != x_out.shape:
-            self._stack_start.pop(lane, None)  # a reused block (or another shape) in the lane: no residual
+        if not computed or start.shape != x_out.shape or block != expected:
+            # a reused block, another shape, or a block of the lane that did not come through the run (an
+            # adapter that handed it to the host's own forward): that lane gets no residual
+            self._stack_start.pop(lane, None)
             return
         if block != last:
+            self._stack_start[lane] = (key, start, self._stack_next[block])
             return
         self._stack_start.pop(lane, None)
         sig = (tuple(start.shape), start.dtype, start.device, ("stack",))

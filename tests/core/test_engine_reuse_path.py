@@ -157,3 +157,32 @@ def test_stack_estimate_adds_one_residual_per_lane():
     assert extra == 2 * 4 * 8 * (16 + 4 + 20)
     assert estimate_bytes(lay, stack=True, history=1, **kw) - estimate_bytes(lay, history=1, **kw) == 2 * extra
     assert "stack reuse" in CacheMemory(stack=True).describe()
+
+
+def test_stack_needs_every_block_of_the_lane_through_the_run():
+    """A block the adapter hands to the host (it never reaches the run) would run again on a reused step:
+    its lane keeps no residual and reuses block by block."""
+    model = _Model()
+    run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(start_block=6), num_blocks=len(LANES),
+                   memory=CacheMemory(stack=True), lanes=LANES)
+    for step in range(2):
+        img, txt = _inputs(step)
+        run.begin_step(step)
+        run.set_stream("s")
+        for i in range(4):
+            if LANES[i] == "img":
+                img = model.block(run, i, img, float(step), True)
+            else:
+                txt = model.block(run, i, txt, float(step), True)
+        x = torch.cat([txt, img], dim=1)
+        for i in range(4, 7):
+            if i == 5:   # joint block 5 "handed to the host": computed outside the run, every step
+                for br in model.branches(i, float(step)):
+                    x = x + br.gate() * br.compute(x)
+            else:
+                x = model.block(run, i, x, float(step), True)
+    sig = lambda t: (tuple(t.shape), t.dtype, t.device, ("stack",))  # noqa: E731
+    assert run.cache.get_lane("s", ("stack", "joint"), sig(x)) is None
+    assert run.cache.get_lane("s", ("stack", "txt"), sig(txt)) is not None
+    assert run.stats.block_evals_done < 2 * (len(LANES) - 1)   # the joint lane reused its blocks one by one
+    run.close()
