@@ -286,6 +286,14 @@ def report(results: list[dict], qual: dict, info: dict, seconds: float, threads:
             lines.append(f"| {name} | {100 * r['wall']:.1f}% | {100 * r['process']:.1f}% | {100 * r['thread']:.1f}% "
                          f"| {100 * r['flops']:.1f}% | {100 * (r['thread'] - r['flops']):+.1f} pt | {r['samples']} |")
         lines.append("")
+        rows = res["rows"]
+        floor = rows.get("no blocks (host, floor)")
+        if floor is not None:
+            best = min((r["thread"], n) for n, r in rows.items() if n.startswith("reused"))
+            lines += [f"Cheapest reused step: {best[1]}, {100 * best[0]:.1f}% of a full step (thread CPU), "
+                      f"{100 * (best[0] - floor['thread']):+.1f} pt over the host's own work without blocks "
+                      f"({100 * floor['thread']:.1f}%: embedders, positional embedding, final layer, model call), "
+                      "which no block-level cache can skip.", ""]
         q = qual.get(res["family"])
         if q:
             lines += [f"Quality of the reuse modes (schedule `{PATTERN}`, seed 1000, {q['samples']} samples, decoded, "
@@ -305,7 +313,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--quality-repeat", type=int, default=3, help="samples per digit for the quality table (0: none)")
     ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--report-only", action="store_true", help="rewrite the table from the raw JSON, measure nothing")
     args = ap.parse_args(argv)
+    if args.report_only:
+        import json
+
+        raw = json.loads(RAW.read_text())
+        m = raw["machine"]
+        text = report(raw["results"], raw["quality"], m, m["seconds"], m["threads"], m["repeats"])
+        args.out.write_text(text + "\n")
+        print(text)
+        return
     torch.set_num_threads(args.threads)
     t0 = time.time()
     info = {**machine_info("cpu"), "commit": commit()}
@@ -315,7 +333,8 @@ def main(argv: list[str] | None = None) -> None:
         results.append(measure(fam, args.repeats))
         if args.quality_repeat > 0:
             qual[fam] = quality(fam, args.quality_repeat)
-    text = report(results, qual, info, time.time() - t0, args.threads, args.repeats)
+    info.update(seconds=time.time() - t0, threads=args.threads, repeats=args.repeats)
+    text = report(results, qual, info, info["seconds"], args.threads, args.repeats)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
     if args.out == OUT:
