@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-drift bench-quick bench-deep bench-load bench-faults bench-peers results-age clean
+.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-drift bench-step-cost bench-quick bench-deep bench-load bench-faults bench-peers results-age clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -64,6 +64,11 @@ bench-tokens: models
 
 bench-drift: models
 	nice -n 10 $(PY) -m benchmarks.drift_guard
+
+# what one full / reused / selective / forecast reused evaluation costs as a share of a full step, digits Flux
+# and PixArt in process on ComfyUI 0.3.75, against the FLOPs ideal (~5 min; benchmarks/results/step_cost_cpu.md)
+bench-step-cost: models
+	nice -n 10 $(PY) -m benchmarks.step_cost
 
 bench-quick: models
 	$(PY) -m benchmarks.run --quick

@@ -71,9 +71,10 @@ class ProCacheApply(io.ComfyNode):
     @classmethod
     def execute(cls, model, schedule=None, selective=None, start_percent: float = 0.0,
                 end_percent: float = 1.0, preset: str = AUTO, short_run_floor: int = SHORT_RUN_FLOOR,
-                cache_device: str = "auto", cache_mode: str = "auto", cache_dtype: str = "auto") -> io.NodeOutput:
+                cache_device: str = "auto", cache_mode: str = "auto", cache_dtype: str = "auto",
+                reuse: str = "blocks") -> io.NodeOutput:
         validate_range(start_percent, end_percent)
-        memory = request_from_inputs(cache_device, cache_mode, cache_dtype)
+        memory = request_from_inputs(cache_device, cache_mode, cache_dtype, reuse)
         adapter = adapter_for(model)  # a block adapter, or the model-level fallback; errors only for non-models
         preset = schedule if schedule is not None else preset_from_widget(preset, adapter.family)
         if selective is not None:

@@ -28,6 +28,7 @@ lets aimdo evict the rest on demand).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ log = logging.getLogger("ProCache")
 DEVICE_CHOICES = {"auto": "auto", "model device": "device", "cpu": "cpu"}
 MODE_CHOICES = ("auto", "full", "light")
 DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+REUSE_CHOICES = ("blocks", "stack")   # how CACHED steps reuse (procache_core.memory, "Stack reuse")
 
 
 @dataclass(frozen=True)
@@ -50,16 +52,22 @@ class MemoryRequest:
     placement: str = "auto"                 # "auto", "device" or "cpu"
     mode: str = "auto"                      # "auto", "full" or "light"
     dtype: torch.dtype | None = None        # storage dtype, None = activation dtype
+    reuse: str = "blocks"                   # "blocks" (each block's outputs, fresh gates) or "stack"
 
 
-def request_from_inputs(cache_device: str = "auto", cache_mode: str = "auto", cache_dtype: str = "auto") -> MemoryRequest:
+def request_from_inputs(cache_device: str = "auto", cache_mode: str = "auto", cache_dtype: str = "auto",
+                        reuse: str = "blocks") -> MemoryRequest:
+    if reuse not in REUSE_CHOICES:
+        raise ProCacheError("reuse", f"is {reuse!r}.",
+                            f"use one of {list(REUSE_CHOICES)} (blocks: every block's cached outputs with the current "
+                            "gates; stack: one residual per stream for the whole model, fastest reused steps).")
     if cache_device not in DEVICE_CHOICES:
         raise ProCacheError("cache_device", f"is {cache_device!r}.", f"use one of {list(DEVICE_CHOICES)}.")
     if cache_mode not in MODE_CHOICES:
         raise ProCacheError("cache_mode", f"is {cache_mode!r}.", f"use one of {list(MODE_CHOICES)}.")
     if cache_dtype not in DTYPE_CHOICES:
         raise ProCacheError("cache_dtype", f"is {cache_dtype!r}.", f"use one of {list(DTYPE_CHOICES)}.")
-    return MemoryRequest(DEVICE_CHOICES[cache_device], cache_mode, DTYPE_CHOICES[cache_dtype])
+    return MemoryRequest(DEVICE_CHOICES[cache_device], cache_mode, DTYPE_CHOICES[cache_dtype], reuse)
 
 
 def request_of(config: Any) -> MemoryRequest:
@@ -145,7 +153,7 @@ def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | 
     rows = int(noise_shape[0]) * _streams(guider)
     args = dict(rows=rows, elem_bytes=torch.empty((), dtype=dtype).element_size(),
                 first_selective_block=run.first_selective_block, track_tokens=run._track_tokens,
-                keep_input=run._keep_input)
+                keep_input=run._keep_input, stack=req.reuse == "stack")
     # forecasting keeps its differences only while the cache stays working tensors on the device
     history = run.selective.forecast if (req.dtype is None or req.dtype == dtype) else 0
     block = max(rows * b.tokens * b.width * b.branches for b in layout) * args["elem_bytes"]
@@ -282,6 +290,8 @@ def decide(state: Any, x: torch.Tensor) -> None:
             est.full_bytes, est.light_bytes = est.copy_full_bytes, est.copy_light_bytes or 0
             plan = type(plan)(plan.memory, plan.reason + " without the forecast history (reused steps copy)",
                               plan.full_bytes, plan.light_bytes)
+    if req.reuse == "stack":
+        plan = type(plan)(dataclasses.replace(plan.memory, stack=True), plan.reason, plan.full_bytes, plan.light_bytes)
     state.run.set_memory(plan.memory)
     reason = plan.reason
     if evictable:
@@ -313,4 +323,9 @@ def memory_inputs() -> list:
         io.Combo.Input("cache_dtype", options=list(DTYPE_CHOICES), default="auto", optional=True,
                        tooltip="Storage dtype of cached features; auto = the model's activation dtype (exact). "
                                "bfloat16/float16 halve a float32 cache at a small rounding cost."),
+        io.Combo.Input("reuse", options=list(REUSE_CHOICES), default="blocks", optional=True,
+                       tooltip="How cached steps reuse. blocks: every block's cached outputs with the current "
+                               "step's gates. stack: one residual per stream for the whole block stack (as First "
+                               "Block Cache does): cached steps skip all per-block work, at the gates of the last "
+                               "full step (a small quality cost; selective steps unchanged)."),
     ]

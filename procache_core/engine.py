@@ -98,6 +98,21 @@ class CacheRun:
             self._lane_span[self._lanes[i]] = (first, i)
         self._lane_start: dict[Hashable, tuple] = {}   # lane -> ((eval, stream), input of its first block)
         self._lane_used: dict[Hashable, tuple] = {}
+        # stack reuse (CacheMemory.stack): each lane's first and last block over ALL blocks; a CACHED
+        # evaluation adds one residual per lane at its first block and passes the rest through
+        self._stack_span: dict[Hashable, tuple[int, int]] = {}
+        self._stack_next: dict[int, int] = {}   # block -> the next block of its lane (-1 after the last)
+        last_of: dict[Hashable, int] = {}
+        for i, lane in enumerate(self._lanes):
+            self._stack_span[lane] = (self._stack_span.get(lane, (i, i))[0], i)
+            if lane in last_of:
+                self._stack_next[last_of[lane]] = i
+            last_of[lane] = i
+            self._stack_next[i] = -1
+        self._stack_start: dict[Hashable, tuple] = {}  # lane -> ((eval, stream), input of its first block)
+        self._stack_used: dict[Hashable, tuple] = {}
+        self._seen_costs: dict[tuple, list[float]] = {}  # (block, shape) -> branch costs (stats of reused blocks)
+        self._memo: dict[Hashable, tuple] = {}          # per-evaluation work of the adapters (memo())
         self.selector = TokenSelector(self.selective.weights, grid_hw, self.selective.tie_break,
                                       self.selective.image_first)
         self.stats = RunStats()
@@ -178,6 +193,7 @@ class CacheRun:
         self._step, self._action = step, action
         self._segment = self._segment_of[step] if inside else step
         self._eval += 1
+        self._memo.clear()
         self.stats.record_step(action)
         return action
 
@@ -226,6 +242,53 @@ class CacheRun:
             gain = self._first_gain
         return predict(base, diffs, entry.nodes, self._t, gain)
 
+    def memo(self, key: Hashable, make: Callable[[], object], keep: object = None) -> object:
+        """``make()`` computed once per model evaluation (cleared by :meth:`begin_step`): work every block
+        of an evaluation shares, e.g. the activation of the conditioning vector all adaLN layers read.
+        ``keep`` (e.g. the tensor whose ``id()`` is in ``key``) is held with the value, so that id cannot
+        be reused by another object while the memo lives."""
+        hit = self._memo.get(key)
+        if hit is not None and hit[0] is keep:
+            return hit[1]
+        value = make()
+        self._memo[key] = (keep, value)
+        return value
+
+    def reuse_block(self, block: int, x: Tensor, names: Sequence[str],
+                    gates: Callable[[], Sequence[Tensor | None]], fused: bool = False) -> Tensor | None:
+        """The new stream when this evaluation reuses ``block`` entirely, else None.
+
+        The cheap path of a reused step: the adapter asks before it builds its branches. ``names`` are the
+        block's branch names in order, ``gates()`` gives their gates (called only when the current gates
+        are applied to cached outputs; a stack or light residual needs none). The arithmetic is exactly
+        :meth:`run_block`'s for the same block, so an adapter may take this path whenever it returns a
+        tensor and call :meth:`run_block` with its branches when it returns None (something is computed:
+        FULL, selective rows, the drift guard's probe, a missing cache)."""
+        if self._closed or self._action == Action.FULL:
+            return None
+        costs = self._seen_costs.get((block, tuple(x.shape)))
+        if costs is None:  # never computed in this layout: nothing to reuse
+            return None
+        if self.memory.stack and self._action == Action.CACHED:
+            out = self._stack_reuse(block, x, costs)
+            if out is not None:
+                return out
+        if self.memory.light and block < self.first_selective_block:
+            return self._light_reuse(block, x, costs)
+        names = tuple(names)
+        signature = block_signature(x, names)
+        action, entry, stream = self._plan(block, signature)
+        if action != Action.CACHED or entry is None:
+            return None
+        if self._guard and block == 0 and self.cache.storage.passthrough(x.dtype):
+            return None
+        work = self.cache.checkout(self._stream_key, block, entry,
+                                   ahead=block + 1 if block + 1 < self.num_blocks else None)
+        for name, gate in zip(names, gates()):
+            x = _apply(x, gate, self._forecast(work, name), fused)
+        self.stats.record_block(costs, [0.0] * len(names))
+        return x
+
     def block_action(self, block: int) -> Action:
         """What ``block`` does this step if its cache is usable (SELECTIVE only for deep blocks)."""
         if self._action == Action.SELECTIVE:
@@ -239,10 +302,40 @@ class CacheRun:
             for br in branches:
                 x = _apply(x, br.gate, br.compute(x), br.fused)
             return x
+        if not self.memory.stack:
+            return self._block(block, x, branches)[0]
+        if self._action == Action.CACHED:
+            out = self._stack_reuse(block, x, self._costs(x, branches, block))
+            if out is not None:
+                return out
+        out, computed = self._block(block, x, branches)
+        self._stack_note(block, x, out, computed)
+        return out
+
+    def _block(self, block: int, x: Tensor, branches: Sequence[Branch]) -> tuple[Tensor, bool]:
+        """One block by the per-block cache (light lanes for shallow blocks in light mode): the new stream,
+        and whether every branch was computed (what a stack residual may be recorded from)."""
         if self.memory.light and block < self.first_selective_block:
             return self._light_block(block, x, branches)
         names = tuple(br.name for br in branches)
         signature = block_signature(x, names)
+        action, entry, stream = self._plan(block, signature)
+        if action == Action.FULL:
+            out = self._full(block, x, branches, signature)
+            if self._guard and block == 0:
+                self._guard_reference(stream, signature)
+            return out, True
+        assert entry is not None
+        if self._guard and block == 0 and self.cache.storage.passthrough(x.dtype):
+            return self._guarded_first_block(stream, x, branches, signature), True
+        work = self.cache.checkout(self._stream_key, block, entry,
+                                   ahead=block + 1 if block + 1 < self.num_blocks else None)
+        if action == Action.SELECTIVE:
+            return self._selective(block, x, branches, work, stored=entry), False
+        return self._cached(x, branches, work, block), False
+
+    def _plan(self, block: int, signature: tuple) -> tuple[Action, BlockEntry | None, object]:
+        """What ``block`` does this evaluation by the per-block cache: (action, its stored entry, stream)."""
         stream = self.cache.stream(self._stream_key)
         if stream.decided_eval != self._eval:  # first block of this evaluation in this stream
             self._decide_eval(stream, block, signature)
@@ -256,19 +349,7 @@ class CacheRun:
                     stream.forced_full_eval = self._eval
                     self.stats.forced_full_evals += 1
                 action = Action.FULL
-        if action == Action.FULL:
-            out = self._full(block, x, branches, signature)
-            if self._guard and block == 0:
-                self._guard_reference(stream, signature)
-            return out
-        assert entry is not None
-        if self._guard and block == 0 and self.cache.storage.passthrough(x.dtype):
-            return self._guarded_first_block(stream, x, branches, signature)
-        work = self.cache.checkout(self._stream_key, block, entry,
-                                   ahead=block + 1 if block + 1 < self.num_blocks else None)
-        if action == Action.SELECTIVE:
-            return self._selective(block, x, branches, work, stored=entry)
-        return self._cached(x, branches, work)
+        return action, entry, stream
 
     # -- drift guard ------------------------------------------------------------------------------
     def _block0_outputs(self, signature: tuple) -> Tensor:
@@ -328,10 +409,14 @@ class CacheRun:
         if full:
             stream.refresh_segment, stream.refresh_step = self._segment, self._step
 
-    def _costs(self, x: Tensor, branches: Sequence[Branch]) -> list[float]:
+    def _costs(self, x: Tensor, branches: Sequence[Branch], block: int | None = None) -> list[float]:
+        """Estimated FLOPs of each branch (statistics); remembered per block and shape for reuse_block."""
         b, n, c = x.shape[0], x.shape[1], x.shape[-1]
-        return [b * (br.flops if br.flops is not None else estimate_branch_flops(br.name, br.token_local, n, c))
-                for br in branches]
+        costs = [b * (br.flops if br.flops is not None else estimate_branch_flops(br.name, br.token_local, n, c))
+                 for br in branches]
+        if block is not None:
+            self._seen_costs[(block, tuple(x.shape))] = costs
+        return costs
 
     def _full(self, block: int, x: Tensor, branches: Sequence[Branch], signature: tuple) -> Tensor:
         names = signature[-1]
@@ -352,18 +437,7 @@ class CacheRun:
             outs[br.name] = own(out)
         old = self.cache.get(self._stream_key, block, signature)
         entry = BlockEntry(signature=signature, outputs=outs, aux=aux, segment=self._segment)
-        order = self.forecast_order(x_in)
-        if order and outs:
-            for name, out in outs.items():
-                d0_old = old.outputs.get(name) if old is not None else None
-                diffs_old = old.diffs.get(name, []) if old is not None else []
-                nodes_old = old.nodes if old is not None else ()
-                if d0_old is not None and diffs_old:
-                    gain = fit_gain(d0_old, diffs_old, nodes_old, self._t, out, old.gains.get(name))
-                    if gain is not None:
-                        entry.gains[name] = gain
-                nodes, entry.diffs[name] = extend(nodes_old, d0_old, diffs_old, out, self._t, order)
-            entry.nodes = nodes
+        self._extend_history(entry, old, x_in)
         if deep:
             b, n = x_in.shape[0], x_in.shape[1]
             if self._keep_input:  # reuse the old buffers: no allocation churn on refresh
@@ -378,28 +452,55 @@ class CacheRun:
             else:
                 entry.last_refresh = torch.full((b, n), self._step, dtype=torch.int32, device=x_in.device)
         self.cache.put(self._stream_key, block, entry, old)
-        self.stats.record_block(self._costs(x_in, branches), [1.0] * len(branches))
+        self.stats.record_block(self._costs(x_in, branches, block), [1.0] * len(branches))
         return x
 
-    def _light_block(self, block: int, x: Tensor, branches: Sequence[Branch]) -> Tensor:
-        """A shallow block in light mode: computed, or skipped with one residual per lane (memory.py)."""
+    def _extend_history(self, entry: BlockEntry, old: BlockEntry | None, x_in: Tensor) -> None:
+        """Forecasting: the divided differences (and fitted gains) of ``entry``'s fresh outputs, from the
+        entry they replace (``procache_core.forecast``); nothing at order 0."""
+        order = self.forecast_order(x_in)
+        if not order or not entry.outputs:
+            return
+        for name, out in entry.outputs.items():
+            d0_old = old.outputs.get(name) if old is not None else None
+            diffs_old = old.diffs.get(name, []) if old is not None else []
+            nodes_old = old.nodes if old is not None else ()
+            if d0_old is not None and diffs_old:
+                gain = fit_gain(d0_old, diffs_old, nodes_old, self._t, out, old.gains.get(name))
+                if gain is not None:
+                    entry.gains[name] = gain
+            nodes, entry.diffs[name] = extend(nodes_old, d0_old, diffs_old, out, self._t, order)
+        entry.nodes = nodes
+
+    def _light_reuse(self, block: int, x: Tensor, costs: list[float]) -> Tensor | None:
+        """A shallow block in light mode when its lane is reused: ``x`` plus the lane's residual at its first
+        block, ``x`` itself at the others; None when the block is computed (memory.py)."""
         lane = self._lanes[block]
-        first, last = self._lane_span[lane]
         key, stream = self._stream_key, self.cache.stream(self._stream_key)
         if self._lane_used.get(lane) == (self._eval, key):  # the lane's residual is already added
-            self.stats.record_block(self._costs(x, branches), [0.0] * len(branches))
+            self.stats.record_block(costs, [0.0] * len(costs))
             return x
-        if self._action != Action.FULL and stream.forced_full_eval != self._eval and block == first:
+        if self._action != Action.FULL and stream.forced_full_eval != self._eval and block == self._lane_span[lane][0]:
             sig = (tuple(x.shape), x.dtype, x.device, ("residual",))
             entry = self.cache.get_lane(key, lane, sig)
             if entry is not None and entry.segment == self._segment:  # never a residual of an older segment
                 ahead = self.first_selective_block if self.first_selective_block < self.num_blocks else None
                 work = self.cache.checkout(key, ("lane", lane), entry, ahead=ahead)
                 self._lane_used[lane] = (self._eval, key)
-                self.stats.record_block(self._costs(x, branches), [0.0] * len(branches))
+                self.stats.record_block(costs, [0.0] * len(costs))
                 return x + work.outputs["residual"]
             stream.forced_full_eval = self._eval  # no usable residual: this evaluation runs FULL
             self.stats.forced_full_evals += 1
+        return None
+
+    def _light_block(self, block: int, x: Tensor, branches: Sequence[Branch]) -> tuple[Tensor, bool]:
+        """A shallow block in light mode: computed, or skipped with one residual per lane (memory.py)."""
+        reused = self._light_reuse(block, x, self._costs(x, branches, block))
+        if reused is not None:
+            return reused, False
+        lane = self._lanes[block]
+        first, last = self._lane_span[lane]
+        key = self._stream_key
         ev, start = self._lane_start.get(lane, (None, None))
         start = start if ev == (self._eval, key) else None  # only this evaluation's start counts
         if block != first and start is not None and start.shape != x.shape:
@@ -419,10 +520,60 @@ class CacheRun:
                 sig = (tuple(start.shape), start.dtype, start.device, ("residual",))
                 self.cache.put_lane(key, lane, BlockEntry(signature=sig, outputs={"residual": x - start},
                                                                  segment=self._segment))
-        return x
+        return x, True
 
-    def _cached(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry) -> Tensor:
-        costs = self._costs(x, branches)
+    # -- stack reuse (CacheMemory.stack) -----------------------------------------------------------
+    def _stack_reuse(self, block: int, x: Tensor, costs: list[float]) -> Tensor | None:
+        """A CACHED evaluation with stack reuse: at a lane's first block ``x`` plus the residual of the lane's
+        whole stretch (forecast like a branch output), at its other blocks ``x`` itself; None when the lane
+        has no residual of this segment (its blocks then go by the per-block cache)."""
+        lane = self._lanes[block]
+        key = self._stream_key
+        if self._stack_used.get(lane) == (self._eval, key):
+            self.stats.record_block(costs, [0.0] * len(costs))
+            return x
+        if block != self._stack_span[lane][0]:
+            return None
+        sig = (tuple(x.shape), x.dtype, x.device, ("stack",))
+        entry = self.cache.get_lane(key, ("stack", lane), sig)
+        if entry is None or entry.segment != self._segment:
+            return None
+        work = self.cache.checkout(key, ("lane", ("stack", lane)), entry)
+        self._stack_used[lane] = (self._eval, key)
+        self.stats.record_block(costs, [0.0] * len(costs))
+        return x + self._forecast(work, "residual")
+
+    def _stack_note(self, block: int, x_in: Tensor, x_out: Tensor, computed: bool) -> None:
+        """After a block outside stack reuse: keep the lane's input at its first block; at its last block
+        store ``x_out - input`` when every block of the lane was computed in this evaluation."""
+        lane = self._lanes[block]
+        first, last = self._stack_span[lane]
+        key = (self._eval, self._stream_key)
+        if block == first:
+            if computed:
+                self._stack_start[lane] = (key, x_in, block)
+            else:
+                self._stack_start.pop(lane, None)
+        ev, start, expected = self._stack_start.get(lane, (None, None, None))
+        if ev != key:
+            return
+        if not computed or start.shape != x_out.shape or block != expected:
+            # a reused block, another shape, or a block of the lane that did not come through the run (an
+            # adapter that handed it to the host's own forward): that lane gets no residual
+            self._stack_start.pop(lane, None)
+            return
+        if block != last:
+            self._stack_start[lane] = (key, start, self._stack_next[block])
+            return
+        self._stack_start.pop(lane, None)
+        sig = (tuple(start.shape), start.dtype, start.device, ("stack",))
+        old = self.cache.get_lane(self._stream_key, ("stack", lane), sig)
+        entry = BlockEntry(signature=sig, outputs={"residual": x_out - start}, segment=self._segment)
+        self._extend_history(entry, old, start)
+        self.cache.put_lane(self._stream_key, ("stack", lane), entry)
+
+    def _cached(self, x: Tensor, branches: Sequence[Branch], entry: BlockEntry, block: int | None = None) -> Tensor:
+        costs = self._costs(x, branches, block)
         for br in branches:
             x = _apply(x, br.gate, self._forecast(entry, br.name), br.fused)
         self.stats.record_block(costs, [0.0] * len(branches))
@@ -442,9 +593,9 @@ class CacheRun:
         ks = {br.name: num_tokens(self.token_share(br, block), n) for br in local}
         k_max = max(ks.values(), default=0)
         if k_max == 0:
-            return self._cached(x, branches, entry)
+            return self._cached(x, branches, entry, block)
         chunks = self._chunks if b % self._chunks == 0 else 1
-        costs = self._costs(x, branches)
+        costs = self._costs(x, branches, block)
         x_in = x
         order = None  # (B, k_max) token indices, most important first
         if any(0 < k < n for k in ks.values()) or any(br.partial is not None for br in local):
@@ -535,6 +686,8 @@ class CacheRun:
                                        self.cache.history_nbytes())
         self.cache.clear()
         self._lane_start.clear()
+        self._stack_start.clear()
+        self._memo.clear()
         self.stats.stop()
         self._closed = True
 

@@ -19,6 +19,13 @@ Difference from the full cache: per-block reuse applies the *current* step's gat
 branch outputs (``x + sum_i gate_i(t) * out_i``); the residual carries the gates of the step that
 computed it (``x + sum_i gate_i(t_full) * out_i``). With gates that do not change between the steps
 (or no gates) both agree up to float rounding; deep blocks behave identically in both modes.
+
+Stack reuse (``CacheMemory.stack``, either mode) is the same residual idea over a lane's whole stretch,
+deep blocks included, as First Block Cache reuses its stack: every computed evaluation also stores
+``x_out(last block of the lane) - x_in(first block)``, and a CACHED evaluation adds it at the lane's first
+block and passes every other block through (no adaLN, no per-block work); with forecasting the residual
+is extrapolated like a branch output. Selective and computed steps are unchanged, so the per-block
+cache stays as the mode keeps it; the residuals add one lane-sized tensor each (:func:`estimate_bytes`).
 """
 from __future__ import annotations
 
@@ -37,11 +44,13 @@ class CacheMemory:
     placement: str = "device"            # "device" (the activations' device) or "cpu"
     dtype: torch.dtype | None = None     # storage dtype; None = the activation dtype
     light: bool = False                  # memory-light mode (see module docstring)
+    stack: bool = False                  # stack reuse: CACHED steps add one residual per lane (module docstring)
 
     def describe(self) -> str:
         where = "CPU memory" if self.placement == "cpu" else "model device"
         dt = str(self.dtype).replace("torch.", "") if self.dtype is not None else "activation dtype"
-        return f"{'light' if self.light else 'full'} cache in {where} ({dt})"
+        reuse = ", stack reuse" if self.stack else ""
+        return f"{'light' if self.light else 'full'} cache in {where} ({dt}{reuse})"
 
 
 @dataclass(frozen=True)
@@ -79,14 +88,15 @@ def double_single_layout(n_double: int, n_single: int, img_tokens: int, txt_toke
 
 def estimate_bytes(layout: Sequence[BlockShape], rows: int, elem_bytes: int, first_selective_block: int,
                    light: bool = False, track_tokens: bool = True, keep_input: bool = True,
-                   history: int = 0) -> int:
+                   history: int = 0, stack: bool = False) -> int:
     """Bytes the cache holds for ``rows`` batch rows summed over every stream (e.g. 2 with CFG).
 
     Per-block entries: ``branches`` outputs, times ``1 + history`` with forecasting (``history``: the
     forecast order, one stored difference per order and branch; light-mode lanes are not forecast); deep
     blocks (``>= first_selective_block``) add the input reference (``keep_input``) and the int32 refresh
     steps (``track_tokens``). Light mode replaces the shallow entries with one residual per lane (the shape
-    of the lane's last shallow block).
+    of the lane's last shallow block). ``stack`` adds one residual per lane over all its blocks (the
+    shape of the lane's last block), with its forecast history.
     """
     total = 0
     lanes: dict[Hashable, BlockShape] = {}
@@ -102,6 +112,9 @@ def estimate_bytes(layout: Sequence[BlockShape], rows: int, elem_bytes: int, fir
             if keep_input:
                 total += rows * b.tokens * b.width * elem_bytes
     total += sum(rows * b.tokens * b.width * elem_bytes for b in lanes.values())
+    if stack:
+        ends = {b.lane: b for b in layout}
+        total += sum(rows * b.tokens * b.width * elem_bytes * (1 + history) for b in ends.values())
     return total
 
 

@@ -52,7 +52,7 @@ from ..run_context import block_compile
 from . import DitBlockReplace, FamilyAdapter, install_dit_replace, log, outside_compile
 from .compiled import compiled
 from .registry import register
-from .modulation import lazy_chunks, row_evaluator
+from .modulation import lazy_chunks, reused_gates, row_evaluator
 
 
 def _img_first(block) -> bool:
@@ -159,6 +159,24 @@ def _lazy_mod(modulation, vec) -> LazyModulation:
     v = vec[:, None, :] if vec.ndim == 2 else vec
     return lazy_chunks(lambda: _flat(modulation(vec)), modulation.lin, lambda: F.silu(v), v,
                        modulation.multiplier)
+
+
+def _gates(run: Any, modulation: Any, vec, chunks: tuple[int, ...], layout=None) -> list:
+    """Gate chunks of a reused block: what ``_lazy_mod(modulation, vec).lazy_gate(i, layout)`` gives,
+    with the activation of ``vec`` computed once per evaluation; ``modulation`` None: ``vec`` is the
+    block's (ModulationOut, ModulationOut | None) from outside (Flux.2 / Chroma)."""
+    import torch.nn.functional as F
+
+    if modulation is None:
+        flat = _flat(vec)
+        out = [flat[i] for i in chunks]
+    else:
+        v = vec[:, None, :] if vec.ndim == 2 else vec
+        out = reused_gates(run, modulation.lin, vec, lambda: F.silu(v), v, modulation.multiplier, chunks)
+        if out is None:  # not sliced: the host's Modulation, once
+            flat = _flat(modulation(vec))
+            out = [flat[i] for i in chunks]
+    return out if layout is None else [layout(g) for g in out]
 
 
 def _qkv(attn_mod, x, shift, scale, norm, num_heads, dims=None):
@@ -288,10 +306,8 @@ class FluxDoubleBlock(FluxBlockReplace):
 
     def run_block(self, run: Any, args: dict) -> dict:
         block = self.adapter.dm.double_blocks[self.index]
-        img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
-        attn_mask = args["attn_mask"] if "attn_mask" in args else args.get("attention_mask")
-        to = self.block_options(args, self.adapter.n_double)
-        patches = in_block_patches(block, to)
+        img, txt, vec = args["img"], args["txt"], args["vec"]
+        patches = in_block_patches(block, args.get("transformer_options") or {})  # reads "patches" only
         if patches is None:
             return self.host_block(args, "the model has attention patches the adapter cannot place")
         multi = _rows(vec) > 1 if block.modulation else _rows(vec[0][0].shift) > 1
@@ -299,6 +315,30 @@ class FluxDoubleBlock(FluxBlockReplace):
         if dims is None:
             return self.host_block(args, "the modulation has per-token ranges the adapter cannot read")
         dims_i, dims_t = dims
+        gi, gt = gate_layout(dims_i, img.shape[1]), gate_layout(dims_t, txt.shape[1])
+        # a reused block: only its gates (no branches, no lazy modulation, no options copy)
+        mods = (block.img_mod, block.txt_mod) if block.modulation else (None, None)
+        vecs = (vec, vec) if block.modulation else vec
+        img_out = run.reuse_block(2 * self.index, img, ("attn", "mlp"),
+                                  lambda: _gates(run, mods[0], vecs[0], (2, 5), gi))
+        if img_out is not None:
+            txt_out = run.reuse_block(2 * self.index + 1, txt, ("attn", "mlp"),
+                                      lambda: _gates(run, mods[1], vecs[1], (2, 5), gt))
+            if txt_out is not None:
+                return self._out(img_out, txt_out)
+        return self._computed(run, args, block, patches, dims_i, dims_t, gi, gt, img_out)
+
+    @staticmethod
+    def _out(img, txt) -> dict:
+        if txt.dtype == torch.float16:
+            txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
+        return {"img": img, "txt": txt}
+
+    def _computed(self, run: Any, args: dict, block, patches, dims_i, dims_t, gi, gt, img_done=None) -> dict:
+        """The block through its branches (``img_done``: the image stream's result when it was reused)."""
+        img, txt, vec, pe = args["img"], args["txt"], args["vec"], args["pe"]
+        attn_mask = args["attn_mask"] if "attn_mask" in args else args.get("attention_mask")
+        to = self.block_options(args, self.adapter.n_double)
         if block.modulation:
             im, tm = _lazy_mod(block.img_mod, vec), _lazy_mod(block.txt_mod, vec)
         else:
@@ -325,8 +365,7 @@ class FluxDoubleBlock(FluxBlockReplace):
                 torch._dynamo.maybe_mark_dynamic(h, 1)
             return compiled_mlp(norm, mlp, h, shift, scale, dims)
 
-        gi, gt = gate_layout(dims_i, img.shape[1]), gate_layout(dims_t, txt.shape[1])
-        img = run.run_block(2 * self.index, img, (
+        img = img_done if img_done is not None else run.run_block(2 * self.index, img, (
             Branch("attn", lambda h: attn_out()["img"], im.lazy_gate(2, gi), False),
             Branch("mlp", lambda h: mlp_fn(block.img_norm2, block.img_mlp, h, im[3], im[4], dims_i),
                    im.lazy_gate(5, gi), dims_i is None),
@@ -337,9 +376,7 @@ class FluxDoubleBlock(FluxBlockReplace):
                    tm.lazy_gate(5, gt), dims_t is None),
         ))
         joint.clear()
-        if txt.dtype == torch.float16:
-            txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
-        return {"img": img, "txt": txt}
+        return self._out(img, txt)
 
 
 class FluxSingleBlock(FluxBlockReplace):
@@ -350,10 +387,8 @@ class FluxSingleBlock(FluxBlockReplace):
         from comfy.ldm.flux.layers import apply_mod
 
         block = self.adapter.dm.single_blocks[self.index]
-        x, vec, pe = args["img"], args["vec"], args["pe"]
-        attn_mask = args["attn_mask"] if "attn_mask" in args else args.get("attention_mask")
-        to = self.block_options(args, self.adapter.n_single)
-        patches = in_block_patches(block, to)
+        x, vec = args["img"], args["vec"]
+        patches = in_block_patches(block, args.get("transformer_options") or {})  # reads "patches" only
         if patches is None:
             return self.host_block(args, "the model has attention patches the adapter cannot place")
         multi = _rows(vec) > 1 if block.modulation else _rows(vec.shift) > 1
@@ -361,6 +396,15 @@ class FluxSingleBlock(FluxBlockReplace):
         if dims is None:
             return self.host_block(args, "the modulation has per-token ranges the adapter cannot read")
         (dims,) = dims
+        engine_block = self.adapter.single_offset + self.index
+        layout = gate_layout(dims, x.shape[1])
+        out = run.reuse_block(engine_block, x, ("attn_mlp",), lambda: _gates(
+            run, block.modulation if block.modulation else None, vec if block.modulation else (vec, None), (2,), layout))
+        if out is not None:
+            return self._out(out)
+        pe = args["pe"]
+        attn_mask = args["attn_mask"] if "attn_mask" in args else args.get("attention_mask")
+        to = self.block_options(args, self.adapter.n_single)
         mod = _lazy_mod(block.modulation, vec) if block.modulation else LazyModulation(lambda: _flat((vec, None)))
 
         kept: dict = {}
@@ -388,8 +432,12 @@ class FluxSingleBlock(FluxBlockReplace):
                             partial=partial)
         else:
             branch = Branch("attn_mlp", compute, mod.lazy_gate(2, gate_layout(dims, x.shape[1])), False)
-        x = run.run_block(self.adapter.single_offset + self.index, x, (branch,))
+        x = run.run_block(engine_block, x, (branch,))
         kept.clear()
+        return self._out(x)
+
+    @staticmethod
+    def _out(x) -> dict:
         if x.dtype == torch.float16:
             x = torch.nan_to_num(x, nan=0.0, posinf=65504, neginf=-65504)
         return {"img": x}

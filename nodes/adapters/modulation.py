@@ -91,3 +91,23 @@ def lazy_chunks(full: Callable[[], Sequence[Tensor]], layer: torch.nn.Module, ac
         return LazyModulation(full)
     width = layer.out_features // n_chunks
     return LazyModulation(full, lambda i: rows(i * width, (i + 1) * width))
+
+
+def _sliceable(layer: torch.nn.Module, like: Tensor, n_chunks: int) -> bool:
+    """What :func:`lazy_chunks` requires to evaluate chunks from their weight rows."""
+    return row_evaluator(layer, lambda: like, like) is not None and n_chunks > 0 and layer.out_features % n_chunks == 0
+
+
+def reused_gates(run, layer: torch.nn.Module, vec: Tensor, act: Callable[[], Tensor], like: Tensor,
+                 n_chunks: int, chunks: Sequence[int]) -> list[Tensor] | None:
+    """Chunks ``chunks`` of ``layer(act())`` for a reused block, from their weight rows alone: the same
+    arithmetic as :func:`lazy_chunks`' gates (``linear_rows`` of the activation) with the activation of
+    ``vec`` and the layer check done once per model evaluation (``run.memo``). None when the layer is not
+    sliced (the caller evaluates it whole, as :func:`lazy_chunks` does)."""
+    if not run.memo(("sliceable", id(layer), like.dtype, like.device, n_chunks),
+                    lambda: _sliceable(layer, like, n_chunks), keep=layer):
+        return None
+    a = run.memo(("adaln act", id(vec)), act, keep=vec)
+    width = layer.out_features // n_chunks
+    w, b = layer.weight, layer.bias
+    return [linear_rows(a, w, b, i * width, (i + 1) * width) for i in chunks]

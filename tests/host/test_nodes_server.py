@@ -82,7 +82,7 @@ def test_object_info_io(comfy_server):
     assert app["output"] == ["MODEL"]
     assert set(app["input"]["required"]) == {"model"}
     assert set(app["input"]["optional"]) == {"schedule", "selective", "start_percent", "end_percent", "preset",
-                                             "short_run_floor", "cache_device", "cache_mode", "cache_dtype"}
+                                             "short_run_floor", "cache_device", "cache_mode", "cache_dtype", "reuse"}
     assert info["ProCacheStats"]["output_node"] is True
 
 
