@@ -96,7 +96,15 @@ class CacheRun:
         for i in range(self.first_selective_block):
             first = self._lane_span.get(self._lanes[i], (i, i))[0]
             self._lane_span[self._lanes[i]] = (first, i)
-        self._lane_start: dict[Hashable, tuple] = {}   # lane -> ((eval, stream), input of its first block)
+        self._lane_start: dict[Hashable, tuple] = {}   # lane -> ((eval, stream), input of its first block,
+                                                        #          the lane's next block expected through the run)
+        self._lane_next: dict[int, int] = {}           # shallow block -> the next shallow block of its lane (-1)
+        last_in: dict[Hashable, int] = {}
+        for i in range(self.first_selective_block):
+            if self._lanes[i] in last_in:
+                self._lane_next[last_in[self._lanes[i]]] = i
+            last_in[self._lanes[i]] = i
+            self._lane_next[i] = -1
         self._lane_used: dict[Hashable, tuple] = {}
         # stack reuse (CacheMemory.stack): each lane's first and last block over ALL blocks; a CACHED
         # evaluation adds one residual per lane at its first block and passes the rest through
@@ -501,8 +509,13 @@ class CacheRun:
         lane = self._lanes[block]
         first, last = self._lane_span[lane]
         key = self._stream_key
-        ev, start = self._lane_start.get(lane, (None, None))
+        ev, start, expected = self._lane_start.get(lane, (None, None, None))
         start = start if ev == (self._eval, key) else None  # only this evaluation's start counts
+        if block != first and start is not None and block != expected:
+            # a block of the lane did not come through the run (an adapter handed it to the host's own
+            # forward): a residual over the lane would add it again on reused steps, so the lane keeps none
+            self._lane_start.pop(lane, None)
+            start = None
         if block != first and start is not None and start.shape != x.shape:
             raise ProCacheError("lanes", f"put block {block} ({tuple(x.shape)}) in the residual stream of block "
                                 f"{first} ({tuple(start.shape)}); a lane must keep one shape.",
@@ -513,7 +526,8 @@ class CacheRun:
         self.stats.record_block(self._costs(x_in, branches), [1.0] * len(branches))
         if block == first:
             start = x_in
-            self._lane_start[lane] = ((self._eval, key), x_in)
+        if start is not None and block != last:
+            self._lane_start[lane] = ((self._eval, key), start, self._lane_next[block])
         if block == last:
             self._lane_start.pop(lane, None)
             if start is not None and start.shape == x.shape:

@@ -186,3 +186,42 @@ def test_stack_needs_every_block_of_the_lane_through_the_run():
     assert run.cache.get_lane("s", ("stack", "txt"), sig(txt)) is not None
     assert run.stats.block_evals_done < 2 * (len(LANES) - 1)   # the joint lane reused its blocks one by one
     run.close()
+
+
+def test_light_lane_needs_every_block_through_the_run():
+    """Light mode, the same hazard as stack reuse: joint block 5 sits inside the shallow joint lane (4, 5, 6)
+    but is computed by the host, outside the run. A residual over 4..6 would hold block 5's update and the
+    host would add it again on the reused step, so the lane keeps no residual and the step runs FULL."""
+    model = _Model()
+
+    def forward(run, step):
+        img, txt = _inputs(step)
+        if run is not None:
+            run.begin_step(step)
+            run.set_stream("s")
+        for i in range(4):
+            if LANES[i] == "img":
+                img = model.block(run, i, img, float(step), False)
+            else:
+                txt = model.block(run, i, txt, float(step), False)
+        x = torch.cat([txt, img], dim=1)
+        for i in range(4, 7):
+            x = model.block(None if i == 5 else run, i, x, float(step), False)   # 5: "handed to the host"
+        return x
+
+    run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(start_block=7), num_blocks=len(LANES),
+                   memory=CacheMemory(light=True), lanes=LANES)
+    outs = [forward(run, s) for s in range(2)]
+    sig = lambda t: (tuple(t.shape), t.dtype, t.device, ("residual",))  # noqa: E731
+    assert run.cache.get_lane("s", "joint", sig(outs[0])) is None
+    assert run.cache.get_lane("s", "img", sig(torch.zeros(2, 5, 8))) is not None
+    assert run.stats.forced_full_evals == 1
+    # the reused step: image and text lanes add their residuals, the joint lane (no residual) is computed,
+    # block 5 once, by the host
+    img, txt = _inputs(1)
+    res = {lane: run.cache.get_lane("s", lane, sig(t)).outputs["residual"] for lane, t in (("img", img), ("txt", txt))}
+    x = torch.cat([txt + res["txt"], img + res["img"]], dim=1)
+    for i in range(4, 7):
+        x = model.block(None, i, x, 1.0, False)
+    assert torch.equal(outs[1], x)
+    run.close()
