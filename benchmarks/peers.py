@@ -10,15 +10,15 @@ folder of the bench server's own (``--extra-model-paths-config``), never linked 
 custom_nodes; their missing Python requirements are installed once into ``.host/peer-deps`` (pip
 ``--target``, no dependency pulled in that the venv already has) and put on the server's PYTHONPATH.
 
-Every row is one KSampler run of the digits model (seed 0, digits 0-9) with the same prompt, latent and
+Every row is KSampler runs of the digits model (seed 0, digits 0-9) with the same prompt, latent and
 sampler, measured like the in-host quality bench (benchmarks/host_quality.py, whose metrics and prompt
-builder this reuses): wall speed-up (host-reported execution time against full compute timed before
-and after the methods), block-evaluation ratio (ProCache Stats for ProCache; for the peers the calls of
-the host's block modules counted by forward pre-hooks, tests/host_nodes/bench_block_counts.py), PSNR / SSIM to full
-compute, Fréchet distance to the full-compute samples and to real digits, and label accuracy.
-Comparison is at matched compute speed-up (1 / block ratio): ProCache's curve over its budgets is
-interpolated at each peer row's speed-up, and at each peer's best quality the speed-up ProCache reaches
-at the same PSNR is reported.
+builder this reuses): CPU and wall speed-up (server CPU time and host-reported execution time against a
+full-compute run just before each of the row's runs; medians, every run kept for the spread),
+block-evaluation ratio (ProCache Stats for ProCache; for the peers the calls of the host's block modules
+counted by forward pre-hooks, tests/host_nodes/bench_block_counts.py), PSNR / SSIM to full compute,
+Fréchet distance to the full-compute samples and to real digits, and label accuracy. Each peer runs its
+sweep and its README's documented FLUX setting (peer_specs.Peer.documented). The report compares rows at
+matched measured CPU speed-up (block ratio kept beside it, labelled as such).
 
 This module runs the bench and writes raw/peers_cpu.json; the comparison, tables, plot and README block
 are benchmarks/peers_report.py (``--report-only`` here, or ``python -m benchmarks.peers_report``, rewrites
