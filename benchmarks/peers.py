@@ -10,15 +10,15 @@ folder of the bench server's own (``--extra-model-paths-config``), never linked 
 custom_nodes; their missing Python requirements are installed once into ``.host/peer-deps`` (pip
 ``--target``, no dependency pulled in that the venv already has) and put on the server's PYTHONPATH.
 
-Every row is one KSampler run of the digits model (seed 0, digits 0-9) with the same prompt, latent and
+Every row is KSampler runs of the digits model (seed 0, digits 0-9) with the same prompt, latent and
 sampler, measured like the in-host quality bench (benchmarks/host_quality.py, whose metrics and prompt
-builder this reuses): wall speed-up (host-reported execution time against full compute timed before
-and after the methods), block-evaluation ratio (ProCache Stats for ProCache; for the peers the calls of
-the host's block modules counted by forward pre-hooks, tests/host_nodes/bench_block_counts.py), PSNR / SSIM to full
-compute, Fréchet distance to the full-compute samples and to real digits, and label accuracy.
-Comparison is at matched compute speed-up (1 / block ratio): ProCache's curve over its budgets is
-interpolated at each peer row's speed-up, and at each peer's best quality the speed-up ProCache reaches
-at the same PSNR is reported.
+builder this reuses): CPU and wall speed-up (server CPU time and host-reported execution time against a
+full-compute run just before each of the row's runs; medians, every run kept for the spread),
+block-evaluation ratio (ProCache Stats for ProCache; for the peers the calls of the host's block modules
+counted by forward pre-hooks, tests/host_nodes/bench_block_counts.py), PSNR / SSIM to full compute,
+Fréchet distance to the full-compute samples and to real digits, and label accuracy. Each peer runs its
+sweep and its README's documented FLUX setting (peer_specs.Peer.documented). The report compares rows at
+matched measured CPU speed-up (block ratio kept beside it, labelled as such).
 
 This module runs the bench and writes raw/peers_cpu.json; the comparison, tables, plot and README block
 are benchmarks/peers_report.py (``--report-only`` here, or ``python -m benchmarks.peers_report``, rewrites
@@ -311,7 +311,8 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         """The first run's output and entry, and the median host-reported time over `runs` runs (the
         counter's token makes every run execute from the loader on). With `paired`, a full-compute run
         precedes each run and the row's speed-ups are the medians of the per-pair ratios, so load from
-        other processes that drifts during the bench hits both sides of each ratio alike."""
+        other processes that drifts during the bench hits both sides of each ratio alike. Every run's
+        time (and, paired, every pair's ratio) is kept so the report can show the spread."""
         times, cpu, walls, cpus, first = [], [], [], [], None
         for _ in range(runs):
             if paired:
@@ -325,11 +326,15 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
             first = first or entry
         x = hd.decode_latent_file(client.output_files(first, "latents")[0])
         cpu_s[id(first)] = statistics.median(cpu)
+        run_s[id(first)] = (times, cpu)
         if paired:
             pair_ratios[id(first)] = (statistics.median(walls), statistics.median(cpus))
+            pair_runs[id(first)] = (walls, cpus)
         return x, first, statistics.median(times)
 
     pair_ratios: dict[int, tuple[float, float]] = {}
+    pair_runs: dict[int, tuple[list[float], list[float]]] = {}
+    run_s: dict[int, tuple[list[float], list[float]]] = {}
     cpu_s: dict[int, float] = {}
     log(f"[bench-peers] {fam} {case['name']}")
     x_full, e_full, t_full0 = sample("full", hd.digits_prompt(fam, prefix="full", **base))
@@ -370,8 +375,10 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 variants.append((" (our ratios)", [("ProCacheBenchMagRatios",
                                                     {"ratios": ",".join(f"{v:.5f}" for v in ratios)})]))
         for suffix, extra in variants:
-            for setting in p.sweep:
-                label = f"{p.name.lower()}{suffix} " + " ".join(f"{k}={v}" for k, v in setting.items())
+            for setting in p.settings(fam):
+                documented = p.is_documented(fam, setting)
+                label = (f"{p.name.lower()}{suffix} " + " ".join(f"{k}={v}" for k, v in setting.items())
+                         + (" (documented setting)" if documented else ""))
                 try:
                     x, e, t = sample(p.name.lower(), with_peer(plain, p.node, p.inputs(fam, setting), extra))
                 except PromptError as exc:
@@ -385,7 +392,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 note = ("ratios from MagCacheCalibration on this model and sampler" if suffix
                         else p.caveats.get(fam, ""))
                 rows.append({"method": p.name.lower() + ("+ourratios" if suffix else ""), "label": label,
-                             "setting": setting, "note": note,
+                             "setting": setting, "note": note, "documented": documented,
                              "block_eval_fraction": frac, "model_evals": c and c["model_calls"],
                              "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
     _, e_full1, t_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
@@ -395,8 +402,13 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         r["wall_speedup"] = t_full / r["seconds"] if r.get("seconds") else float("nan")
         r["cpu_speedup"] = cpu_full / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
         key = r.pop("_entry", None)
+        if key in run_s:
+            r["seconds_runs"], r["cpu_seconds_runs"] = run_s[key]
+            r["wall_speedup_runs"] = [t_full / t if t > 0 else float("nan") for t in run_s[key][0]]
+            r["cpu_speedup_runs"] = [cpu_full / c if c > 0 else float("nan") for c in run_s[key][1]]
         if key in pair_ratios:   # paired: medians of the per-pair ratios
             r["wall_speedup"], r["cpu_speedup"] = pair_ratios[key]
+            r["wall_speedup_runs"], r["cpu_speedup_runs"] = pair_runs[key]
             r["timing"] = "paired"
     full_row = {"method": "full", "label": "full", "block_eval_fraction": 1.0,
                 "model_evals": counts_full and counts_full["model_calls"], "seconds": t_full,
@@ -469,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="comma-separated case names (default: all four, as in the in-host quality bench)")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--repeat", type=int, default=3, help="samples per digit (10 digits)")
-    ap.add_argument("--timing-runs", type=int, default=3, help="runs per row; the median time counts")
+    ap.add_argument("--timing-runs", type=int, default=3,
+                    help="runs per row; the median counts and the report shows the min-max over them")
     ap.add_argument("--unpaired", action="store_true",
                     help="time full compute only before and after a case, not before every run (half the time)")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -485,13 +498,15 @@ def main(argv: list[str] | None = None) -> int:
                                    "they are (clone the peers into a folder and pass PEERS=<folder>)"]))
         return 0
     cases = [c for c in CASES if c["name"] in args.cases.split(",")]
-    res = run(peers_dir, families=tuple(args.families.split(",")), cases=cases, steps=args.steps,
-              repeat=args.repeat, timing_runs=args.timing_runs, paired=not args.unpaired)
+    # the commit the numbers are measured at: read before the run, so a commit made meanwhile is not named
     commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
                             cwd=ROOT).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
                            text=True, cwd=ROOT).stdout.strip()
+    res = run(peers_dir, families=tuple(args.families.split(",")), cases=cases, steps=args.steps,
+              repeat=args.repeat, timing_runs=args.timing_runs, paired=not args.unpaired)
     res["commit"] = commit + ("+dirty" if dirty else "")
+    res["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     raw = args.out / "raw" / RAW_NAME
     raw.parent.mkdir(parents=True, exist_ok=True)
     raw.write_text(json.dumps(res, indent=1, default=str))

@@ -1,6 +1,7 @@
 """`make bench-peers` logic that runs without the peer packs: finding the checkouts (a missing one is one
-skip line), the prompt wiring around a peer's node, MagCache's printed ratios, the requirement check, and
-the matched-speed-up comparison on rows with known answers."""
+skip line), the prompt wiring around a peer's node, MagCache's printed ratios, the requirement check, the
+documented settings, and the comparison at matched measured CPU speed-up (and at block ratio) on rows and
+on a hand-made raw file with known answers."""
 from __future__ import annotations
 
 import subprocess
@@ -78,9 +79,13 @@ def test_requirement_check_sees_installed_and_missing_packages(tmp_path):
     assert bp._missing(['procache-no-such-package-xyz; extra == "test"'], tmp_path) == []
 
 
-def _row(method, blocks, psnr, fd, label=None):
-    return {"method": method, "label": label or f"{method} {blocks}", "block_eval_fraction": blocks, "psnr": psnr,
-            "fd_full": fd}
+def _row(method, blocks, psnr, fd, label=None, cpu=None, cpu_runs=None):
+    """A result row; its measured CPU speed-up is the block ratio unless `cpu` says otherwise."""
+    r = {"method": method, "label": label or f"{method} {blocks}", "block_eval_fraction": blocks, "psnr": psnr,
+         "fd_full": fd, "cpu_speedup": 1.0 / blocks if cpu is None else cpu}
+    if cpu_runs is not None:
+        r["cpu_speedup_runs"] = cpu_runs
+    return r
 
 
 CURVE_ROWS = [_row("procache", 0.5, 38.0, 4.0), _row("procache", 0.25, 30.0, 14.0)]  # 2x and 4x
@@ -173,3 +178,107 @@ def test_report_regenerates_the_committed_tables_from_raw_json(tmp_path):
     assert not (tmp_path / "README.md").exists()   # the README block is the results folder's alone
     assert bp.main(["--report-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "peers_cpu.md").read_text() == (results / "peers_cpu.md").read_text()
+
+
+# ProCache at block ratios 2x / 4x that measured only 1.5x / 3.0x CPU speed-up
+CPU_ROWS = [_row("procache", 0.5, 38.0, 4.0, "pc-a", cpu=1.5), _row("procache", 0.25, 30.0, 14.0, "pc-b", cpu=3.0)]
+
+
+def test_rows_are_matched_at_measured_cpu_speedup_not_block_ratio():
+    # the peer saved 3x in blocks but measured 2.8x CPU; at 2.8x ProCache has 38 - 8 * 1.3 / 1.5 = 31.07 dB and
+    # FD-full 4 + 10 * 1.3 / 1.5 = 12.67, both worse than the peer's 31.5 / 12; at block ratio 3x ProCache
+    # (34 dB / 9) wins
+    peer = _row("magcache", 1 / 3, 31.5, 12.0, "m", cpu=2.8)
+    m = pr.matched(peer, pr.procache_curve(CPU_ROWS))
+    assert m["winner"] == "peer" and m["speedup"] == pytest.approx(2.8)
+    assert m["procache_psnr"] == pytest.approx(38 - 8 * 1.3 / 1.5)
+    assert m["procache_fd_full"] == pytest.approx(4 + 10 * 1.3 / 1.5)
+    mb = pr.matched(peer, pr.procache_curve(CPU_ROWS, "blocks"), "blocks")
+    assert mb["winner"] == "procache" and mb["procache_psnr"] == pytest.approx(34.0)
+    s = pr.peer_summary(CPU_ROWS + [peer], "magcache")
+    assert s["peer_wins"] == ["m"] and s["best_speedup"] == pytest.approx(2.8)
+    assert s["procache_speedup_at_best"] == pytest.approx(1.5 + 1.5 * 6.5 / 8)   # 31.5 dB on the CPU curve
+    with pytest.raises(ValueError, match="basis"):
+        pr.speedup(peer, "flops")
+
+
+def test_verdict_flagged_when_it_flips_within_the_cpu_spread():
+    wide = _row("magcache", 1 / 3, 31.5, 12.0, "w", cpu=2.8, cpu_runs=[2.5, 2.8, 3.0])   # at 2.5x ProCache wins
+    tight = _row("magcache", 1 / 3, 31.5, 12.0, "t", cpu=2.8, cpu_runs=[2.75, 2.8, 2.85])
+    curve = pr.procache_curve(CPU_ROWS)
+    assert pr.matched(wide, curve)["winner"] == "peer" and pr.matched(wide, curve)["holds"] is False
+    assert pr.matched(tight, curve)["holds"] is True
+    assert pr.spread(wide, "cpu_speedup") == (2.5, 3.0) and pr.spread(CPU_ROWS[0], "cpu_speedup") is None
+
+
+def test_a_setting_that_skips_nothing_gets_no_verdict_whatever_its_timing():
+    noop = _row("teacache", 1.0, 100.0, 0.0, "noop", cpu=2.0)   # full compute that happened to time fast
+    m = pr.matched(noop, pr.procache_curve(CPU_ROWS))
+    assert m["winner"] is None and m["note"].startswith("skips nothing")
+    assert pr.matched(_row("teacache", 0.5, 30.0, 9.0, cpu=float("nan")), pr.procache_curve(CPU_ROWS))["note"] == "not timed"
+
+
+def test_documented_setting_is_run_besides_the_sweep_once():
+    p = bp.Peer("X", "x", "X", "k", [{"k": 1}, {"k": 2}], {"flux": None}, documented={"flux": {"k": 3, "r": 0.1}})
+    assert p.settings("flux") == [{"k": 1}, {"k": 2}, {"k": 3, "r": 0.1}]
+    assert p.is_documented("flux", {"k": 3, "r": 0.1}) and not p.is_documented("flux", {"k": 3})
+    p.documented = {"flux": {"k": 2}}
+    assert p.settings("flux") == [{"k": 1}, {"k": 2}]     # already in the sweep: run once, marked there
+    assert p.settings("pixart") == p.sweep
+    mag = next(q for q in bp.PEERS if q.name == "MagCache")
+    # the documented retention_ratio overrides the sweep's fixed 0.2 in the node's inputs
+    assert mag.inputs("flux", mag.documented["flux"])["retention_ratio"] == 0.1
+    assert all(q.documented.get("flux") in q.settings("flux") for q in bp.PEERS)
+
+
+def _raw() -> dict:
+    """A one-case raw result with hand-computed answers (see the test below)."""
+    full = {"method": "full", "label": "full", "block_eval_fraction": 1.0, "psnr": 100.0, "ssim": 1.0,
+            "fd_full": 0.0, "fd_real": 50.0, "label_acc": 1.0, "wall_speedup": 1.0, "cpu_speedup": 1.0}
+
+    def row(method, label, blocks, psnr, fd, cpu_runs, **kw):
+        return {"method": method, "label": label, "block_eval_fraction": blocks, "psnr": psnr, "ssim": 0.9,
+                "fd_full": fd, "fd_real": 60.0, "label_acc": 1.0, "cpu_speedup": sorted(cpu_runs)[1],
+                "cpu_speedup_runs": cpu_runs, "wall_speedup": sorted(cpu_runs)[1] * 0.9,
+                "wall_speedup_runs": [c * 0.9 for c in cpu_runs], **kw}
+
+    rows = [full,
+            row("procache", "pc slow", 0.5, 38.0, 4.0, [1.4, 1.5, 1.6]),
+            row("procache", "pc fast", 0.25, 30.0, 14.0, [2.9, 3.0, 3.1]),
+            # at CPU 2.25x ProCache has 34 dB / FD 9: worse on both -> peer
+            row("magcache", "mag doc (documented setting)", 0.4, 35.0, 8.0, [2.2, 2.25, 2.3], documented=True),
+            # at CPU 1.5x ProCache has 38 dB / FD 4 -> ProCache
+            row("magcache", "mag low", 0.6, 33.0, 10.0, [1.45, 1.5, 1.55]),
+            # skips nothing: no verdict
+            row("teacache", "tea noop", 1.0, 100.0, 0.0, [1.1, 1.2, 1.3])]
+    return {"steps": 4, "cfg": 3.0, "n_samples": 10, "timing_runs": 3, "paired": True, "skipped": [],
+            "peers": {}, "seconds": 1.0, "commit": "abc123", "date": "2026-01-01",
+            "families": {"flux": {"cases": [{"name": "euler/normal", "rows": rows}], "mag_ratios": None}}}
+
+
+def test_table_rebuilt_from_a_hand_made_raw_file_gives_the_known_answer(tmp_path):
+    (tmp_path / "raw").mkdir()
+    import json
+
+    (tmp_path / "raw" / "peers_cpu.json").write_text(json.dumps(_raw()))
+    assert pr.main(["--out", str(tmp_path)]) == 0
+    text = (tmp_path / "peers_cpu.md").read_text()
+    assert "at commit `abc123` on 2026-01-01" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("| mag doc (documented setting) |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[2] == "2.50" and cells[3] == "2.25 (2.20-2.30)"          # block ratio, CPU with its spread
+    # at CPU 2.25x ProCache has 34 dB / 9 (peer better); at block ratio 2.5x it has 36 dB / 6.5 (ProCache better)
+    assert cells[10] == "peer (34.00 dB / 9.000)" and cells[11] == "ProCache"
+    low = [c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| mag low |")).strip("|").split("|")]
+    assert low[10] == "ProCache (38.00 dB / 4.000)"
+    noop = [c.strip() for c in next(ln for ln in text.splitlines() if ln.startswith("| tea noop |")).strip("|").split("|")]
+    assert noop[10] == "n/a (skips nothing (full compute))"
+    assert "ProCache better on PSNR and FD-full in 1, the peer in 1**, no verdict in 1 (1 skips nothing)" in text
+    # median CPU / block ratio: ProCache 1.5 / 2 and 3 / 4; MagCache 2.25 / 2.5 and 1.5 / 1.667 (the no-op left out)
+    assert "procache 0.75, magcache 0.90." in text
+    assert "At matched block ratio (not a time) the same rows give 2 / 0." in text
+    summary = next(ln for ln in text.splitlines() if ln.startswith("| flux | euler/normal | magcache |"))
+    assert "35.00 dB / 8.000 at CPU 2.25x: peer better, ProCache 34.00 dB / 9.000 there" in summary
+    assert "1 / 1 / 0 of 2" in summary and summary.rstrip(" |").endswith("mag doc (documented setting)")
+    block = pr.readme_block(_raw())
+    assert "**mag doc (documented setting)** (35.00 dB, FD-full 8.000 at CPU 2.25x) beats ProCache there" in block
