@@ -229,6 +229,18 @@ def head_commit() -> str:
         return "unknown"
 
 
+def both_metrics_verdict(a: dict, b: dict) -> int:
+    """Two evaluated schedules on PSNR and FD-full together: 0 when ``a`` is at least as good on both, 1 when
+    ``b`` is, 2 when the metrics disagree or the schedules are the same."""
+    if a["schedule"] == b["schedule"]:
+        return 2
+    if a["psnr"] >= b["psnr"] and a["fd_full"] <= b["fd_full"]:
+        return 0
+    if b["psnr"] >= a["psnr"] and b["fd_full"] <= a["fd_full"]:
+        return 1
+    return 2
+
+
 def made_stamp(res: dict, module: str) -> str:
     """The first words of a bench table: the commit and date it ran at, the command, its seconds (CPU)."""
     return (f"Made at commit `{res.get('commit', '?')}` on {res.get('date', '?')} by `python -m {module}` "

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
+from .common import both_metrics_verdict, head_commit
 from .host_quality import CASES, _init_images, _save_tiff, _search_report, _server_cls, paper_schedule, uniform_schedule
 
 ROOT = Path(__file__).resolve().parent
@@ -133,9 +134,9 @@ def report(res: dict, commit: str, date: str) -> str:
             for name, r in c["rows"].items():
                 lines.append(f"| {c['case']} | {name} | `{r['schedule']}` | {r['psnr']:.2f} | {r['fd_full']:.3f} |")
                 if name in tally:
-                    tally[name][_verdict(r, u)] += 1
+                    tally[name][both_metrics_verdict(r, u)] += 1
             for kind in duel:
-                duel[kind][_verdict(c["rows"][f"{kind}-any"], c["rows"][f"{kind}-ni"])] += 1
+                duel[kind][both_metrics_verdict(c["rows"][f"{kind}-any"], c["rows"][f"{kind}-ni"])] += 1
         lines.append("")
     lines += ["**Against uniform reuse of the same budget** (better on both PSNR and FD-full / worse on both / mixed "
               "or the same schedule):", ""]
@@ -157,9 +158,6 @@ def report(res: dict, commit: str, date: str) -> str:
     return "\n".join(lines)
 
 
-def _verdict(a: dict, b: dict) -> int:
-    if a["schedule"] == b["schedule"]:
-        return 2
     if a["psnr"] >= b["psnr"] and a["fd_full"] <= b["fd_full"]:
         return 0
     if b["psnr"] >= a["psnr"] and b["fd_full"] <= a["fd_full"]:
@@ -169,7 +167,6 @@ def _verdict(a: dict, b: dict) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     import datetime
-    import subprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
@@ -178,8 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--search-on-seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "search_host_cpu.md")
     a = ap.parse_args(argv)
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"  # the code the run starts with
+    commit = head_commit()  # the code the run starts with
     res = run(repeat=a.repeat, k=a.k, seed=a.seed, search_on_seed=a.search_on_seed)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = report(res, commit, date)

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .common import both_metrics_verdict, head_commit
 from .data import features, load_or_train_featnet
 from .noise_axis import SPACINGS, timesteps_for
 from .quality import Method, sample, sample_set, split_seeds, uniform_string
@@ -133,20 +134,16 @@ def summary(res: dict) -> dict:
             for kind in duel:
                 a, b = r.get(f"{kind}-any"), r.get(f"{kind}-ni")
                 if a and b:
-                    duel[kind][_verdict(a, b)] += 1
+                    duel[kind][both_metrics_verdict(a, b)] += 1
             for order in dp_vs_sampled:
                 a, b = r.get(f"profile-{order}"), r.get(f"sampled-{order}")
                 if a and b:
-                    dp_vs_sampled[order][_verdict(a, b)] += 1
+                    dp_vs_sampled[order][both_metrics_verdict(a, b)] += 1
     means = {k: {"psnr": float(np.mean([p for p, _ in v])), "fd_full": float(np.mean([f for _, f in v])), "n": len(v)}
              for k, v in acc.items()}
     return {"means": means, "any_vs_ni": duel, "profile_vs_sampled": dp_vs_sampled}
 
 
-def _verdict(a: dict, b: dict) -> int:
-    """0: a at least as good on both metrics (and not equal), 1: b at least as good on both, 2: mixed or equal."""
-    if a["schedule"] == b["schedule"]:
-        return 2
     if a["psnr"] >= b["psnr"] and a["fd_full"] <= b["fd_full"]:
         return 0
     if b["psnr"] >= a["psnr"] and b["fd_full"] <= a["fd_full"]:
@@ -185,7 +182,6 @@ def report(res: dict, commit: str, date: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import datetime
-    import subprocess
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=20)
@@ -199,8 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip() or "unknown"  # the code the run starts with
+    commit = head_commit()  # the code the run starts with
     res = run(T=a.steps, k=a.k, n_samples=a.samples, n_proxy=a.proxy, search_seed=a.search_seed,
               proxy_seed=a.proxy_seed, eval_seed=a.eval_seed)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
