@@ -92,10 +92,8 @@ def run(families=FAMILIES, repeat: int = 3, seed: int = SEED, log=print) -> dict
 
 # what the node's defaults are and why, read from the verdict of the run this file was last made with
 DEFAULT_NOTE = (
-    "**Defaults, from these numbers.** The Selective Compute Settings node defaults to `tie_break: stratified` "
-    "with `image_first: true` and the value-norm weight at 0: that pair has the highest mean PSNR of the "
-    "recomputing variants, and in Flux's joint blocks image-first beats sequence order with stratified ties in "
-    "every case on PSNR. Stratified against index wins a majority on both metrics. The value-norm score "
+    "**Defaults.** `tie_break: stratified` with `image_first: true` has the highest mean PSNR of the recomputing variants, and in Flux's joint blocks image-first beats sequence order with stratified ties in every case on PSNR; the gains are tenths of a dB. The Selective Compute Settings node still defaults to the paper's order (`tie_break: index`, `image_first: false`, value-norm weight 0): its widget values are positional and a missing one takes the default, so a workflow saved before these choices existed must keep sampling what it sampled; the tooltips name the better pair. "
+    "Stratified against index wins a majority on both metrics. The value-norm score "
     "(DuCa's idea, on the cached attention rows) loses to plain staleness on both metrics, so it stays an option "
     "(`w_value_norm`). The paper-style mixed score has the lowest mean FD-full but a lower PSNR and keeps the "
     "block inputs in memory; it stays available through the node's weights with `tie_break: index`, "

@@ -43,9 +43,6 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                                tooltip="Weight of the size of the token's cached output."),
                 io.Float.Input("w_spatial", default=0.0, min=0.0, max=100.0, step=0.05,
                                tooltip="Weight of the bonus that spreads picks over the image."),
-                io.Float.Input("w_value_norm", default=0.0, min=0.0, max=100.0, step=0.05, optional=True,
-                               tooltip="Weight of the size of the token's cached attention rows (DuCa's value-norm "
-                                       "score: needs no attention map, so it works with fused attention)."),
                 io.Combo.Input("ratio_schedule", options=list(RATIO_SCHEDULES), default="constant", optional=True,
                                tooltip="constant: every selective block recomputes `ratio` of its tokens. "
                                        "reference-dit / reference-pixart: the reference code's token share, "
@@ -55,23 +52,28 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                                        "extrapolates it along the noise level from the last two computed steps "
                                        "(one more cached tensor per branch), full from the last three (two "
                                        "more). Stats shows the order and the memory it took."),
-                io.Combo.Input("tie_break", options=list(TIE_BREAKS), default="stratified", optional=True,
+                io.Combo.Input("tie_break", options=list(TIE_BREAKS), default="index", optional=True,
                                tooltip="How tokens that score the same are picked on selective steps (right "
-                                       "after a full step every token ties on staleness). stratified (default, "
-                                       "best on the token-picks bench): a seeded spread over the image, rotating "
-                                       "from step to step (same output run after run). index: the first tokens "
-                                       "(top rows of the image), as the paper's code."),
-                io.Boolean.Input("image_first", default=True, optional=True,
-                                 tooltip="Joint blocks (Flux single blocks hold the text tokens, then the image "
-                                         "tokens): among equal scores pick image tokens before text tokens; a "
-                                         "text token goes first only when it scores higher (default, best on the "
-                                         "token-picks bench). Off: sequence order, as the paper's code."),
+                                       "after a full step every token ties on staleness). stratified (slightly "
+                                       "better on the token-picks bench, with image_first on): a seeded spread "
+                                       "over the image, rotating from step to step (same output run after run). "
+                                       "index (default, so workflows saved before this choice reproduce): the "
+                                       "first tokens (top rows of the image), as the paper's code."),
                 io.Float.Input("drift_guard", default=0.0, min=0.0, max=100.0, step=0.1, optional=True,
                                tooltip="0: off. Else the first block runs on every reused step as a probe, and a "
                                        "step whose probe moved more than this many times the drift the last full "
                                        "steps showed runs in full (e.g. 2.0). Stats counts the extra full steps."),
                 io.Float.Input("drift_budget", default=0.1, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="At most this share of the run's steps may be turned full by the drift guard."),
+                io.Float.Input("w_value_norm", default=0.0, min=0.0, max=100.0, step=0.05, optional=True,
+                               tooltip="Weight of the size of the token's cached attention rows (DuCa's value-norm "
+                                       "score: needs no attention map, so it works with fused attention)."),
+                io.Boolean.Input("image_first", default=False, optional=True,
+                                 tooltip="Joint blocks (Flux single blocks hold the text tokens, then the image "
+                                         "tokens): among equal scores pick image tokens before text tokens; a "
+                                         "text token goes first only when it scores higher (slightly better on the "
+                                         "token-picks bench). Off (default, so saved workflows reproduce): sequence "
+                                         "order, as the paper's code."),
             ],
             outputs=[SelectiveSocket.Output(display_name="selective")],
         )
@@ -80,8 +82,8 @@ class ProCacheSelectiveSettings(io.ComfyNode):
     def execute(cls, enabled: bool, depth_fraction: float, ratio: float, w_staleness: float = 1.0,
                 w_input_change: float = 0.0, w_output_norm: float = 0.0, w_spatial: float = 0.0,
                 ratio_schedule: str = "constant", forecast: str = ORDER_NAMES[0],
-                tie_break: str = "stratified", drift_guard: float = 0.0, drift_budget: float = 0.1,
-                w_value_norm: float = 0.0, image_first: bool = True) -> io.NodeOutput:
+                tie_break: str = "index", drift_guard: float = 0.0, drift_budget: float = 0.1,
+                w_value_norm: float = 0.0, image_first: bool = False) -> io.NodeOutput:
         orders = {name: order for order, name in ORDER_NAMES.items()}
         if forecast not in orders:
             from ..procache_core.errors import ProCacheError

@@ -71,7 +71,7 @@ M, C, L, V, I = "MODEL", "CONDITIONING", "LATENT", "VAE", "IMAGE"
 
 
 def apply_node(g: Graph, pos, preset: str = "auto", schedule: bool = False) -> int:
-    return g.node("ProCacheApply", pos, [0.0, 1.0, preset, 10, "auto", "auto", "auto"],
+    return g.node("ProCacheApply", pos, [0.0, 1.0, preset, 10, "auto", "auto", "auto", "blocks"],
                   inputs=[("model", M), ("schedule", "PROCACHE_SCHEDULE"), ("selective", "PROCACHE_SELECTIVE")],
                   outputs=[("MODEL", M)], size=(320, 130), title="ProCache Apply" + ("" if schedule else " (auto preset)"))
 
