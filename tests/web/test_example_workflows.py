@@ -217,3 +217,31 @@ def test_check_sees_a_missing_node(page, web_server, checks_on):
     open_file(page, "broken.json", json.dumps(wf))
     state = page.evaluate(LOADED)
     assert missing_nodes(state) == [f"{wf['nodes'][0]['id']}:SomeOtherPackNode"]
+
+
+def test_workflow_saved_before_the_newest_inputs_loads_every_value_by_name(page, web_server):
+    """Widget values are saved by position: a workflow saved before Selective Compute Settings had
+    w_value_norm / image_first, and ProCache Apply had reuse, must load each old value into the widget it
+    was saved from, the new widgets at their defaults (the old behaviour)."""
+    wf = json.loads(EXAMPLES[0].read_text())
+    apply = next(n for n in wf["nodes"] if n["type"] == "ProCacheApply")
+    apply["widgets_values"] = [0.1, 0.9, "auto", 7, "auto", "full", "auto"]          # 7 values: before reuse
+    sel = {k: v for k, v in apply.items() if k in ("pos", "size", "flags", "mode")}
+    sel.update(id=max(n["id"] for n in wf["nodes"]) + 1, type="ProCacheSelectiveSettings", order=99,
+               inputs=[], outputs=[{"name": "selective", "type": "PROCACHE_SELECTIVE", "links": []}],
+               properties={"Node name for S&R": "ProCacheSelectiveSettings"},
+               widgets_values=[True, 0.5, 0.2, 1.0, 0.0, 0.0, 0.0, "constant", "light (order 1)",
+                               "stratified", 2.0, 0.2])                               # 12 values: before them
+    wf["nodes"].append(sel)
+    wf["last_node_id"] = sel["id"]
+    open_app(page, web_server.base_url)
+    open_file(page, "old.json", json.dumps(wf))
+    state = page.evaluate(LOADED)
+    got = {n["type"]: dict(zip(n["widgetNames"], n["widgets"])) for n in state["nodes"]
+           if n["type"] in ("ProCacheApply", "ProCacheSelectiveSettings")}
+    a, s = got["ProCacheApply"], got["ProCacheSelectiveSettings"]
+    assert (a["start_percent"], a["end_percent"], a["short_run_floor"], a["cache_mode"], a["reuse"]) == \
+        (0.1, 0.9, 7, "full", "blocks"), a
+    assert (s["depth_fraction"], s["ratio"], s["ratio_schedule"], s["forecast"], s["tie_break"], s["drift_guard"],
+            s["drift_budget"]) == (0.5, 0.2, "constant", "light (order 1)", "stratified", 2.0, 0.2), s
+    assert (s["w_value_norm"], s["image_first"]) == (0.0, False), s
