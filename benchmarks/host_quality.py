@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from . import host_digits as hd
+from .quality import split_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [
@@ -113,9 +114,7 @@ def run(quick: bool = True, log=print, families=("flux", "pixart"), cases=None, 
 
     from .data import features, load_digits_images, load_or_train_featnet
 
-    if seed == search_on_seed:
-        raise ValueError(f"seed and search_on_seed are both {seed}: the search node would be judged on the samples "
-                         "it scored; give two different seeds.")
+    split_seeds(search_on_seed, seed, names=("search_on_seed", "seed"))  # refused before any work
     hd.ensure_host()
     cases = cases or CASES
     repeat = repeat or (3 if quick else 20)

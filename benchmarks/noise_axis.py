@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from . import metrics
-from .data import features, load_or_train_featnet
-from .quality import Method, sample_set, uniform_string
+from .data import features
+from .quality import Method, digits_dit_setup, sample_set, uniform_string
 
 ROOT = Path(__file__).resolve().parent
 SPACINGS = ("uniform-t", "karras", "late-drops")
@@ -81,21 +81,9 @@ def run(T: int = 20, budget: int = 7, k: int = 5, vmin: int = 1, vmax: int = 4, 
     from procache_core.schedule import Schedule
     from procache_core.search import sample_patterns, sample_patterns_on_noise
 
-    from .quality import split_seeds
-    from .train_small_dit import load_or_train
-
-    proxy_seed, eval_seed = split_seeds(proxy_seed, eval_seed)
     t0 = time.time()
-    model, _ = load_or_train(log=log)
-    featnet, _ = load_or_train_featnet(log=log)
-    size, ch = model.input_size, model.in_channels
-
-    def inputs(n, s):
-        g = torch.Generator().manual_seed(s)
-        return torch.randn(n, ch, size, size, generator=g), torch.arange(n) % model.num_classes
-
-    noise, labels = inputs(n_samples, eval_seed)
-    p_noise, p_labels = inputs(n_proxy, proxy_seed)
+    model, featnet, (noise, labels), (p_noise, p_labels) = digits_dit_setup(n_samples, n_proxy, proxy_seed,
+                                                                            eval_seed, log=log)
     patterns = [c.with_selective(False) for c in sample_patterns(T, budget, vmin, vmax, k, seed)]
     out = {"T": T, "budget": budget, "k": k, "vmin": vmin, "vmax": vmax, "n_samples": n_samples,
            "n_proxy": n_proxy, "proxy_seed": proxy_seed, "eval_seed": eval_seed, "spacings": {}}

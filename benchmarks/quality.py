@@ -70,13 +70,30 @@ def search_schedule(T: int, B: int, k: int, proxy_fn, seed: int = 0, log=print) 
                            "k": k, "seed": seed}
 
 
-def split_seeds(proxy_seed: int, eval_seed: int) -> tuple[int, int]:
+def split_seeds(proxy_seed: int, eval_seed: int, names: tuple[str, str] = ("proxy_seed", "eval_seed")) -> tuple[int, int]:
     """The search's proxy seed set and the evaluation set; refuses one seed for both (a search must not be
-    judged on the samples it scored)."""
+    judged on the samples it scored). ``names``: the two arguments as the caller calls them, for the error."""
     if proxy_seed == eval_seed:
-        raise ValueError(f"proxy_seed and eval_seed are both {proxy_seed}: the search would be evaluated on the "
+        raise ValueError(f"{names[0]} and {names[1]} are both {proxy_seed}: the search would be evaluated on the "
                          "samples it scored; give two different seeds.")
     return proxy_seed, eval_seed
+
+
+def digits_dit_setup(n_samples: int, n_proxy: int, proxy_seed: int, eval_seed: int, log=print):
+    """The trained digits DiT, its feature net, and seeded noise + labels for the evaluation samples and for
+    the proxy samples the search scores on (two different seeds: ``split_seeds``)."""
+    from .train_small_dit import load_or_train
+
+    proxy_seed, eval_seed = split_seeds(proxy_seed, eval_seed)
+    model, _ = load_or_train(log=log)
+    featnet, _ = load_or_train_featnet(log=log)
+    size, ch = model.input_size, model.in_channels
+
+    def inputs(n: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(s)
+        return torch.randn(n, ch, size, size, generator=g), torch.arange(n) % model.num_classes
+
+    return model, featnet, inputs(n_samples, eval_seed), inputs(n_proxy, proxy_seed)
 
 
 # -- sampling ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import host_digits as hd
 from .common import both_metrics_verdict, head_commit
+from .quality import split_seeds
 from .host_quality import CASES, _init_images, _save_tiff, _search_report, _server_cls, paper_schedule, uniform_schedule
 
 ROOT = Path(__file__).resolve().parent
@@ -49,8 +50,7 @@ def run(families=("flux", "pixart"), cases=None, steps: int = 20, repeat: int = 
         search_on_seed: int = 1, log=print) -> dict[str, Any]:
     from .data import features, load_digits_images, load_or_train_featnet
 
-    if seed == search_on_seed:
-        raise ValueError(f"seed and search_on_seed are both {seed}: give two different seeds.")
+    split_seeds(search_on_seed, seed, names=("search_on_seed", "seed"))  # refused before any work
     hd.ensure_host()
     cases = cases or CASES
     digits = "0123456789"

@@ -29,9 +29,9 @@ import torch
 
 from . import metrics
 from .common import both_metrics_verdict, head_commit
-from .data import features, load_or_train_featnet
+from .data import features
 from .noise_axis import SPACINGS, timesteps_for
-from .quality import Method, sample, sample_set, split_seeds, uniform_string
+from .quality import Method, digits_dit_setup, sample, sample_set, uniform_string
 
 ROOT = Path(__file__).resolve().parent
 # (budget, vmin, vmax): the paper's bounds at B = 5 and 7, and B = 4 with wider bounds (at B = 4 of 20 the
@@ -45,20 +45,9 @@ def run(T: int = 20, k: int = 5, n_samples: int = 100, n_proxy: int = 20, chunk:
     from procache_core import profile_search
     from procache_core.search import sample_patterns
 
-    from .train_small_dit import load_or_train
-
-    proxy_seed, eval_seed = split_seeds(proxy_seed, eval_seed)
     t0 = time.time()
-    model, _ = load_or_train(log=log)
-    featnet, _ = load_or_train_featnet(log=log)
-    size, ch = model.input_size, model.in_channels
-
-    def inputs(n, s):
-        g = torch.Generator().manual_seed(s)
-        return torch.randn(n, ch, size, size, generator=g), torch.arange(n) % model.num_classes
-
-    noise, labels = inputs(n_samples, eval_seed)
-    p_noise, p_labels = inputs(n_proxy, proxy_seed)
+    model, featnet, (noise, labels), (p_noise, p_labels) = digits_dit_setup(n_samples, n_proxy, proxy_seed,
+                                                                            eval_seed, log=log)
     out = {"T": T, "k": k, "n_samples": n_samples, "n_proxy": n_proxy, "search_seed": search_seed,
            "proxy_seed": proxy_seed, "eval_seed": eval_seed, "spacings": {}}
     for spacing in spacings:
