@@ -42,7 +42,8 @@ class _Model:
                 return out
         return run.run_block(i, x, self.branches(i, t))
 
-    def forward(self, run, step: int, img, txt, fast: bool) -> torch.Tensor:
+    def forward(self, run, step: int, img, txt, fast: bool, host_block: int | None = None) -> torch.Tensor:
+        """``host_block``: a block computed outside the run every step (an adapter handed it to the host)."""
         t = float(step)
         if run is not None:
             run.begin_step(step)
@@ -54,7 +55,7 @@ class _Model:
                 txt = self.block(run, i, txt, t, fast)
         x = torch.cat([txt, img], dim=1)
         for i in range(4, 7):
-            x = self.block(run, i, x, t, fast)
+            x = self.block(None if i == host_block else run, i, x, t, fast)
         return x
 
 
@@ -166,24 +167,10 @@ def test_stack_needs_every_block_of_the_lane_through_the_run():
     run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(start_block=6), num_blocks=len(LANES),
                    memory=CacheMemory(stack=True), lanes=LANES)
     for step in range(2):
-        img, txt = _inputs(step)
-        run.begin_step(step)
-        run.set_stream("s")
-        for i in range(4):
-            if LANES[i] == "img":
-                img = model.block(run, i, img, float(step), True)
-            else:
-                txt = model.block(run, i, txt, float(step), True)
-        x = torch.cat([txt, img], dim=1)
-        for i in range(4, 7):
-            if i == 5:   # joint block 5 "handed to the host": computed outside the run, every step
-                for br in model.branches(i, float(step)):
-                    x = x + br.gate() * br.compute(x)
-            else:
-                x = model.block(run, i, x, float(step), True)
+        x = model.forward(run, step, *_inputs(step), fast=True, host_block=5)  # joint block 5 "handed to the host"
     sig = lambda t: (tuple(t.shape), t.dtype, t.device, ("stack",))  # noqa: E731
     assert run.cache.get_lane("s", ("stack", "joint"), sig(x)) is None
-    assert run.cache.get_lane("s", ("stack", "txt"), sig(txt)) is not None
+    assert run.cache.get_lane("s", ("stack", "txt"), sig(_inputs(0)[1])) is not None
     assert run.stats.block_evals_done < 2 * (len(LANES) - 1)   # the joint lane reused its blocks one by one
     run.close()
 
@@ -193,25 +180,9 @@ def test_light_lane_needs_every_block_through_the_run():
     but is computed by the host, outside the run. A residual over 4..6 would hold block 5's update and the
     host would add it again on the reused step, so the lane keeps no residual and the step runs FULL."""
     model = _Model()
-
-    def forward(run, step):
-        img, txt = _inputs(step)
-        if run is not None:
-            run.begin_step(step)
-            run.set_stream("s")
-        for i in range(4):
-            if LANES[i] == "img":
-                img = model.block(run, i, img, float(step), False)
-            else:
-                txt = model.block(run, i, txt, float(step), False)
-        x = torch.cat([txt, img], dim=1)
-        for i in range(4, 7):
-            x = model.block(None if i == 5 else run, i, x, float(step), False)   # 5: "handed to the host"
-        return x
-
     run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(start_block=7), num_blocks=len(LANES),
                    memory=CacheMemory(light=True), lanes=LANES)
-    outs = [forward(run, s) for s in range(2)]
+    outs = [model.forward(run, s, *_inputs(s), fast=False, host_block=5) for s in range(2)]  # 5: "handed to the host"
     sig = lambda t: (tuple(t.shape), t.dtype, t.device, ("residual",))  # noqa: E731
     assert run.cache.get_lane("s", "joint", sig(outs[0])) is None
     assert run.cache.get_lane("s", "img", sig(torch.zeros(2, 5, 8))) is not None
