@@ -70,8 +70,13 @@ bench-drift: models
 bench-step-cost: models
 	nice -n 10 $(PY) -m benchmarks.step_cost
 
+# every committed results table at this checkout's commit, one generator after another (benchmarks/regenerate.py;
+# `$(PY) -m benchmarks.regenerate --list` says what each writes; hours on 2 cores): ONLY=a,b or SKIP=deep,selective
+# to run part of it. Only the peers table needs its own command (bench-peers, with the peer checkouts).
+ONLY ?=
+SKIP ?=
 bench-quick: models
-	$(PY) -m benchmarks.run --quick
+	$(PY) -m benchmarks.regenerate $(if $(ONLY),--only $(ONLY)) $(if $(SKIP),--skip $(SKIP))
 
 # the 28-block architectures on a CPU (about 40 minutes: DiT and PixArt-α as two single-thread processes)
 bench-deep: models

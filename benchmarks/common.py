@@ -241,6 +241,34 @@ def both_metrics_verdict(a: dict, b: dict) -> int:
     return 2
 
 
+def run_commit_and_date(res: dict | None) -> tuple[str | None, str | None]:
+    """The commit and date a raw result says it was made at, wherever the bench put them (``commit``/``date``,
+    ``git_commit``/``date_utc``, or inside its ``info`` / ``machine`` record); None for what it does not say."""
+    if not isinstance(res, dict):
+        return None, None
+    places = [res] + [res[k] for k in ("info", "machine") if isinstance(res.get(k), dict)]
+    commit = next((str(d[k]) for d in places for k in ("commit", "git_commit") if d.get(k)), None)
+    date = next((str(d[k]) for d in places for k in ("date", "date_utc") if d.get(k)), None)
+    return commit, date
+
+
+def raw_stamp(res: dict | None, command: str) -> str:
+    """The stamp a results section opens with, from its raw result: "Made at commit `X` on DATE by `command`.",
+    or, for a raw file written before benches recorded their commit, a line that says so (``make results-age``
+    lists such a section as naming no commit)."""
+    commit, date = run_commit_and_date(res)
+    if commit is None:
+        return (f"Made by `{command}`; the raw file predates commit stamps, so the commit it was made at is not "
+                "known: rerun it (`make bench-quick`).")
+    return f"Made at commit `{commit}` on {date or '?'} by `{command}`."
+
+
+def stamp_raw(res: dict) -> dict:
+    """``res`` with the commit of the checkout and today's date (UTC) added, for a bench about to write it."""
+    res["commit"], res["date"] = head_commit(), time.strftime("%Y-%m-%d", time.gmtime())
+    return res
+
+
 def made_stamp(res: dict, module: str) -> str:
     """The first words of a bench table: the commit and date it ran at, the command, its seconds (CPU)."""
     return (f"Made at commit `{res.get('commit', '?')}` on {res.get('date', '?')} by `python -m {module}` "

@@ -18,6 +18,7 @@ per repeat) and the median is reported as a ratio against (a) of the same proces
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 import sys
 import time
@@ -27,6 +28,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "host"))
+
+from .common import raw_stamp, stamp_raw  # noqa: E402
 
 
 def build(width: int, seed: int = 0):
@@ -44,6 +47,20 @@ def build(width: int, seed: int = 0):
         for _, p in sorted(dm.named_parameters()):
             p.copy_(torch.randn(p.shape, generator=g) / (p[0].numel() ** 0.5 if p.ndim >= 2 else 10))
     return dm.eval()
+
+
+TITLE = "# ProCache with TorchCompileModel (CPU)"
+
+
+def with_section(text: str, width: int, section: str) -> str:
+    """The results file with the ``## Hidden <width>`` section replaced (or added, sections kept in width
+    order); every other section (other widths, the hand-written ``## Reading``) is kept as it is."""
+    parts = re.split(r"(?m)^(?=## )", text)
+    kept = [p.strip() for p in parts if p.startswith("## ")]
+    hidden = {int(m.group(1)): p for p in kept if (m := re.match(r"## Hidden (\d+)", p))}
+    hidden[width] = section.strip()
+    others = [p for p in kept if not re.match(r"## Hidden \d+", p)]
+    return "\n\n".join([TITLE, *(hidden[w] for w in sorted(hidden)), *others]) + "\n"
 
 
 def main() -> None:
@@ -102,8 +119,9 @@ def main() -> None:
     after = counters["stats"]["unique_graphs"]
     base = statistics.median(times[names[0]])
     lines = [
-        "# ProCache with TorchCompileModel (CPU)",
+        f"## Hidden {args.width}",
         "",
+        f"{raw_stamp(stamp_raw({}), 'python -m benchmarks.compile')} "
         f"`python -m benchmarks.compile --width {args.width} --latent {args.latent} --steps {args.steps} "
         f"--repeats {args.repeats}` — host Flux (hidden {args.width}, 2 double + 4 single blocks, "
         f"{(args.latent // 2) ** 2} image + 32 text tokens, batch 1, random weights), schedule `{schedule}`, "
@@ -120,7 +138,8 @@ def main() -> None:
         lines.append(f"| {name} | {m:.3f} | {base / m:.2f}x | {warm[name]:.1f} | {graphs[name]} |")
     lines += ["", f"Graphs after the warm-ups: {sum(graphs.values())}; after the timed runs: {after} "
               "(equal: nothing recompiled while timing)."]
-    Path(args.out).write_text("\n".join(lines) + "\n")
+    out = Path(args.out)
+    out.write_text(with_section(out.read_text() if out.is_file() else "", args.width, "\n".join(lines)))
     print("\n".join(lines))
 
 

@@ -31,7 +31,7 @@ def digits_prompt(family: str, *, digits: str = "0123456789", repeat: int = 1, s
     digits model, ending in SaveLatent (and, with `images`, Digits Decode + SaveImage).
 
     procache: {"actions": "FCC..."} or {"preset": name}, optional "selective": {inputs of Selective Compute
-    Settings}; search: inputs of ProCache Schedule Search (its schedule then feeds ProCache Apply);
+    Settings} and "apply": {more inputs of ProCache Apply, e.g. "reuse"}; search: inputs of ProCache Schedule Search (its schedule then feeds ProCache Apply);
     hostcache: ("EasyCache" | "LazyCache", reuse_threshold[, copy_input]); copy_input puts the test node
     ProCacheTestCopyModelInput before the cache node (tests/host_nodes/nodes_copy_model_input.py says why)."""
     batch = len(digits) * repeat
@@ -63,6 +63,7 @@ def digits_prompt(family: str, *, digits: str = "0123456789", repeat: int = 1, s
         if sel is not None:
             p["selective"] = {"class_type": "ProCacheSelectiveSettings", "inputs": sel}
             apply_inputs["selective"] = ["selective", 0]
+        apply_inputs.update((procache or {}).get("apply", {}))  # e.g. {"reuse": "step"}
         p["apply"] = {"class_type": "ProCacheApply", "inputs": apply_inputs}
         model_ref = ["apply", 0]
     elif hostcache is not None:

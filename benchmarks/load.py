@@ -31,7 +31,7 @@ from typing import Any
 
 import requests
 
-from .common import block_marks, write_readme_block
+from .common import block_marks, raw_stamp, write_readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -442,7 +442,8 @@ def compare_markdown(runs: dict[str, dict[str, Any]]) -> str:
                     f"{d['errors']} | {100 * r['slowdown']:+.1f} % | {g['count']} / {g['total_ms']:.0f} ms / {g['max_ms']:.0f} ms |")
     return "\n".join([
         "## Cyclic garbage collector: frozen start-up heap vs the interpreter's default", "",
-        "Two servers, one after the other, same settings (below); during sampling:", "",
+        " ".join(dict.fromkeys(raw_stamp(r, "python -m benchmarks.load") for r in runs.values() if isinstance(r, dict)))
+        + " Two servers, one after the other, same settings (below); during sampling:", "",
         "| collector | list p99 ms | preview p99 ms | save p99 ms | errors | sampling slowed | GC pauses in loaded runs (count / total / longest) |",
         "|---|---|---|---|---|---|---|", *rows, ""])
 

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from . import metrics
+from .common import raw_stamp, stamp_raw
 from .data import features
 from .quality import Method, digits_dit_setup, sample_set, uniform_string
 
@@ -145,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     torch.manual_seed(0)
     torch.set_num_threads(1)
-    res = run(T=a.steps, budget=a.budget, k=a.k, n_samples=a.samples, n_proxy=a.proxy)
+    res = stamp_raw(run(T=a.steps, budget=a.budget, k=a.k, n_samples=a.samples, n_proxy=a.proxy))
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1))
     print(table(res))
@@ -168,6 +169,7 @@ def readme_section(res: dict | None = None) -> list[str]:
         res = json.loads(RAW.read_text())
     sp = res["spacings"]
     lines = ["## Schedules on the noise axis: searched vs uniform under three sigma spacings", "",
+             raw_stamp(res, "python -m benchmarks.noise_axis"), "",
              f"`python -m benchmarks.noise_axis` ({res.get('seconds', '?')} s on this machine). The trained digits "
              f"DiT, DDIM (eta 0, CFG 1.5), T = {res['T']} steps, budget B = {res['budget']} full steps for every "
              f"schedule, constrained search with K = {res['k']} (v_min {res['vmin']}, v_max {res['vmax']}) scored "

@@ -53,6 +53,10 @@ CASES = [
 INIT_IMAGE = "digits_init.tiff"   # real digits for the img2img case, written into the bench server's input folder
 PROCACHE_PRESETS = {"flux": ("flux-28-quality", "flux-28-balanced", "flux-28-fast"),
                     "pixart": ("pixart-alpha-20-quality", "pixart-alpha-20-balanced", "pixart-alpha-20-fast")}
+# Selective Compute Settings of the step-reuse rows: selective steps off (every reused step skips the model
+# call) and forecasting light, the pair the step-cost bench measured best (benchmarks/results/step_cost_cpu.md)
+STEP_FORECAST = {"enabled": False, "depth_fraction": 1.0, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 0.0,
+                 "w_output_norm": 0.0, "w_spatial": 0.0, "forecast": "light (order 1)"}
 
 
 # ---------------------------------------------------------------------------------------------- discovery
@@ -358,6 +362,14 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         x, e, t = sample("pcp", hd.digits_prompt(fam, prefix="pcp", procache={"actions": sched}, **base))
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": label, "setting": sched,
+                     "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
+                     "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
+    # the same schedules with step reuse (cached steps skip the model call) and forecasting light
+    for preset in PROCACHE_PRESETS[fam]:
+        x, e, t = sample("pcs", hd.digits_prompt(fam, prefix="pcs", procache={
+            "preset": preset, "apply": {"reuse": "step"}, "selective": STEP_FORECAST}, **base))
+        st = hd.parse_stats(hd.stats_text(e))
+        rows.append({"method": "procache", "label": f"procache {preset} step+forecast", "setting": preset,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
                      "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
     plain = hd.digits_prompt(fam, prefix="peer", **base)

@@ -390,7 +390,8 @@ def summary_lines(results: dict, level: str = "##") -> list[str]:
 
 
 def cpu_efficiency(results: dict) -> dict[str, float]:
-    """Per method: median of measured CPU speed-up / block ratio speed-up over its rows that skip something."""
+    """Per method: median of measured CPU speed-up / block ratio speed-up over its rows that skip something
+    (ProCache's rows also split by reuse mode: block reuse and step reuse, the ``step+forecast`` rows)."""
     vals: dict[str, list[float]] = {}
     for fr in results["families"].values():
         for case in fr["cases"]:
@@ -398,7 +399,13 @@ def cpu_efficiency(results: dict) -> dict[str, float]:
                 if r.get("psnr") is None or r["method"] == "full" or skips_nothing(r):
                     continue
                 if not math.isnan(speedup(r, "cpu")):
-                    vals.setdefault(r["method"], []).append(speedup(r, "cpu") / compute_speedup(r))
+                    ratio = speedup(r, "cpu") / compute_speedup(r)
+                    vals.setdefault(r["method"], []).append(ratio)
+                    if r["method"] == "procache":
+                        mode = "step reuse" if str(r.get("label", "")).endswith("step+forecast") else "block reuse"
+                        vals.setdefault(f"procache ({mode})", []).append(ratio)
+    if "procache (step reuse)" not in vals:  # one mode only: the split says nothing more
+        vals.pop("procache (block reuse)", None)
     return {k: statistics.median(v) for k, v in vals.items()}
 
 
@@ -431,7 +438,7 @@ def losses_lines(results: dict) -> list[str]:
                 out.append(f"{where}: ProCache's own **{label}** is beaten by its {better} (faster in CPU time and "
                            "higher PSNR)")
     eff = cpu_efficiency(results)
-    peers_eff = {k: v for k, v in eff.items() if k != "procache"}
+    peers_eff = {k: v for k, v in eff.items() if not k.startswith("procache")}
     if "procache" in eff and peers_eff and eff["procache"] < min(peers_eff.values()):
         out.append(f"time: ProCache turns saved block evaluations into saved CPU time least well (median CPU / block "
                    f"ratio speed-up {eff['procache']:.2f} against {min(peers_eff.values()):.2f}-"

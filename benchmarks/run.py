@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     quality_json = out / "raw" / f"quality_{mode}.json"
     speed_json = out / "raw" / f"speed_{mode}_{device}.json"
-    speed_res = quality_res = None
+    speed_res = quality_res = speed_info = None
     if args.report_only:
         args.only = "none"
     for tag, on, plan_fn, cases in (("medium", args.medium, medium_plan, args.medium_cases),
@@ -249,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         speed_res = run_speed(args.quick, device)
         plot_speed(speed_res, out / f"speed_{device}.png")
         write_json(speed_json, {"info": dict(info), "cases": speed_res})
+        speed_info = dict(info)
     # a partial run (--only) keeps the other part's latest results of the same mode in the README
     if quality_res is None and quality_json.exists():
         from .quality import verdicts
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         quality_res["verdicts"] = verdicts(quality_res["rows"])
     if speed_res is None and speed_json.exists():
         saved = json.loads(speed_json.read_text())
-        speed_res = saved["cases"]
+        speed_res, speed_info = saved["cases"], saved.get("info")
         if args.report_only or args.medium or args.deep:
             info = {**saved.get("info", info), "mode": mode}
             plot_speed(speed_res, out / f"speed_{device}.png")
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_readme(out, info, mode, speed_res, quality_res, notes, qp, spp, sp,
                         medium=medium or None, medium_plot=f"speed_medium_{device}.png" if medium else None,
                         deep=deep or None, deep_plot=f"speed_deep_{device}.png" if deep else None,
-                        host=host_res)
+                        host=host_res, speed_info=speed_info)
     log(f"[bench] wrote {path} ({round(time.time() - t0, 1)} s)")
     return 0
 

@@ -20,6 +20,7 @@ import torch
 from procache_core.settings import ScoreWeights, SelectiveSettings
 
 from . import metrics
+from .common import stamp_raw
 from .quality import Method, features, load_or_train_featnet, sample_set
 from .train_small_dit import load_or_train
 
@@ -90,8 +91,8 @@ def main() -> None:
                   f"FD-full {row['fd_full']:.3f}", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"T": T, "n_samples": args.samples, "schedules": scheds, "rows": rows,
-                               "seconds": round(time.time() - t0, 1)}, indent=1))
+    out.write_text(json.dumps(stamp_raw({"T": T, "n_samples": args.samples, "schedules": scheds, "rows": rows,
+                                         "seconds": round(time.time() - t0, 1)}), indent=1))
     print(f"wrote {out} in {time.time() - t0:.0f} s")
 
 

@@ -20,6 +20,7 @@ from procache_core.engine import CacheRun
 from procache_core.schedule import Action, Schedule
 from procache_core.settings import SelectiveSettings
 
+from .common import stamp_raw
 from .quality import Method, sample
 from .train_small_dit import load_or_train
 
@@ -89,8 +90,9 @@ def main() -> None:
     print(f"MLPs of the deepest 25% of blocks: {100 * mlp_deep:.1f} %; all MLPs {100 * mlp_all:.1f} %; "
           f"attention {100 * (1 - mlp_all):.1f} %")
     out = RESULTS / f"selective_why_B{args.budget}.json"
-    out.write_text(json.dumps({"budget": args.budget, "schedule": sched.to_string(), "n_samples": args.samples,
-                               "rows": rows, "mlp_deep_share": mlp_deep, "mlp_share": mlp_all}, indent=1))
+    out.write_text(json.dumps(stamp_raw({"budget": args.budget, "schedule": sched.to_string(),
+                                         "n_samples": args.samples, "rows": rows, "mlp_deep_share": mlp_deep,
+                                         "mlp_share": mlp_all}), indent=1))
     print(f"wrote {out}")
 
 

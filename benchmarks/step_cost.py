@@ -193,6 +193,9 @@ def variants(reuse: tuple[str, ...]) -> dict[str, dict]:
     if "stack" in reuse:
         out["reused (stack)"] = {"schedule": reused, "kind": "C", "reuse": "stack"}
         out["forecast reused (stack, order 1)"] = {"schedule": reused, "kind": "C", "forecast": 1, "reuse": "stack"}
+    if "step" in reuse:
+        out["reused (step)"] = {"schedule": reused, "kind": "C", "reuse": "step"}
+        out["forecast reused (step, order 1)"] = {"schedule": reused, "kind": "C", "forecast": 1, "reuse": "step"}
     return out
 
 
@@ -289,11 +292,17 @@ def report(results: list[dict], qual: dict, info: dict, seconds: float, threads:
         rows = res["rows"]
         floor = rows.get("no blocks (host, floor)")
         if floor is not None:
-            best = min((r["thread"], n) for n, r in rows.items() if n.startswith("reused"))
-            lines += [f"Cheapest reused step: {best[1]}, {100 * best[0]:.1f}% of a full step (thread CPU), "
+            block_level = [(r["thread"], n) for n, r in rows.items() if n.startswith("reused") and "step" not in n]
+            best = min(block_level)
+            lines += [f"Cheapest block-level reused step: {best[1]}, {100 * best[0]:.1f}% of a full step (thread CPU), "
                       f"{100 * (best[0] - floor['thread']):+.1f} pt over the host's own work without blocks "
                       f"({100 * floor['thread']:.1f}%: embedders, positional embedding, final layer, model call), "
-                      "which no block-level cache can skip.", ""]
+                      "which no block-level cache can skip."]
+            step = rows.get("reused (step)")
+            if step is not None:
+                lines[-1] += (f" Step reuse skips that too: {100 * step['thread']:.1f}% of a full step (what is left "
+                              "is the host's model call and ProCache's bookkeeping).")
+            lines.append("")
         q = qual.get(res["family"])
         if q:
             lines += [f"Quality of the reuse modes (schedule `{PATTERN}`, seed 1000, {q['samples']} samples, decoded, "

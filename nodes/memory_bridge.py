@@ -44,7 +44,8 @@ log = logging.getLogger("ProCache")
 DEVICE_CHOICES = {"auto": "auto", "model device": "device", "cpu": "cpu"}
 MODE_CHOICES = ("auto", "full", "light")
 DTYPE_CHOICES = {"auto": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-REUSE_CHOICES = ("blocks", "stack")   # how CACHED steps reuse (procache_core.memory, "Stack reuse")
+# how CACHED steps reuse (procache_core.memory "Stack reuse", procache_core.step_reuse)
+REUSE_CHOICES = ("blocks", "stack", "step")
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,7 @@ class MemoryRequest:
     placement: str = "auto"                 # "auto", "device" or "cpu"
     mode: str = "auto"                      # "auto", "full" or "light"
     dtype: torch.dtype | None = None        # storage dtype, None = activation dtype
-    reuse: str = "blocks"                   # "blocks" (each block's outputs, fresh gates) or "stack"
+    reuse: str = "blocks"                   # "blocks" (each block's outputs, fresh gates), "stack" or "step"
 
 
 def request_from_inputs(cache_device: str = "auto", cache_mode: str = "auto", cache_dtype: str = "auto",
@@ -60,7 +61,8 @@ def request_from_inputs(cache_device: str = "auto", cache_mode: str = "auto", ca
     if reuse not in REUSE_CHOICES:
         raise ProCacheError("reuse", f"is {reuse!r}.",
                             f"use one of {list(REUSE_CHOICES)} (blocks: every block's cached outputs with the current "
-                            "gates; stack: one residual per stream for the whole model, fastest reused steps).")
+                            "gates; stack: one residual per stream for the whole block stack; step: the model is not "
+                            "called on cached steps, fastest reused steps).")
     if cache_device not in DEVICE_CHOICES:
         raise ProCacheError("cache_device", f"is {cache_device!r}.", f"use one of {list(DEVICE_CHOICES)}.")
     if cache_mode not in MODE_CHOICES:
@@ -290,8 +292,9 @@ def decide(state: Any, x: torch.Tensor) -> None:
             est.full_bytes, est.light_bytes = est.copy_full_bytes, est.copy_light_bytes or 0
             plan = type(plan)(plan.memory, plan.reason + " without the forecast history (reused steps copy)",
                               plan.full_bytes, plan.light_bytes)
-    if req.reuse == "stack":
-        plan = type(plan)(dataclasses.replace(plan.memory, stack=True), plan.reason, plan.full_bytes, plan.light_bytes)
+    if req.reuse in ("stack", "step"):
+        plan = type(plan)(dataclasses.replace(plan.memory, **{req.reuse: True}), plan.reason, plan.full_bytes,
+                          plan.light_bytes)
     state.run.set_memory(plan.memory)
     reason = plan.reason
     if evictable:
@@ -327,5 +330,8 @@ def memory_inputs() -> list:
                        tooltip="How cached steps reuse. blocks: every block's cached outputs with the current "
                                "step's gates. stack: one residual per stream for the whole block stack (as First "
                                "Block Cache does): cached steps skip all per-block work, at the gates of the last "
-                               "full step (a small quality cost; selective steps unchanged)."),
+                               "full step (a small quality cost; selective steps unchanged). step: cached steps "
+                               "do not call the model at all and return its last computed output (forecast on the "
+                               "noise axis when forecasting is on), as step-level caches do: the cheapest reused "
+                               "steps, at a larger quality cost; full and selective steps unchanged."),
     ]

@@ -368,6 +368,10 @@ def apply_model_wrapper(executor, *args, **kwargs):
     if check is not None and check.pending and not state.blocks_off and run.action == Action.FULL and \
             not _stateful_patches(check, to):
         check.active, check.compared = True, 0   # this evaluation is compared with the host's blocks
+    if not state.model_level:  # step reuse (procache_core.step_reuse): a cached step skips the model call
+        reused = run.reuse_step(x)
+        if reused is not None:
+            return reused
     push_active(state)
     try:
         if state.model_level:  # the fallback after a failed verification (adapters/verify.py)
@@ -379,6 +383,7 @@ def apply_model_wrapper(executor, *args, **kwargs):
             from .adapters.verify import finish_evaluation
 
             finish_evaluation(state)
+        run.keep_step(out)
         return out
     finally:
         if check is not None:

@@ -23,6 +23,7 @@ from .memory import CacheMemory
 from .schedule import Action, Schedule
 from .settings import SelectiveSettings, branch_kind
 from .stats import RunStats, estimate_branch_flops
+from .step_reuse import StepOutputs
 from .storage import CacheStorage
 from .tokens import TextTokens, TokenSelector, num_tokens
 
@@ -152,6 +153,9 @@ class CacheRun:
         if self._guard:
             self.stats.drift_guard = f"x{self._guard:g} (at most {self._guard_left})"
         self._first_gain = torch.tensor(FIRST_GAIN)
+        self.step_outputs = StepOutputs()   # step reuse (CacheMemory.step): the model's outputs per stream
+        self._eval_mark = (0, 0.0)          # stats' block count and cost when the current evaluation began
+        self._guard_vs_step()
         self.stats.start()
 
     def set_memory(self, memory: CacheMemory) -> None:
@@ -162,6 +166,8 @@ class CacheRun:
         self.memory = memory
         self.cache.storage = CacheStorage(memory.placement, memory.dtype)
         self.stats.cache_placement = memory.describe()
+        if hasattr(self, "_guard"):
+            self._guard_vs_step()
         if getattr(self, "_forecast_off", False):  # drop_forecast said why
             return
         self.stats.forecast = ORDER_NAMES[self.selective.forecast]
@@ -170,6 +176,12 @@ class CacheRun:
             # memory or in another dtype would convert every old output back for it, so reused steps copy
             where = "CPU memory" if memory.placement != "device" else f"{memory.dtype}"
             self.stats.forecast = f"off (copy): the cache is kept in {where}"
+
+    def _guard_vs_step(self) -> None:
+        """Step reuse skips the model call, so the drift guard's first-block probe has nothing to run in."""
+        if self.memory.step and self._guard:
+            self._guard, self._guard_left = 0.0, 0
+            self.stats.drift_guard = ""
 
     # -- step / stream -----------------------------------------------------------------------
     @property
@@ -193,8 +205,10 @@ class CacheRun:
         is the axis. Steps outside the schedule run FULL (safe default if a sampler takes more steps).
         """
         self._t = float(step if noise is None else noise)
-        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device(),
-                                       self.cache.history_nbytes())
+        self.stats.observe_cache_bytes(self.cache.nbytes() + self.step_outputs.nbytes(),
+                                       self.cache.nbytes_by_device(),
+                                       self.cache.history_nbytes() + self.step_outputs.history_nbytes())
+        self._eval_mark = (self.stats.block_evals_full, self.stats.flops_full)
         step = int(step)
         inside = 0 <= step < len(self.schedule)
         action = self.schedule[step] if inside else Action.FULL
@@ -223,6 +237,28 @@ class CacheRun:
         self._stream_grid = grid_hw
         self._stream_text = None if text_tokens is None else TextTokens(*text_tokens).check()
         self.cache.stream(key).chunks = chunks
+
+    # -- step reuse ---------------------------------------------------------------------------
+    def reuse_step(self, x: Tensor) -> Tensor | None:
+        """Under step reuse (``CacheMemory.step``), the model output a CACHED evaluation of the current
+        stream returns without running the model (input ``x``); None when the model must run (another
+        action, no output of this stream and shape computed in this segment). procache_core.step_reuse."""
+        if not self.memory.step or self._closed or self._action != Action.CACHED:
+            return None
+        entry = self.step_outputs.reuse(self._stream_key, self._segment, tuple(x.shape), self._t)
+        if entry is None:  # the blocks then run without a cache and count the forced evaluation
+            return None
+        self.stats.record_skipped(entry.blocks, entry.flops)
+        return self.step_outputs.output(entry, self._t)
+
+    def keep_step(self, out: Tensor) -> None:
+        """Under step reuse, keep the output of a model evaluation that ran (computed or selective)."""
+        if not self.memory.step or self._closed:
+            return
+        blocks = self.stats.block_evals_full - self._eval_mark[0]
+        flops = self.stats.flops_full - self._eval_mark[1]
+        order = 0 if self._forecast_off else self.selective.forecast
+        self.step_outputs.keep(self._stream_key, self._segment, out, self._t, order, blocks, flops)
 
     # -- blocks -------------------------------------------------------------------------------
     def forecast_order(self, x: Tensor) -> int:
@@ -696,9 +732,11 @@ class CacheRun:
         """Free every cached tensor and stop the clock. Safe to call twice."""
         if self._closed:
             return
-        self.stats.observe_cache_bytes(self.cache.nbytes(), self.cache.nbytes_by_device(),
-                                       self.cache.history_nbytes())
+        self.stats.observe_cache_bytes(self.cache.nbytes() + self.step_outputs.nbytes(),
+                                       self.cache.nbytes_by_device(),
+                                       self.cache.history_nbytes() + self.step_outputs.history_nbytes())
         self.cache.clear()
+        self.step_outputs = StepOutputs()
         self._lane_start.clear()
         self._stack_start.clear()
         self._memo.clear()

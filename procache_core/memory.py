@@ -45,11 +45,12 @@ class CacheMemory:
     dtype: torch.dtype | None = None     # storage dtype; None = the activation dtype
     light: bool = False                  # memory-light mode (see module docstring)
     stack: bool = False                  # stack reuse: CACHED steps add one residual per lane (module docstring)
+    step: bool = False                   # step reuse: CACHED steps skip the model call (procache_core.step_reuse)
 
     def describe(self) -> str:
         where = "CPU memory" if self.placement == "cpu" else "model device"
         dt = str(self.dtype).replace("torch.", "") if self.dtype is not None else "activation dtype"
-        reuse = ", stack reuse" if self.stack else ""
+        reuse = ", stack reuse" if self.stack else ", step reuse" if self.step else ""
         return f"{'light' if self.light else 'full'} cache in {where} ({dt}{reuse})"
 
 

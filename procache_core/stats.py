@@ -102,6 +102,12 @@ class RunStats:
         self.flops_done += float(sum(c * d for c, d in zip(costs, done)))
         self.tokens_recomputed += int(tokens)
 
+    def record_skipped(self, blocks: int, flops: float) -> None:
+        """A model evaluation skipped whole by step reuse: ``blocks`` run_block calls of full cost ``flops``
+        (what the computed evaluation it reuses made), none of it computed."""
+        self.block_evals_full += int(blocks)
+        self.flops_full += float(flops)
+
     def observe_cache_bytes(self, nbytes: int, by_device: dict[str, int] | None = None, history: int = 0) -> None:
         self.peak_cache_bytes = max(self.peak_cache_bytes, int(nbytes))
         self.peak_history_bytes = max(self.peak_history_bytes, int(history))

@@ -30,6 +30,7 @@ class Section:
     commits: list[str]
     inherited: bool = False   # names no commit itself: the file's stamp (its ``#`` title) holds
     level: int = 0            # 1 for a ``#`` title, 2 for a ``##`` section
+    has_table: bool = False   # holds table rows of its own (a title over ``##`` sections often holds none)
 
 
 def sections(path: Path, root: Path = ROOT) -> list[Section]:
@@ -46,6 +47,7 @@ def sections(path: Path, root: Path = ROOT) -> list[Section]:
             current.level = 1 if line.startswith("# ") else 2
         for m in COMMIT_RE.finditer(line):
             current.commits.extend(c for c in m.groups() if c)
+        current.has_table = current.has_table or line.lstrip().startswith("|")
     out.append(current)
     out = [s for s in out if s.title != "(top)" or s.commits]
     parent: Section | None = None
@@ -54,6 +56,9 @@ def sections(path: Path, root: Path = ROOT) -> list[Section]:
             parent = s
         elif s.level == 2 and not s.commits and parent is not None and parent.commits:
             s.commits, s.inherited = list(parent.commits), True
+    # a ``#`` title with neither a stamp nor a table of its own, over ``##`` sections, holds no numbers
+    out = [s for i, s in enumerate(out) if not (s.level == 1 and not s.commits and not s.has_table
+                                                and i + 1 < len(out) and out[i + 1].level == 2)]
     return out
 
 

@@ -18,7 +18,7 @@ cd "$ROOT"
 # other nodes' patches, the self-check fallback, the demo workflows and the nodes' error paths.
 MATRIX_TESTS="${MATRIX_TESTS:-tests/host/test_families_server.py tests/host/test_flux_server.py
   tests/host/test_adapters_pixart_flux_sd3_wan.py tests/host/test_adapters_qwen_flux2_chroma_lumina_hunyuan_ltxv_cosmos_hidream.py tests/host/test_selective_server.py
-  tests/host/test_flux_host_patches.py tests/host/test_flux_reuse_fast_path.py tests/host/test_host_drift_fallback.py tests/host/test_chaining_inprocess.py
+  tests/host/test_flux_host_patches.py tests/host/test_flux_reuse_fast_path.py tests/host/test_step_reuse_inprocess.py tests/host/test_host_drift_fallback.py tests/host/test_chaining_inprocess.py
   tests/host/test_noise_axis.py tests/host/test_demo_digits.py tests/host/test_nodes_server.py
   tests/host/test_adapter_registry.py tests/host/test_family_kandinsky5.py tests/host/test_family_ltxav.py
   tests/host/test_ltxav_inprocess.py tests/host/test_family_variants.py tests/host/test_family_variants_inprocess.py

@@ -282,3 +282,19 @@ def test_table_rebuilt_from_a_hand_made_raw_file_gives_the_known_answer(tmp_path
     assert "1 / 1 / 0 of 2" in summary and summary.rstrip(" |").endswith("mag doc (documented setting)")
     block = pr.readme_block(_raw())
     assert "**mag doc (documented setting)** (35.00 dB, FD-full 8.000 at CPU 2.25x) beats ProCache there" in block
+
+
+def test_cpu_efficiency_splits_procache_by_reuse_mode_when_both_ran():
+    from benchmarks.peers_report import cpu_efficiency
+
+    def row(method, label, blocks, cpu):
+        return {"method": method, "label": label, "block_eval_fraction": blocks, "cpu_speedup": cpu, "psnr": 30.0}
+
+    rows = [row("procache", "procache flux-28-fast", 0.25, 3.0),                 # 3 / 4 = 0.75
+            row("procache", "procache flux-28-fast step+forecast", 0.25, 3.8),   # 0.95
+            row("magcache", "magcache 0.24", 0.5, 1.8)]                          # 0.90
+    eff = cpu_efficiency({"families": {"flux": {"cases": [{"rows": rows}]}}})
+    assert eff["procache (block reuse)"] == 0.75 and abs(eff["procache (step reuse)"] - 0.95) < 1e-12
+    assert abs(eff["procache"] - 0.85) < 1e-12 and abs(eff["magcache"] - 0.9) < 1e-12
+    only_blocks = cpu_efficiency({"families": {"flux": {"cases": [{"rows": rows[:1]}]}}})
+    assert set(only_blocks) == {"procache"}

@@ -52,3 +52,14 @@ def test_table_counts_code_commits_since(tmp_path, two_commits):
     assert n >= 3 and f"| {older} | {n} |" in text  # >= 3: a merge among them brings its branch's commits
     assert "| Unknown | deadbee | unknown commit |" in text
     assert "| Unstamped | - | no commit named |" in text
+
+
+def test_a_bare_title_over_sections_is_not_listed_but_a_title_with_a_table_is(tmp_path, two_commits):
+    head, _ = two_commits
+    md = tmp_path / "r.md"
+    md.write_text(f"# Title only\n\nprose\n\n## Stamped\n\ncommit `{head}`\n\n"
+                  "# Title with a table\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n## Next\n\ncommit `deadbee`\n")
+    titles = [s.title for s in results_age.sections(md, root=tmp_path)]
+    assert "Title only" not in titles           # holds no numbers: nothing to be stale
+    assert "Title with a table" in titles       # its table names no commit: listed as such
+    assert "| Title with a table | - | no commit named |" in results_age.table([md], ["."])

@@ -78,7 +78,8 @@ def test_stack_reuse_is_another_result_and_exact_when_all_full(monkeypatch):
 
 def test_reuse_input_is_validated():
     assert request_from_inputs(reuse="stack").reuse == "stack"
-    assert request_from_inputs().reuse == "blocks" and REUSE_CHOICES == ("blocks", "stack")
+    assert request_from_inputs(reuse="step").reuse == "step"
+    assert request_from_inputs().reuse == "blocks" and REUSE_CHOICES == ("blocks", "stack", "step")
     with pytest.raises(ProCacheError) as e:
         request_from_inputs(reuse="residual")
     assert e.value.field == "reuse" and "stack" in str(e.value)
