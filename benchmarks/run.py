@@ -158,7 +158,9 @@ def git_commit() -> str | None:
     try:
         root = HERE.parent
         sha = subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True).strip()
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "."], cwd=root).returncode != 0
+        # results the bench itself writes while it runs do not make the code dirty
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!benchmarks/results"],
+                               cwd=root).returncode != 0
         return sha + ("+dirty" if dirty else "")
     except Exception:
         return None
