@@ -18,7 +18,9 @@ Kinds of evaluation, each the median over the evaluations of that kind in every 
 * ``selective``: a SELECTIVE step (default settings: the deepest 25% of blocks recompute 30% of tokens);
 * ``forecast reused (order k)``: a CACHED step that extrapolates the cached outputs (``forecast`` k);
 * ``reused (stack)``: a CACHED step with ``reuse: stack`` (one residual per lane for the stretch),
-  when the pack has that option.
+  when the pack has that option;
+* ``full (step)`` / ``reused (step)``: a FULL and a CACHED step with ``reuse: step`` (a cached step does not
+  call the model; without selective steps a full one stores no block output).
 
 The FLOPs ideal of a kind is the arithmetic it does (matmul / attention FLOPs counted by
 ``torch.utils.flop_counter`` on one evaluation) over the host's full step: the share a reused step would
@@ -194,6 +196,7 @@ def variants(reuse: tuple[str, ...]) -> dict[str, dict]:
         out["reused (stack)"] = {"schedule": reused, "kind": "C", "reuse": "stack"}
         out["forecast reused (stack, order 1)"] = {"schedule": reused, "kind": "C", "forecast": 1, "reuse": "stack"}
     if "step" in reuse:
+        out["full (step)"] = {"schedule": "F" * STEPS, "kind": "F", "reuse": "step"}
         out["reused (step)"] = {"schedule": reused, "kind": "C", "reuse": "step"}
         out["forecast reused (step, order 1)"] = {"schedule": reused, "kind": "C", "forecast": 1, "reuse": "step"}
     return out

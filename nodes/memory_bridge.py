@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,6 +154,13 @@ def estimate(state: Any, guider: Any, noise_shape: tuple, latent_shapes: list | 
     req = request_of(config)
     dtype = req.dtype or _activation_dtype(guider.model_patcher)
     rows = int(noise_shape[0]) * _streams(guider)
+    if req.reuse == "step" and not run.keeps_blocks_with(step=True):
+        # step reuse without selective steps keeps no block output, only the model's output per stream
+        # (with its forecast differences): procache_core.step_reuse
+        elem = torch.empty((), dtype=dtype).element_size()
+        n = rows * math.prod(int(d) for d in noise_shape[1:]) * elem * (1 + run.selective.forecast)
+        state.memory_estimate = Estimate(n, n, n, rows, dtype)
+        return state.memory_estimate
     args = dict(rows=rows, elem_bytes=torch.empty((), dtype=dtype).element_size(),
                 first_selective_block=run.first_selective_block, track_tokens=run._track_tokens,
                 keep_input=run._keep_input, stack=req.reuse == "stack")

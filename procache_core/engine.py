@@ -239,6 +239,17 @@ class CacheRun:
         self.cache.stream(key).chunks = chunks
 
     # -- step reuse ---------------------------------------------------------------------------
+    @property
+    def keeps_blocks(self) -> bool:
+        """Whether computed evaluations store their block outputs. Under step reuse a reused evaluation runs
+        no block, so only selective steps would read the block cache: without them nothing is stored (a
+        computed step then costs what the unpatched model does, plus the engine's bookkeeping)."""
+        return self.keeps_blocks_with(self.memory.step)
+
+    def keeps_blocks_with(self, step: bool) -> bool:
+        """:attr:`keeps_blocks` were the memory's step reuse ``step`` (asked before the memory is set)."""
+        return not step or self._track_tokens
+
     def reuse_step(self, x: Tensor) -> Tensor | None:
         """Under step reuse (``CacheMemory.step``), the model output a CACHED evaluation of the current
         stream returns without running the model (input ``x``); None when the model must run (another
@@ -468,6 +479,11 @@ class CacheRun:
             raise ProCacheError("branches", f"of block {block} repeat a name ({list(names)}).",
                                 "give every branch of a block its own name.")
         x_in = x
+        if not self.keeps_blocks:  # step reuse with nothing to serve from the block cache: compute only
+            for br in branches:
+                x = _apply(x, br.gate, br.compute(x), br.fused)
+            self.stats.record_block(self._costs(x_in, branches, block), [1.0] * len(branches))
+            return x
         outs: dict[str, Tensor] = {}
         deep = self._track_tokens and block >= self.first_selective_block
         aux: dict[str, Tensor] = {}

@@ -121,6 +121,8 @@ class RunStats:
         if devs and (len(devs) > 1 or "cpu" in devs or self.cache_placement):
             text += " (" + ", ".join(f"{d} {n / 2**20:.1f} MiB" for d, n in sorted(devs.items()))
             text += f"; {self.cache_placement})" if self.cache_placement else ")"
+        elif "step reuse" in self.cache_placement:  # nothing per device to list: say how steps were reused
+            text += " (step reuse)"
         return text
 
     def guard_text(self) -> str:

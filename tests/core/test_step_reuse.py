@@ -118,3 +118,16 @@ def test_step_reuse_turns_the_drift_guard_off():
     later = CacheRun(Schedule.from_string("FC"), SelectiveSettings(drift_guard=2.0), num_blocks=2)
     later.set_memory(CacheMemory(step=True))                # the bridge decides the memory after creation
     assert later.stats.drift_guard == ""
+
+
+def test_without_selective_steps_computed_steps_store_no_block_output():
+    run = CacheRun(Schedule.from_string("FCFC"), SelectiveSettings(), num_blocks=2, memory=CacheMemory(step=True))
+    net = _Net()
+    outs = [_step(run, net, s, x) for s, x in enumerate(_inputs(4))]
+    assert not run.keeps_blocks and len(run.cache) == 0 and len(run.step_outputs) == 1
+    blocks, _, _ = _run("FCFC", CacheMemory())
+    assert torch.equal(outs[0], blocks[0]) and torch.equal(outs[2], blocks[2])  # the same arithmetic
+    assert run.stats.block_evals_done == 4 and run.stats.block_evals_full == 8
+    sel = CacheRun(Schedule.from_string("FS"), SelectiveSettings(enabled=True, ratio=0.5), num_blocks=2,
+                   memory=CacheMemory(step=True))
+    assert sel.keeps_blocks                                 # selective steps read the block cache

@@ -69,3 +69,6 @@ def test_forecast_extrapolates_the_reused_output_and_stats_say_step_reuse(worklo
     last = config_of(model).log.last_stats
     assert last is not None and "step reuse" in last["cache_placement"] and last["forecast"].startswith("light")
     assert "step reuse" in config_of(model).log.last_line
+    # no selective step to serve: only the model output per stream and its one difference are kept
+    per_stream = wl.latent.numel() * wl.latent.element_size()
+    assert 0 < last["peak_cache_bytes"] <= 2 * 2 * per_stream    # cond + uncond, output + difference
