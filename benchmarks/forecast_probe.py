@@ -56,7 +56,8 @@ def record_full(probe: Probe, steps: int = 20) -> list[dict]:
 
     evals: list[dict] = []
     sig: list[float] = []
-    orig_axis, orig_begin, orig_full = noise_axis.ForecastAxis.__call__, engine.CacheRun.begin_step, engine.CacheRun._full
+    orig_axis, orig_begin = noise_axis.ForecastAxis.__call__, engine.CacheRun.begin_step
+    orig_full = engine.CacheRun._full
 
     def axis_call(self, s):
         sig.append(float(s))
