@@ -200,7 +200,8 @@ def report(res: dict) -> str:
               "gain was too low: its best share is 0.5-1.1 on every Flux case but karras/paper, and 0.5 instead of "
               "0.25 gains +0.1 to +1.0 dB in 7 of 8 Flux rows and loses about 1 dB on karras/paper, the row above; "
               "PixArt's early steps wash out (within 0.1 dB). A cap above 0.5 on checked gains lost 1.3-2.7 dB on "
-              "PixArt karras / euler. (d) dpmpp_2m's multistep update does not amplify the error: on Flux the latent "
+              "PixArt karras / euler; capping them at the check's R^2 (at least 0.5) instead gained on heun and "
+              "img2img (up to +3 dB) but lost 1.2-1.8 dB on PixArt karras (seed 0), so neither is taken. (d) dpmpp_2m's multistep update does not amplify the error: on Flux the latent "
               "error stays flat after the first stretch; on PixArt karras it enters at steps 11-15 (sigma 3 to 0.3), "
               "where the extrapolation runs farthest (offline 0.4x to 1.0x the copy's error, rising with the "
               "distance; order 2 there 0.8x to 5x, hence its -5.5 dB), and falls back after.", "",
