@@ -265,7 +265,9 @@ def markdown(results: dict, commit: str | None = None) -> str:
              "peer when both are worse for ProCache, otherwise no verdict. A setting that skips no block is full "
              "compute and gets no verdict (its speed-up is noise). The verdict at matched block ratio (the "
              "bench's former basis) is kept beside it. ProCache rows: its flux presets (quality, balanced, "
-             "fast; picked from the dropdown, remapped to the sampler's steps) and the paper-style schedule. "
+             "fast; picked from the dropdown, remapped to the sampler's steps), the paper-style schedule, and "
+             "(rows named *step+forecast*, where the raw file has them) the same presets with ProCache Apply's "
+             "`reuse: step` (a cached step skips the model call) and forecast light, selective steps off. "
              "Rows marked *(documented setting)* are the peer's recommended FLUX value from its README.", "",
              "## Peers", ""]
     prow = []
