@@ -256,7 +256,7 @@ class CacheRun:
         action, no output of this stream and shape computed in this segment). procache_core.step_reuse."""
         if not self.memory.step or self._closed or self._action != Action.CACHED:
             return None
-        entry = self.step_outputs.reuse(self._stream_key, self._segment, tuple(x.shape), self._t)
+        entry = self.step_outputs.reuse(self._stream_key, self._segment, tuple(x.shape))
         if entry is None:  # the blocks then run without a cache and count the forced evaluation
             return None
         self.stats.record_skipped(entry.blocks, entry.flops)

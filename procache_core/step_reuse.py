@@ -60,8 +60,8 @@ class StepOutputs:
     def history_nbytes(self) -> int:
         return sum(d.numel() * d.element_size() for e in self._entries.values() for d in e.diffs)
 
-    def reuse(self, key: Hashable, segment: int, shape: tuple[int, ...], t: float) -> StepEntry | None:
-        """The entry a CACHED evaluation of stream ``key`` may reuse at noise value ``t``, else None."""
+    def reuse(self, key: Hashable, segment: int, shape: tuple[int, ...]) -> StepEntry | None:
+        """The entry a CACHED evaluation of stream ``key`` (input ``shape``, in ``segment``) may reuse, else None."""
         e = self._entries.get(key)
         if e is None or e.segment != segment or e.shape != tuple(shape):
             return None
@@ -76,7 +76,7 @@ class StepOutputs:
     def keep(self, key: Hashable, segment: int, out: Tensor, t: float, order: int, blocks: int,
              flops: float) -> None:
         """Store a computed output of stream ``key`` (and extend its forecast history when ``order`` > 0)."""
-        out = out.detach()
+        out = out.detach().clone()  # the sampler owns the tensor it was given; what is kept stays as computed
         old = self._entries.get(key)
         if old is None or old.shape != tuple(out.shape) or order <= 0:
             self._entries[key] = StepEntry(segment, tuple(out.shape), out, (float(t),), [], None, blocks, flops)

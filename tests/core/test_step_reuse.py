@@ -104,11 +104,11 @@ def test_forecast_order_1_is_exact_on_a_line_in_the_noise_axis():
     store.keep("s", 0, f(1.0), 1.0, order=1, blocks=2, flops=1.0)
     store.keep("s", 0, f(0.8), 0.8, order=1, blocks=2, flops=1.0)
     store.keep("s", 0, f(0.6), 0.6, order=1, blocks=2, flops=1.0)  # its forecast was checked: gain 1
-    e = store.reuse("s", 0, (3, 4), 0.45)
+    e = store.reuse("s", 0, (3, 4))
     assert torch.allclose(store.output(e, 0.45), f(0.45), atol=1e-5)
     assert store.history_nbytes() == a.numel() * a.element_size()
-    assert store.reuse("s", 1, (3, 4), 0.45) is None       # another segment: compute
-    assert store.reuse("s", 0, (3, 5), 0.45) is None       # another shape: compute
+    assert store.reuse("s", 1, (3, 4)) is None       # another segment: compute
+    assert store.reuse("s", 0, (3, 5)) is None       # another shape: compute
 
 
 def test_step_reuse_turns_the_drift_guard_off():
@@ -131,3 +131,13 @@ def test_without_selective_steps_computed_steps_store_no_block_output():
     sel = CacheRun(Schedule.from_string("FS"), SelectiveSettings(enabled=True, ratio=0.5), num_blocks=2,
                    memory=CacheMemory(step=True))
     assert sel.keeps_blocks                                 # selective steps read the block cache
+
+
+def test_what_the_sampler_does_to_a_returned_output_does_not_reach_the_kept_one():
+    run = CacheRun(Schedule.from_string("FC"), SelectiveSettings(), num_blocks=2, memory=CacheMemory(step=True))
+    net = _Net()
+    x0, x1 = _inputs(2)
+    first = _step(run, net, 0, x0)
+    want = first.clone()
+    first.mul_(0.0)                                        # e.g. a post-CFG function writing in place
+    assert torch.equal(_step(run, net, 1, x1), want)
