@@ -229,6 +229,21 @@ def head_commit() -> str:
         return "unknown"
 
 
+def code_commit(length: int = 12) -> str | None:
+    """The commit a bench measures, with ``+dirty`` when tracked files other than the results differ from it
+    (what benches write into benchmarks/results/ while they run does not change the code measured); None
+    outside git. Read it before the run starts, so a commit made meanwhile is not named."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", f"--short={length}", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+    except Exception:  # noqa: BLE001
+        return None
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            ":!benchmarks/results"], cwd=root, capture_output=True, text=True).stdout.strip()
+    return sha + ("+dirty" if dirty else "")
+
+
 def both_metrics_verdict(a: dict, b: dict) -> int:
     """Two evaluated schedules on PSNR and FD-full together: 0 when ``a`` is at least as good on both, 1 when
     ``b`` is, 2 when the metrics disagree or the schedules are the same."""

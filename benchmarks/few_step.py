@@ -31,7 +31,6 @@ import argparse
 import itertools
 import json
 import math
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -365,10 +364,9 @@ def update_readme(res: dict, commit: str | None, readme: Path = RESULTS / "READM
 
 
 def _commit() -> str:
-    c = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
-                           cwd=ROOT).stdout.strip()
-    return c + ("+dirty" if dirty else "")
+    from .common import code_commit
+
+    return code_commit() or "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from .common import RESULTS
+from .common import RESULTS, code_commit
 from .peer_specs import PEERS, Peer
 from .peers_report import RAW_NAME, report_from_raw, write_report
 
@@ -511,13 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     cases = [c for c in CASES if c["name"] in args.cases.split(",")]
     # the commit the numbers are measured at: read before the run, so a commit made meanwhile is not named
-    commit = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True,
-                            cwd=ROOT).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                           text=True, cwd=ROOT).stdout.strip()
+    commit = code_commit() or "unknown"
     res = run(peers_dir, families=tuple(args.families.split(",")), cases=cases, steps=args.steps,
               repeat=args.repeat, timing_runs=args.timing_runs, paired=not args.unpaired)
-    res["commit"] = commit + ("+dirty" if dirty else "")
+    res["commit"] = commit
     res["date"] = time.strftime("%Y-%m-%d", time.gmtime())
     raw = args.out / "raw" / RAW_NAME
     raw.parent.mkdir(parents=True, exist_ok=True)

@@ -154,16 +154,10 @@ def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_p
 
 
 def git_commit() -> str | None:
-    """The commit the bench ran on (with '+dirty' when the work tree had changes)."""
-    try:
-        root = HERE.parent
-        sha = subprocess.check_output(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, text=True).strip()
-        # results the bench itself writes while it runs do not make the code dirty
-        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", ".", ":!benchmarks/results"],
-                               cwd=root).returncode != 0
-        return sha + ("+dirty" if dirty else "")
-    except Exception:
-        return None
+    """The commit the bench ran on (benchmarks.common.code_commit)."""
+    from .common import code_commit
+
+    return code_commit()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -66,12 +65,10 @@ def _pack():
 
 
 def commit() -> str:
-    """Short commit of the code measured, with ``+dirty`` when the work tree differs from it."""
-    def git(*a: str) -> str:
-        return subprocess.run(["git", *a], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    """Short commit of the code measured (benchmarks.common.code_commit)."""
+    from .common import code_commit
 
-    dirty = git("status", "--porcelain", "--untracked-files=no", "--", "procache_core", "nodes", "benchmarks")
-    return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+    return code_commit(7) or "unknown"
 
 
 def reuse_modes() -> tuple[str, ...]:
