@@ -229,6 +229,19 @@ def head_commit() -> str:
         return "unknown"
 
 
+READING = "**Reading.**"
+
+
+def keep_reading(new_text: str, path: Path) -> str:
+    """``new_text`` with the hand-written ``**Reading.**`` paragraph of the file it replaces kept at its end:
+    a generator rewrites its tables, not the reading someone wrote of them (which must then be checked against
+    the new numbers: it names the numbers it quotes)."""
+    old = path.read_text(encoding="utf-8") if path.is_file() else ""
+    if READING not in old or READING in new_text:
+        return new_text
+    return new_text.rstrip("\n") + "\n\n" + old[old.index(READING):].rstrip("\n") + "\n"
+
+
 def code_commit(length: int = 12) -> str | None:
     """The commit a bench measures, with ``+dirty`` when tracked files other than the results differ from it
     (what benches write into benchmarks/results/ while they run does not change the code measured); None

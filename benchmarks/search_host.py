@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from . import host_digits as hd
-from .common import both_metrics_verdict, head_commit
+from .common import both_metrics_verdict, head_commit, keep_reading
 from .quality import split_seeds
 from .host_quality import CASES, _init_images, _save_tiff, _search_report, _server_cls, paper_schedule, uniform_schedule
 
@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     res = run(repeat=a.repeat, k=a.k, seed=a.seed, search_on_seed=a.search_on_seed)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = report(res, commit, date)
-    a.out.write_text(text)
+    a.out.write_text(keep_reading(text, a.out))
     (ROOT / "results" / "raw" / "search_host.json").write_text(json.dumps(res, indent=1))
     print(text)
     return 0

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from . import metrics
-from .common import both_metrics_verdict, head_commit
+from .common import both_metrics_verdict, head_commit, keep_reading
 from .data import features
 from .noise_axis import SPACINGS, timesteps_for
 from .quality import Method, digits_dit_setup, sample, sample_set, uniform_string
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     text = report(res, commit, date)
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(text)
+    a.out.write_text(keep_reading(text, a.out))
     raw = ROOT / "results" / "raw" / "search_space.json"
     raw.write_text(json.dumps(res, indent=1))
     print(text)

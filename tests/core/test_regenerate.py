@@ -68,3 +68,14 @@ def test_compile_results_keep_the_other_widths_and_the_reading():
     assert "old 512" in out and "prose" in out
     again = compile_bench.with_section(out, 512, "## Hidden 512\n\nnew 512")
     assert "old 512" not in again and "new 256" in again and again.count("## Hidden") == 2
+
+
+def test_a_regenerated_table_keeps_the_hand_written_reading(tmp_path):
+    from benchmarks.common import keep_reading
+
+    old = tmp_path / "r.md"
+    old.write_text("# T\n\n| a |\n|---|\n| 1 |\n\n**Reading.** Row a is 1 because ...\n")
+    new = keep_reading("# T\n\n| a |\n|---|\n| 2 |\n", old)
+    assert new.endswith("**Reading.** Row a is 1 because ...\n") and "| 2 |" in new and "| 1 |" not in new
+    assert keep_reading("# T\n\n**Reading.** generated\n", old).count("**Reading.**") == 1
+    assert keep_reading("# T\n", tmp_path / "none.md") == "# T\n"
