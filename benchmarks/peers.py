@@ -40,7 +40,7 @@ from typing import Any
 
 from .common import RESULTS, code_commit
 from .peer_specs import PEERS, Peer
-from .peers_report import RAW_NAME, report_from_raw, write_report
+from .peers_report import RAW_NAME, STEP_LABEL, report_from_raw, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 PEER_DEPS = ROOT / ".host" / "peer-deps"
@@ -350,28 +350,23 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         return hd.sample_metrics(featnet, labels, x, x_full, f_full, f_real)
 
     rows: list[dict] = []
-    for preset in PROCACHE_PRESETS[fam]:
-        x, e, t = sample("pc", hd.digits_prompt(fam, prefix="pc", procache={"preset": preset}, **base))
+
+    def procache_row(prefix: str, label: str, setting: str, procache: dict) -> None:
+        x, e, t = sample(prefix, hd.digits_prompt(fam, prefix=prefix, procache=procache, **base))
         st = hd.parse_stats(hd.stats_text(e))
-        rows.append({"method": "procache", "label": f"procache {preset}", "setting": preset,
+        rows.append({"method": "procache", "label": label, "setting": setting,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
                      "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
+
+    for preset in PROCACHE_PRESETS[fam]:
+        procache_row("pc", f"procache {preset}", preset, {"preset": preset})
     for budget in (None, round(0.7 * steps), round(0.85 * steps)):
         sched = paper_schedule(fam, steps, budget)
-        label = "procache paper-style" + (f" B={budget}" if budget else "")
-        x, e, t = sample("pcp", hd.digits_prompt(fam, prefix="pcp", procache={"actions": sched}, **base))
-        st = hd.parse_stats(hd.stats_text(e))
-        rows.append({"method": "procache", "label": label, "setting": sched,
-                     "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
-    # the same schedules with step reuse (cached steps skip the model call) and forecasting light
+        procache_row("pcp", "procache paper-style" + (f" B={budget}" if budget else ""), sched, {"actions": sched})
+    # the same presets with step reuse (cached steps skip the model call) and forecasting light
     for preset in PROCACHE_PRESETS[fam]:
-        x, e, t = sample("pcs", hd.digits_prompt(fam, prefix="pcs", procache={
-            "preset": preset, "apply": {"reuse": "step"}, "selective": STEP_FORECAST}, **base))
-        st = hd.parse_stats(hd.stats_text(e))
-        rows.append({"method": "procache", "label": f"procache {preset} step+forecast", "setting": preset,
-                     "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
+        procache_row("pcs", f"procache {preset} {STEP_LABEL}", preset,
+                     {"preset": preset, "apply": {"reuse": "step"}, "selective": STEP_FORECAST})
     plain = hd.digits_prompt(fam, prefix="peer", **base)
     for p, _path, _src in found:
         if p.name in failures:

@@ -26,6 +26,7 @@ RAW_NAME = "peers_cpu.json"
 # ratio, what the cache saved in block work, labelled "block ratio" wherever it is shown.
 
 BASES = ("cpu", "blocks")
+STEP_LABEL = "step+forecast"   # the end of the label of a ProCache row run with reuse: step (benchmarks/peers.py)
 
 
 def compute_speedup(row: dict) -> float:
@@ -404,7 +405,7 @@ def cpu_efficiency(results: dict) -> dict[str, float]:
                     ratio = speedup(r, "cpu") / compute_speedup(r)
                     vals.setdefault(r["method"], []).append(ratio)
                     if r["method"] == "procache":
-                        mode = "step reuse" if str(r.get("label", "")).endswith("step+forecast") else "block reuse"
+                        mode = "step reuse" if str(r.get("label", "")).endswith(STEP_LABEL) else "block reuse"
                         vals.setdefault(f"procache ({mode})", []).append(ratio)
     if "procache (step reuse)" not in vals:  # one mode only: the split says nothing more
         vals.pop("procache (block reuse)", None)
