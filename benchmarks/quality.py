@@ -107,6 +107,8 @@ class Method:
     threshold: float | None = None
     budget: int | None = None
     info: dict = field(default_factory=dict)
+    forecast: int = 0     # reused steps: 0 copy, 1 / 2 forecast order (SelectiveSettings.forecast)
+    reuse: str = "blocks"  # "blocks" (each block's cached outputs) or "step" (the model output; CacheMemory.step)
 
 
 @torch.no_grad()
@@ -120,6 +122,7 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Met
     schedule methods (action "F", "C" or "S"; wall clock of the batched CFG call). ``x0_log`` (optional)
     receives each step's denoised prediction (the per-step profile of procache_core.profile_search)."""
     from procache_core.engine import CacheRun
+    from procache_core.memory import CacheMemory
     from procache_core.reference_dit import _alphas_cumprod, ddim_timesteps
     from procache_core.schedule import Schedule
     from procache_core.settings import SelectiveSettings
@@ -139,7 +142,10 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Met
         sel = selective_settings or SelectiveSettings()
         if not method.selective:
             sel = dataclasses.replace(sel, enabled=False)
-        run = CacheRun(sched, sel, num_blocks=model.depth, grid_hw=grid)
+        if method.forecast:
+            sel = dataclasses.replace(sel, forecast=method.forecast)
+        run = CacheRun(sched, sel, num_blocks=model.depth, grid_hw=grid,
+                       memory=CacheMemory(step=method.reuse == "step"))
     elif method.threshold is not None:
         host = HostStepCache(method.name, method.threshold, channels=c, model_sampling=_MS())
     x = noise
@@ -164,7 +170,12 @@ def sample(model, noise: torch.Tensor, labels: torch.Tensor, T: int, method: Met
                     action = run.begin_step(i).value
                     run.set_stream("cond_uncond", chunks=2, grid_hw=grid)
                 t0 = time.perf_counter()
-                out = model_fn(x_in)
+                # step reuse: a cached step returns the stream's kept (or forecast) output, as the bridge does
+                out = run.reuse_step(x_in) if run is not None else None
+                if out is None:
+                    out = model_fn(x_in)
+                    if run is not None:
+                        run.keep_step(out)
                 if step_log is not None:
                     if out.is_cuda:
                         torch.cuda.synchronize()

@@ -7,7 +7,8 @@ from typing import Any
 from .common import block_in, block_marks, md_table, raw_stamp
 
 COLORS = {"full": "black", "uniform": "tab:gray", "procache": "tab:blue", "procache+sel": "tab:red",
-          "easycache": "tab:green", "lazycache": "tab:olive"}
+          "easycache": "tab:green", "lazycache": "tab:olive", "procache+forecast": "tab:purple",
+          "procache step+forecast": "tab:cyan"}
 MARKERS = {"full": "*", "uniform": "s", "procache": "o", "procache+sel": "D", "easycache": "^", "lazycache": "v"}
 TARGETS = {("PixArt-α", 20): 1.9, ("DiT-XL/2", 50): 2.6}
 
@@ -136,7 +137,7 @@ def _step_costs(case: dict) -> str | None:
         return None
     parts: list[str] = []
     verdicts: list[bool] = []
-    for name in ("uniform", "procache", "procache+sel"):
+    for name in ("uniform", "procache", "procache+sel", "procache+forecast"):
         r = rows.get(name)
         med = (r or {}).get("step_median_s") or {}
         if not med:

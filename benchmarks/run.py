@@ -7,7 +7,8 @@
           Writes raw/speed_medium_<device>_<arch>.json; the README (quick or full mode) shows it as its own section.
           --medium-cases dit,pixart picks the cases (e.g. to run them in two processes).
 --deep    CPU speed cases of the real 28-block architectures at the paper's token counts (DiT-XL/2 T=20 and 50:
-          full, uniform, ProCache, ProCache + selective; PixArt-α T=20: full, ProCache, ProCache + selective),
+          full, uniform, ProCache, ProCache + selective, ProCache + forecast (block reuse, order 2) and step reuse
+          + forecast (order 1); PixArt-α T=20: the same without uniform),
           two timed runs per method for DiT-XL/2, one for PixArt-α, after a 2-step warm-up; about 40 minutes with the two cases run as two
           single-thread processes (--deep-cases dit / pixart). Writes raw/speed_deep_<device>_<arch>.json.
 --quick   the CPU setting (6 minutes on an idle 2-core machine, under 30 when shared): speed cases use 8 of the 28 blocks at full width
@@ -95,10 +96,13 @@ def deep_plan(cases: tuple[str, ...] = ("dit", "pixart")) -> list[dict]:
 def _deep_cases() -> list[dict]:
     # The real depth (28 blocks) at the paper's token counts; one 28-block DiT step at 256 tokens x 2 takes
     # ~6 s on one core, a PixArt-α step at 1024 tokens x 2 ~38 s, so one timed run per method.
+    from .speed import FORECAST, STEP_FORECAST
+
     plan = [dict(arch="dit", T=T, depth=28, latent=32, batch=1, repeats=repeats, warmup_T=2,
-                 methods=("uniform", "procache", "procache+sel")) for T, repeats in ((20, 2), (50, 2))]
+                 methods=("uniform", "procache", "procache+sel", FORECAST, STEP_FORECAST))
+            for T, repeats in ((20, 2), (50, 2))]
     plan.append(dict(arch="pixart", T=20, depth=28, latent_hw=(64, 64), repeats=1, warmup_T=2,
-                     methods=("procache", "procache+sel")))
+                     methods=("procache", "procache+sel", FORECAST, STEP_FORECAST)))
     return plan
 
 

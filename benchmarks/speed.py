@@ -32,6 +32,10 @@ from .common import interleaved, median
 ROOT = Path(__file__).resolve().parents[1]
 DIT_PRESET = "dit-xl2-ddim50-paper"
 PIXART_PRESET = "pixart-alpha-dpm20-paper"
+# the paper schedule with forecasting on: block reuse forecasting every reused branch at order 2, and step
+# reuse (a cached step skips the model) forecasting the model output at order 1 (the peers bench's setting)
+FORECAST = "procache+forecast"
+STEP_FORECAST = "procache step+forecast"
 # The paper schedules as written in docs (used if the preset files are not there).
 PAPER_FALLBACK = {
     DIT_PRESET: "FCSC" * 6 + "FCS" * 4 + "FC" * 7,
@@ -104,6 +108,8 @@ def dit_case(T: int, depth: int, latent: int, batch: int, repeats: int, device: 
         "lazycache": Method("lazycache", "lazycache", threshold=0.2),
         "procache": Method("procache", "procache", schedule=s_str, selective=False),
         "procache+sel": Method("procache+sel", "procache+sel", schedule=s_str, selective=True),
+        FORECAST: Method(FORECAST, FORECAST, schedule=s_str, selective=False, forecast=2),
+        STEP_FORECAST: Method(STEP_FORECAST, STEP_FORECAST, schedule=s_str, selective=False, forecast=1, reuse="step"),
     }
     methods = _subset(all_methods, methods)
     g = torch.Generator().manual_seed(seed)
@@ -171,9 +177,10 @@ def load_pack():
     return mod
 
 
-def procache_patch(mp, schedule: str, selective: bool):
+def procache_patch(mp, schedule: str, selective: bool, forecast: int = 0, reuse: str = "blocks"):
     """The pack's ProCacheApply node (the real user path) with a preset holding `schedule`.
-    selective=False turns S steps into cached steps (schedule only)."""
+    selective=False turns S steps into cached steps (schedule only); `forecast` is the reused steps'
+    forecast order and `reuse` the node's reuse input ("blocks" or "step")."""
     from types import SimpleNamespace
 
     load_pack()
@@ -181,10 +188,10 @@ def procache_patch(mp, schedule: str, selective: bool):
     from procache_pack.procache_core.schedule import Schedule
     from procache_pack.procache_core.settings import SelectiveSettings
 
-    sel = SelectiveSettings(enabled=selective)
+    sel = SelectiveSettings(enabled=selective, forecast=forecast)
     preset = SimpleNamespace(name="bench", schedule=Schedule.from_string(schedule), family="pixart",
                              model="pixart-alpha", selective=sel, provenance={"source": "benchmarks"}, version=1)
-    out = ProCacheApply.execute(mp, preset, sel)
+    out = ProCacheApply.execute(mp, preset, sel, reuse=reuse)
     return out.args[0] if hasattr(out, "args") else out[0]
 
 
@@ -216,6 +223,8 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
         "lazycache": lambda: LazyCacheNode.execute(mp, 0.2, 0.15, 0.95, False).args[0],
         "procache": lambda: patch(mp, sched.to_string(), False),
         "procache+sel": lambda: patch(mp, sched.to_string(), True),
+        FORECAST: lambda: patch(mp, sched.to_string(), False, forecast=2),
+        STEP_FORECAST: lambda: patch(mp, sched.to_string(), False, forecast=1, reuse="step"),
     }
     models = {k: f() for k, f in _subset(makers, methods).items()}
     h, w = latent_hw
@@ -251,7 +260,7 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
         a = {"model_calls": calls["n"]}
         # one batched CFG call per step (dpmpp_2m): label each call with its scheduled action
         plan = {"full": "F" * T, "uniform": uni.to_string(), "procache": sched.with_selective(False).to_string(),
-                "procache+sel": sched.to_string()}.get(name)
+                FORECAST: sched.with_selective(False).to_string(), "procache+sel": sched.to_string()}.get(name)
         if steps == T and plan is not None and len(calls["durations"]) == T:
             steps_log.setdefault(name, []).extend(zip(plan, calls["durations"]))
         st = procache_last_stats(models[name]) if name.startswith(("uniform", "procache")) else None
@@ -270,7 +279,7 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
             acct[name].update({"block_eval_fraction": frac, "flops_fraction": frac,
                                "steps_full": round(frac * T), "steps_selective": 0,
                                "steps_cached": T - round(frac * T), "peak_cache_bytes": _easycache_bytes(name, noise)})
-        for name in [n for n in ("uniform", "procache", "procache+sel") if n in models]:
+        for name in [n for n in ("uniform", "procache", "procache+sel", FORECAST, STEP_FORECAST) if n in models]:
             if "block_eval_fraction" not in acct[name]:  # no stats exposed: derive from the schedule
                 s = uni if name == "uniform" else sched
                 c = s.counts()
