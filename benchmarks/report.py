@@ -11,6 +11,12 @@ COLORS = {"full": "black", "uniform": "tab:gray", "procache": "tab:blue", "proca
           "procache step+forecast": "tab:cyan"}
 MARKERS = {"full": "*", "uniform": "s", "procache": "o", "procache+sel": "D", "easycache": "^", "lazycache": "v"}
 TARGETS = {("PixArt-α", 20): 1.9, ("DiT-XL/2", 50): 2.6}
+# what the pack's defaults do with selective steps (nodes/selective_settings.py), said under the selective bench
+SELECTIVE_DEFAULTS = ("The defaults: a new Selective Compute Settings node has selective steps "
+                      "off (S steps run as cached steps), and when switched on recomputes every block with "
+                      "staleness-only scoring; ProCache Apply without the node runs a preset as written, and the "
+                      "paper and tier presets keep their S steps at the paper's depth (reproducing the method, and "
+                      "so that saved workflows sample the same).")
 
 
 def _step_counts(row: dict) -> tuple[int, int, int]:
@@ -89,6 +95,15 @@ def speed_tables(speed: list[dict]) -> str:
         both = " (checked on wall and CPU time)" if any(r.get("cpu_efficiency") is not None for r in pcs) else " (wall)"
         verdict = "" if ok_ov is None else f" -> **{'MET' if ok_ov else 'NOT MET'}**{both}"
         out.append(f"ProCache overhead (1 - speed-up / ideal): {txt} (target < 5%){verdict}.")
+        fc = [r for r in pcs if "forecast" in r["method"]]
+        if fc:
+            within = all(r["efficiency"] >= 0.95 and (r.get("cpu_efficiency") is None or r["cpu_efficiency"] >= 0.95)
+                         for r in fc)
+            out.append("With forecasting on (measured speed-up / FLOPs ideal; within 5% of the ideal: at least 0.95): "
+                       + ", ".join(f"{r['method']} {r['efficiency']:.3f} wall"
+                                   + (f" / {r['cpu_efficiency']:.3f} CPU time" if r.get("cpu_efficiency") is not None
+                                      else "") for r in fc)
+                       + f" -> **{'MET' if within else 'NOT MET'}** end to end.")
         sel_line = _selective_cost(case)
         if sel_line:
             out.append(sel_line)
@@ -156,6 +171,11 @@ def _step_costs(case: dict) -> str | None:
                      f"{100 * below_own:.1f}% below ideal)")
         if name.startswith("procache"):
             verdicts.append(below_own < 0.05)
+    step = rows.get("procache step+forecast")
+    step_f = ((step or {}).get("step_median_s") or {}).get("F")
+    if step_f:
+        parts.append(f"procache step+forecast: F {100 * step_f / f:.1f}% (its cached steps do not call the model, so "
+                     "they are in its end-to-end time only)")
     if not parts:
         return None
     verdict = "" if not verdicts else (" ProCache overhead from these medians, against each run's own F steps "
@@ -200,6 +220,12 @@ def deep_section(deep: list[dict], plot: str | None) -> list[str]:
              "medians under each table (many steps of each kind per run) are the steadier view. This is the "
              "setting the issue's targets describe; the GPU mode (no --quick) runs the same cases "
              "with 5 repeats.", "",
+             "Forecasting rows: `procache+forecast` runs the paper schedule (S steps as cached steps) with block reuse "
+             "forecasting every reused branch at order 2 (`full`, the reference code's Flux order), `procache "
+             "step+forecast` the same schedule with step reuse (ProCache Apply `reuse: step`: a cached step returns the "
+             "forecast model output, order 1, without calling the model). Step reuse also skips a cached step's "
+             "embedders, final layer and adaLN work, which the FLOPs ideal (block FLOPs only) does not count, so its "
+             "speed-up can reach the ideal or pass it.", "",
              "adaLN on reused steps: the gates still follow the current timestep, but a reused block evaluates only the "
              "gate rows of its adaLN linear (DiT-XL/2: 2 of its 6 chunks, `procache_core.modulation`). That linear "
              "is a matrix-vector product per CFG row, bound by memory bandwidth, so on a CPU it was most of the cost "
@@ -455,14 +481,12 @@ def selective_section(raw_dir: Path) -> list[str]:
         f"measurable, with either ratio option. They help more when every block recomputes: {spread} with "
         "staleness-only scoring (picks rotate through the tokens; compare its FD-full with the mixed "
         "attention-free score in the table). The why-table explains it: the reuse error sits mostly in the shallow "
-        "blocks' MLPs and in the attention, not in the deepest MLPs. Per unit of compute selective steps still lose "
-        f"to more FULL steps here: the best setting gains {gain:+.2f} dB for {cost:.3f} more block evaluations "
+        "blocks' MLPs and in the attention, not in the deepest MLPs. Per unit of compute selective steps "
+        + ("still lose to" if gain / max(cost, 1e-9) < slope else "beat")
+        + f" more FULL steps here: the best setting gains {gain:+.2f} dB for {cost:.3f} more block evaluations "
         f"({gain / max(cost, 1e-9):.0f} dB per unit), while more FULL steps bring at least {slope:.0f} dB per unit "
-        "between these budgets. Defaults follow this: Selective Compute Settings now defaults to every block and "
-        "staleness-only scoring; the paper presets keep the paper's depth and the reference share schedules "
-        "(reproducing the method), and a schedule search that spends its budget on FULL steps is the better "
-        "speed/quality trade on small models. A 28-block DiT may differ (the paper's ablation reports a gain); "
-        "this bench has 8 blocks and 36 tokens.", ""]
+        "between these budgets. " + SELECTIVE_DEFAULTS + " A 28-block DiT may differ (the paper's ablation reports "
+        "a gain); this bench has 8 blocks and 36 tokens.", ""]
     stamps = " ".join(dict.fromkeys(raw_stamp(json.loads(f.read_text()), "python -m benchmarks.selective")
                                     for f in files))
     lines = ["## Selective steps (digits DiT, DDIM 50, cfg 4)", "", stamps, "",

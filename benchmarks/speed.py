@@ -263,6 +263,10 @@ def pixart_case(T: int, depth: int, latent_hw: tuple[int, int], repeats: int, de
                 FORECAST: sched.with_selective(False).to_string(), "procache+sel": sched.to_string()}.get(name)
         if steps == T and plan is not None and len(calls["durations"]) == T:
             steps_log.setdefault(name, []).extend(zip(plan, calls["durations"]))
+        elif steps == T and name == STEP_FORECAST:  # the model runs on the computed steps only
+            ran = [a for a in sched.with_selective(False).to_string() if a != "C"]
+            if len(calls["durations"]) == len(ran):
+                steps_log.setdefault(name, []).extend(zip(ran, calls["durations"]))
         st = procache_last_stats(models[name]) if name.startswith(("uniform", "procache")) else None
         if st is not None:
             a.update({k: st[k] for k in ("block_eval_fraction", "flops_fraction", "peak_cache_bytes",

@@ -100,13 +100,19 @@ def test_speed_bench_dit_tiny(tmp_path):
     res = dit_case(T=6, depth=2, latent=4, batch=1, repeats=1, device="cpu", width=64, heads=4,
                    log=lambda *_: None)
     names = [r["method"] for r in res["rows"]]
-    assert names == ["full", "uniform", "easycache", "lazycache", "procache", "procache+sel"]
+    assert names == ["full", "uniform", "easycache", "lazycache", "procache", "procache+sel", "procache+forecast",
+                     "procache step+forecast"]
     for r in res["rows"]:
         assert r["median_s"] > 0 and r["wall_speedup"] > 0 and 0 < r["block_eval_fraction"] <= 1
         assert r["ideal_speedup"] >= 1.0
     assert res["rows"][0]["block_eval_fraction"] == 1.0
+    rows = {r["method"]: r for r in res["rows"]}
+    assert rows["procache+forecast"]["cache_mib"] > rows["procache"]["cache_mib"]   # the differences are kept
+    step = rows["procache step+forecast"]
+    assert step["steps"] == rows["procache"]["steps"] and step["cache_mib"] < rows["procache"]["cache_mib"]
+    assert step["step_median_s"]["C"] < step["step_median_s"]["F"] / 10   # a cached step does not run the model
     table = speed_tables([res])
-    assert "| procache+sel |" in table and "wall speed-up" in table
+    assert "| procache+sel |" in table and "wall speed-up" in table and "With forecasting on" in table
 
 
 def test_speed_bench_medium_subset_tiny(tmp_path):
