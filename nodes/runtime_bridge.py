@@ -372,6 +372,11 @@ def apply_model_wrapper(executor, *args, **kwargs):
         reused = run.reuse_step(x)
         if reused is not None:
             return reused
+        if run.native_eval(x) and (check is None or not check.pending):
+            # a computed step nothing reads blocks from: the model's own blocks (no run exposed to them)
+            out = executor(*args, **kwargs)
+            run.keep_native(out)
+            return out
     push_active(state)
     try:
         if state.model_level:  # the fallback after a failed verification (adapters/verify.py)

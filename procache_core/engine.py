@@ -154,7 +154,8 @@ class CacheRun:
             self.stats.drift_guard = f"x{self._guard:g} (at most {self._guard_left})"
         self._first_gain = torch.tensor(FIRST_GAIN)
         self.step_outputs = StepOutputs()   # step reuse (CacheMemory.step): the model's outputs per stream
-        self._eval_mark = (0, 0.0)          # stats' block count and cost when the current evaluation began
+        self._eval_mark = (0, 0.0, 0.0)     # stats' block count, cost and done count when the current evaluation began
+        self._native_counts: dict[tuple, tuple[int, float]] = {}  # (stream, shape) -> a computed eval's counts
         self._guard_vs_step()
         self.stats.start()
 
@@ -208,7 +209,7 @@ class CacheRun:
         self.stats.observe_cache_bytes(self.cache.nbytes() + self.step_outputs.nbytes(),
                                        self.cache.nbytes_by_device(),
                                        self.cache.history_nbytes() + self.step_outputs.history_nbytes())
-        self._eval_mark = (self.stats.block_evals_full, self.stats.flops_full)
+        self._eval_mark = (self.stats.block_evals_full, self.stats.flops_full, self.stats.block_evals_done)
         step = int(step)
         inside = 0 <= step < len(self.schedule)
         action = self.schedule[step] if inside else Action.FULL
@@ -268,6 +269,29 @@ class CacheRun:
             return
         blocks = self.stats.block_evals_full - self._eval_mark[0]
         flops = self.stats.flops_full - self._eval_mark[1]
+        key = (self._stream_key, tuple(out.shape))
+        if self._action == Action.FULL and blocks > 0 and self.stats.block_evals_done - self._eval_mark[2] == blocks:
+            self._native_counts[key] = (blocks, flops)  # every block computed: what a native evaluation counts
+        self._keep(out, blocks, flops)
+
+    def native_eval(self, x: Tensor) -> bool:
+        """Whether this evaluation may run the model's own blocks, untouched by the engine.
+
+        Under step reuse without selective steps no block output is ever read back, so a FULL evaluation
+        only has to produce the model's output and count its blocks. Once one evaluation of this stream and
+        shape has run through the blocks (which counted them), the next ones call the host's blocks as they
+        are: no per-block wrapper work, and the result is the unpatched model's by construction.
+        :meth:`keep_native` then keeps the output and counts what that first evaluation counted."""
+        return (self.memory.step and not self.keeps_blocks and not self._closed and self._action == Action.FULL
+                and (self._stream_key, tuple(x.shape)) in self._native_counts)
+
+    def keep_native(self, out: Tensor) -> None:
+        """After a :meth:`native_eval` evaluation: count its blocks as computed and keep its output."""
+        blocks, flops = self._native_counts[(self._stream_key, tuple(out.shape))]
+        self.stats.record_native(blocks, flops)
+        self._keep(out, blocks, flops)
+
+    def _keep(self, out: Tensor, blocks: int, flops: float) -> None:
         order = 0 if self._forecast_off else self.selective.forecast
         self.step_outputs.keep(self._stream_key, self._segment, out, self._t, order, blocks, flops)
 

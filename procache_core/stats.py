@@ -108,6 +108,13 @@ class RunStats:
         self.block_evals_full += int(blocks)
         self.flops_full += float(flops)
 
+    def record_native(self, blocks: int, flops: float) -> None:
+        """A model evaluation whose ``blocks`` blocks (full cost ``flops``) ran as the host's own, all computed."""
+        self.block_evals_full += int(blocks)
+        self.block_evals_done += float(blocks)
+        self.flops_full += float(flops)
+        self.flops_done += float(flops)
+
     def observe_cache_bytes(self, nbytes: int, by_device: dict[str, int] | None = None, history: int = 0) -> None:
         self.peak_cache_bytes = max(self.peak_cache_bytes, int(nbytes))
         self.peak_history_bytes = max(self.peak_history_bytes, int(history))

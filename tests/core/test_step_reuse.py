@@ -36,7 +36,12 @@ def _step(run: CacheRun, net: _Net, step: int, x: torch.Tensor, noise: float | N
     out = run.reuse_step(x)
     if out is not None:
         return out
-    out = net(run, x, float(step if noise is None else noise))
+    t = float(step if noise is None else noise)
+    if run.native_eval(x):  # the model's own blocks, no run exposed to them
+        out = net(None, x, t)
+        run.keep_native(out)
+        return out
+    out = net(run, x, t)
     run.keep_step(out)
     return out
 
@@ -141,3 +146,64 @@ def test_what_the_sampler_does_to_a_returned_output_does_not_reach_the_kept_one(
     want = first.clone()
     first.mul_(0.0)                                        # e.g. a post-CFG function writing in place
     assert torch.equal(_step(run, net, 1, x1), want)
+
+
+class _CountingNet(_Net):
+    """Also counts the evaluations whose blocks went through the engine."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.engine_calls = 0
+
+    def __call__(self, run, x, t):
+        self.engine_calls += run is not None
+        return super().__call__(run, x, t)
+
+
+def test_computed_steps_after_the_first_run_the_model_without_the_engine():
+    run = CacheRun(Schedule.from_string("FCFCF"), SelectiveSettings(), num_blocks=2, memory=CacheMemory(step=True))
+    net = _CountingNet()
+    xs = _inputs(5)
+    outs = [_step(run, net, s, x) for s, x in enumerate(xs)]
+    run.close()
+    assert net.calls == 3 and net.engine_calls == 1   # the first FULL step counted the blocks; the others are native
+    ref = _Net()
+    for s in (0, 2, 4):
+        assert torch.equal(outs[s], ref(None, xs[s], float(s)))
+    st = run.stats                                    # counted as if every computed step had run through the blocks
+    assert st.block_evals_full == 10 and st.block_evals_done == 6 and abs(st.flops_fraction - 0.6) < 1e-12
+
+
+def test_native_steps_count_what_engine_steps_count():
+    runs = []
+    for native in (True, False):
+        run = CacheRun(Schedule.from_string("FCCFCF"), SelectiveSettings(forecast=1), num_blocks=2,
+                       memory=CacheMemory(step=True))
+        if not native:
+            run.native_eval = lambda x: False
+        outs = [_step(run, _Net(), s, x) for s, x in enumerate(_inputs(6))]
+        run.close()
+        runs.append((outs, run.stats))
+    (a, sa), (b, sb) = runs
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert (sa.block_evals_full, sa.block_evals_done, sa.flops_full, sa.flops_done) == \
+        (sb.block_evals_full, sb.block_evals_done, sb.flops_full, sb.flops_done)
+
+
+def test_no_native_step_with_selective_steps_or_block_reuse_or_a_new_shape():
+    sel = CacheRun(Schedule.from_string("FSF"), SelectiveSettings(enabled=True), num_blocks=2,
+                   memory=CacheMemory(step=True))
+    net = _CountingNet()
+    for s, x in enumerate(_inputs(3)):
+        _step(sel, net, s, x)
+    assert net.engine_calls == 3          # selective steps read the block cache, so every step fills it
+    blocks = CacheRun(Schedule.from_string("FF"), SelectiveSettings(), num_blocks=2)
+    blocks.begin_step(0)
+    blocks.set_stream("cond", 1)
+    assert not blocks.native_eval(_inputs(1)[0])
+    step = CacheRun(Schedule.from_string("FFF"), SelectiveSettings(), num_blocks=2, memory=CacheMemory(step=True))
+    net = _CountingNet()
+    _step(step, net, 0, _inputs(1)[0])
+    _step(step, net, 1, torch.randn(3, 4, 6))  # a new batch shape runs through the engine first
+    _step(step, net, 2, torch.randn(3, 4, 6))
+    assert net.engine_calls == 2

@@ -72,3 +72,36 @@ def test_forecast_extrapolates_the_reused_output_and_stats_say_step_reuse(worklo
     # no selective step to serve: only the model output per stream and its one difference are kept
     per_stream = wl.latent.numel() * wl.latent.element_size()
     assert 0 < last["peak_cache_bytes"] <= 2 * 2 * per_stream    # cond + uncond, output + difference
+
+
+def test_computed_steps_after_the_first_run_the_hosts_own_blocks(workload):
+    """Without selective steps no block output is read back: the first computed evaluation runs through the
+    adapter's blocks (counting them), the later ones call the host's blocks as they are (``native_eval``), and
+    Stats counts the same blocks either way."""
+    from procache_pack.nodes.runtime_bridge import config_of
+    from procache_pack.procache_core.engine import CacheRun
+
+    wl = workload
+    counts = {"engine": 0, "native": 0}
+    keep_step, keep_native = CacheRun.keep_step, CacheRun.keep_native
+
+    def counted_step(self, out):
+        counts["engine"] += 1
+        return keep_step(self, out)
+
+    def counted_native(self, out):
+        counts["native"] += 1
+        return keep_native(self, out)
+
+    schedule = "FCFCFFCF"
+    CacheRun.keep_step, CacheRun.keep_native = counted_step, counted_native
+    try:
+        model = wl.patched(schedule, reuse="step")
+        out, n = _counted(wl, model, steps=len(schedule))
+    finally:
+        CacheRun.keep_step, CacheRun.keep_native = keep_step, keep_native
+    assert n == schedule.count("F") and counts == {"engine": 1, "native": schedule.count("F") - 1}
+    last = config_of(model).log.last_stats
+    assert abs(last["block_eval_fraction"] - schedule.count("F") / len(schedule)) < 1e-9
+    plain, _ = _counted(wl, wl.patched(schedule, reuse="step"), steps=len(schedule))
+    assert torch.equal(out, plain)                         # the same run again: bit for bit
