@@ -78,7 +78,7 @@ def extend(nodes: Sequence[float], d0_old: Tensor | None, diffs_old: Sequence[Te
     below = d0_old      # the previous level's difference at the old newest node
     for k in range(1, min(order, len(nodes)) + 1):
         span = float(t) - nodes[k - 1]
-        d = (prev - below) / span
+        d = torch.sub(prev, below).div_(span)   # (prev - below) / span, one temporary
         diffs.append(d)
         if k - 1 < len(diffs_old):
             below = diffs_old[k - 1]
@@ -125,9 +125,15 @@ def fit_gain(d0_old: Tensor, diffs_old: Sequence[Tensor], nodes_old: Sequence[fl
     the device (no sync); ``prior`` (None) when there was no old forecast to check."""
     if not diffs_old:
         return prior
-    step = (predict(d0_old, diffs_old, nodes_old, t) - d0_old).float()
-    moved = (d0_new - d0_old).float()
-    ss, mm, sm = (step * step).sum(), (moved * moved).sum(), (step * moved).sum()
+    # the forecast's step is its extrapolated part alone (no d0 added and taken away again), and the three
+    # sums are dot products: a few passes over the tensors and two temporaries, on every computed step
+    coef = coefficients(nodes_old, len(diffs_old), t)
+    step = torch.mul(diffs_old[0], coef[0]).float()
+    for d, c in zip(diffs_old[1:], coef[1:]):
+        step.add_(d.float(), alpha=c)
+    moved = torch.sub(d0_new, d0_old).float()
+    step, moved = step.reshape(-1), moved.reshape(-1)
+    ss, mm, sm = torch.dot(step, step), torch.dot(moved, moved), torch.dot(step, moved)
     g = torch.where(ss > 0, sm / ss.clamp_min(1e-30), torch.zeros_like(ss)).clamp(0.0, 1.0)
     r2 = torch.where((ss > 0) & (mm > 0), sm * sm / (ss * mm).clamp_min(1e-30), torch.ones_like(ss))
     return torch.where(r2 >= SURE_FIT, g, g.clamp(max=UNSURE_GAIN))
