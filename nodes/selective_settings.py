@@ -24,9 +24,11 @@ class ProCacheSelectiveSettings(io.ComfyNode):
                         "SD3 joint-block MLPs; Wan cross-attention and FFN (FFN only with per-sample "
                         "modulation).",
             inputs=[
-                io.Boolean.Input("enabled", default=True,
-                                 tooltip="Off: selective steps become cached steps. On, connected to Apply: a "
-                                         "schedule without S steps gets them (every 2nd step of each cached run)."),
+                io.Boolean.Input("enabled", default=False,
+                                 tooltip="Off (default): selective steps become cached steps; on the digits "
+                                         "benches spending the same compute on more full steps did better. On, "
+                                         "connected to Apply: a schedule's S steps run selectively, and a schedule "
+                                         "without S steps gets them (every 2nd step of each cached run)."),
                 io.Float.Input("depth_fraction", default=1.0, step=0.01,
                                tooltip="Share of blocks, counted from the deepest, that recompute tokens (0..1). "
                                        "Default 1.0 (every block): on the digits bench the paper's deepest 25% changed "

@@ -78,6 +78,8 @@ def test_object_info_io(comfy_server):
     assert sel["output"] == ["PROCACHE_SELECTIVE"]
     assert set(sel["input"]["required"]) == {"enabled", "depth_fraction", "ratio", "w_staleness", "w_input_change",
                                              "w_output_norm", "w_spatial"}
+    # a new settings node has selective steps off: per unit of compute, more full steps did better
+    assert sel["input"]["required"]["enabled"][1]["default"] is False
     app = info["ProCacheApply"]
     assert app["output"] == ["MODEL"]
     assert set(app["input"]["required"]) == {"model"}

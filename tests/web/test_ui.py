@@ -169,17 +169,24 @@ def test_strip_preset_steps_and_typed_schedule(page, base_url, presets, artifact
     assert s["data"]["sourceSteps"] == str(p["steps"]) and "remapped from" in s["summary"]
     page.screenshot(path=str(artifacts / "web_strip_remapped.png"))
 
-    # 2b. a Selective Compute Settings node on ProCache Apply with enabled=false turns S into C
-    page.evaluate("""() => { const s = LiteGraph.createNode('ProCacheSelectiveSettings'); s.id = 5; s.pos = [540, 330];
-                     app.graph.add(s); const apply = app.graph.getNodeById(3);
+    # 2b. a new Selective Compute Settings node on ProCache Apply is off by default: S turns into C;
+    # switched on, the preset's S steps run as written
+    enabled = page.evaluate("""() => { const s = LiteGraph.createNode('ProCacheSelectiveSettings'); s.id = 5;
+                     s.pos = [540, 330]; app.graph.add(s); const apply = app.graph.getNodeById(3);
                      s.connect(0, apply, apply.inputs.findIndex(i => i.name === 'selective'));
-                     const w = s.widgets.find(w => w.name === 'enabled'); w.value = false; w.callback?.(false);
-                     app.graph.setDirtyCanvas(true, true); }""")
+                     app.graph.setDirtyCanvas(true, true);
+                     return s.widgets.find(w => w.name === 'enabled').value; }""")
+    assert enabled is False
     off = Schedule.from_string(want).with_selective(False).to_string()
+    assert off != want
     s = wait_strip(page, off)
     assert_cells(s, off)
     assert s["prop"]["counts"]["selective"] == 0
     page.screenshot(path=str(artifacts / "web_strip_selective_off.png"))
+    page.evaluate("""() => { const w = app.graph.getNodeById(5).widgets.find(w => w.name === 'enabled');
+                     w.value = true; w.callback?.(true); app.graph.setDirtyCanvas(true, true); }""")
+    s = wait_strip(page, want)
+    assert_cells(s, want)
     page.evaluate("() => { app.graph.remove(app.graph.getNodeById(5)); app.graph.setDirtyCanvas(true, true); }")
     wait_strip(page, want)
 
