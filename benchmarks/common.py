@@ -39,11 +39,9 @@ def machine_info(device: str) -> dict[str, Any]:
             info[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - version is informational
             pass
-    try:
-        info["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                                            text=True, cwd=RESULTS.parent.parent).stdout.strip()
-    except Exception:  # noqa: BLE001
-        pass
+    commit = code_commit(7)
+    if commit:
+        info["git_commit"] = commit
     return info
 
 
@@ -221,12 +219,9 @@ def train_steps(net: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Opt
 
 
 def head_commit() -> str:
-    """The short commit of the checkout the bench runs in ("unknown" outside git)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except Exception:  # noqa: BLE001
-        return "unknown"
+    """The commit stamp of the code a bench measures (:func:`code_commit`: the short commit, ``+dirty`` when
+    code differs from it); "unknown" outside git. Every stamp the benches write comes from this one rule."""
+    return code_commit(7) or "unknown"
 
 
 READING = "**Reading.**"
@@ -291,9 +286,15 @@ def raw_stamp(res: dict | None, command: str) -> str:
     return f"Made at commit `{commit}` on {date or '?'} by `{command}`."
 
 
-def stamp_raw(res: dict) -> dict:
-    """``res`` with the commit of the checkout and today's date (UTC) added, for a bench about to write it."""
-    res["commit"], res["date"] = head_commit(), time.strftime("%Y-%m-%d", time.gmtime())
+def run_stamp() -> dict:
+    """The commit and date (UTC) a bench starts at. Take it before the run, so that a commit made while the
+    bench runs is not named for numbers measured on the code before it."""
+    return {"commit": head_commit(), "date": time.strftime("%Y-%m-%d", time.gmtime())}
+
+
+def stamp_raw(res: dict, stamp: dict | None = None) -> dict:
+    """``res`` with the commit and date of ``stamp`` (from :func:`run_stamp` at the start; now when None)."""
+    res.update(stamp or run_stamp())
     return res
 
 
@@ -310,8 +311,9 @@ def write_results(stem: str, run: Callable[[], dict], report: Callable[[dict], s
     if report_only:
         res = json.loads(raw.read_text())
     else:
-        res = run()
-        res["commit"], res["date"] = head_commit(), time.strftime("%Y-%m-%d")
+        stamp = run_stamp()  # the code the run starts with
+        res = stamp_raw(run(), stamp)
         write_json(raw, res)
-    (RESULTS / f"{stem}.md").write_text(report(res))
+    out = RESULTS / f"{stem}.md"
+    out.write_text(keep_reading(report(res), out))
     print(f"wrote {RESULTS / (stem + '.md')}")

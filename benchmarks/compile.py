@@ -29,7 +29,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "host"))
 
-from .common import raw_stamp, stamp_raw  # noqa: E402
+from .common import raw_stamp, run_stamp  # noqa: E402
 
 
 def build(width: int, seed: int = 0):
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "compile_cpu.md"))
     args = ap.parse_args()
+    stamp = run_stamp()  # the code the run starts with
 
     from _families import patched_run  # loads the host and the pack in process
 
@@ -121,7 +122,7 @@ def main() -> None:
     lines = [
         f"## Hidden {args.width}",
         "",
-        f"{raw_stamp(stamp_raw({}), 'python -m benchmarks.compile')} "
+        f"{raw_stamp(stamp, 'python -m benchmarks.compile')} "
         f"`python -m benchmarks.compile --width {args.width} --latent {args.latent} --steps {args.steps} "
         f"--repeats {args.repeats}` — host Flux (hidden {args.width}, 2 double + 4 single blocks, "
         f"{(args.latent // 2) ** 2} image + 32 text tokens, batch 1, random weights), schedule `{schedule}`, "

@@ -76,6 +76,8 @@ MADE_ELSEWHERE: dict[str, str] = {
     "raw/load_cpu_run2.json": "an earlier run of benchmarks/load.py kept for the history in notes/load.md",
     "raw/load_cpu_run3_gc.json": "an earlier run of benchmarks/load.py kept for the history in notes/load.md",
     "raw/load_cpu_run4_3pairs.json": "an earlier run of benchmarks/load.py kept for the history in notes/load.md",
+    "notes/noise_axis.md": "hand-written reading of an earlier noise-axis run (raw/noise_axis_n100.json)",
+    "raw/noise_axis_n100.json": "an earlier run of benchmarks/noise_axis.py kept for the reading in notes/noise_axis.md",
 }
 
 REPORT = ("benchmarks.run", "--report-only", "--quick", "--device", "cpu")

@@ -20,7 +20,7 @@ import torch
 from procache_core.settings import ScoreWeights, SelectiveSettings
 
 from . import metrics
-from .common import stamp_raw
+from .common import run_stamp, stamp_raw
 from .quality import Method, features, load_or_train_featnet, sample_set
 from .train_small_dit import load_or_train
 
@@ -59,6 +59,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     t0 = time.time()
+    stamp = run_stamp()
     quality = json.loads((RESULTS / "quality_quick.json").read_text())
     scheds = {r["budget"]: r["schedule"] for r in quality["rows"] if r["method"] == "procache"}
     model, _ = load_or_train(log=print)
@@ -92,7 +93,7 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(stamp_raw({"T": T, "n_samples": args.samples, "schedules": scheds, "rows": rows,
-                                         "seconds": round(time.time() - t0, 1)}), indent=1))
+                                         "seconds": round(time.time() - t0, 1)}, stamp), indent=1))
     print(f"wrote {out} in {time.time() - t0:.0f} s")
 
 

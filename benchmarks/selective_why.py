@@ -20,7 +20,7 @@ from procache_core.engine import CacheRun
 from procache_core.schedule import Action, Schedule
 from procache_core.settings import SelectiveSettings
 
-from .common import stamp_raw
+from .common import run_stamp, stamp_raw
 from .quality import Method, sample
 from .train_small_dit import load_or_train
 
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--budget", type=int, default=10)
     ap.add_argument("--samples", type=int, default=50)
     args = ap.parse_args()
+    stamp = run_stamp()
     torch.set_num_threads(1)
     quality = json.loads((RESULTS / "quality_quick.json").read_text())
     sched = Schedule.from_string(next(r["schedule"] for r in quality["rows"]
@@ -92,7 +93,7 @@ def main() -> None:
     out = RESULTS / f"selective_why_B{args.budget}.json"
     out.write_text(json.dumps(stamp_raw({"budget": args.budget, "schedule": sched.to_string(),
                                          "n_samples": args.samples, "rows": rows, "mlp_deep_share": mlp_deep,
-                                         "mlp_share": mlp_all}), indent=1))
+                                         "mlp_share": mlp_all}, stamp), indent=1))
     print(f"wrote {out}")
 
 
