@@ -72,8 +72,10 @@ def newest(commits: list[str]) -> str | None:
     known = [c for c in dict.fromkeys(commits) if _git("cat-file", "-e", f"{c}^{{commit}}") is not None]
     if not known:
         return None
+    # by history, not by clock: commits replayed or rebased together share one commit time
+    depth = {c: int(_git("rev-list", "--count", c) or 0) for c in known}
     stamp = {c: int(_git("log", "-1", "--format=%ct", c) or 0) for c in known}
-    return max(known, key=lambda c: stamp[c])
+    return max(known, key=lambda c: (depth[c], stamp[c]))
 
 
 def code_commits_since(commit: str, paths: list[str]) -> int:
