@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 COMFY := .host/ComfyUI
 
-.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-few-step bench-forecast bench-tokens bench-drift bench-step-cost bench-quick bench-deep bench-load bench-faults bench-peers results-age clean
+.PHONY: setup models demo test test-hosts test-core test-host test-web serve bench bench-gpu bench-few-step bench-forecast bench-tokens bench-drift bench-step-cost bench-quick bench-deep bench-load bench-faults bench-peers results-age clean
 
 setup:
 	bash scripts/setup_host.sh
@@ -52,6 +52,12 @@ bench: models
 	$(PY) -m benchmarks.gpu_checks
 
 # 4- and 8-step runs of the digits models in the real server, default few-step presets vs full compute (~5 min)
+# The GPU figures on a CUDA machine whose python3 has torch, also one with no package index (a lent GPU
+# machine: OFFLINE=<folder of wheels and host tarballs>, scripts/gpu_bench.sh says what it holds); results in
+# benchmarks/results/gpu/ (about 8 minutes on one H200)
+bench-gpu:
+	bash scripts/gpu_bench.sh $(if $(OFFLINE),--offline $(OFFLINE))
+
 bench-few-step: models
 	nice -n 10 $(PY) -m benchmarks.few_step
 

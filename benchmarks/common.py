@@ -7,6 +7,7 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -240,13 +241,17 @@ def keep_reading(new_text: str, path: Path) -> str:
 def code_commit(length: int = 12) -> str | None:
     """The commit a bench measures, with ``+dirty`` when tracked files other than the results differ from it
     (what benches write into benchmarks/results/ while they run does not change the code measured); None
-    outside git. Read it before the run starts, so a commit made meanwhile is not named."""
+    outside git. Read it before the run starts, so a commit made meanwhile is not named.
+
+    A copy of the tree outside git (a GPU machine the working tree is sent to) names its commit in
+    PROCACHE_BENCH_COMMIT; whoever sends it vouches that the copy is that commit, clean."""
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", f"--short={length}", "HEAD"], cwd=root, capture_output=True,
                              text=True, check=True).stdout.strip()
     except Exception:  # noqa: BLE001
-        return None
+        sent = os.environ.get("PROCACHE_BENCH_COMMIT", "").strip()
+        return sent[:length] if re.fullmatch(r"[0-9a-f]{7,40}", sent) else None
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
                             ":!benchmarks/results"], cwd=root, capture_output=True, text=True).stdout.strip()
     return sha + ("+dirty" if dirty else "")

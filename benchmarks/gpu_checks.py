@@ -393,6 +393,10 @@ def main(argv: list[str] | None = None) -> int:
               f"and {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out} was not written "
               "(run `make bench` or `python -m benchmarks.gpu_checks` on a CUDA machine).", flush=True)
         return 0
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.common import head_commit
+
+    commit = head_commit()   # the code measured: read before the run (the one stamp rule of benchmarks.common)
     host, py = pick_host(args)
     os.environ["PROCACHE_HOST"], os.environ["PROCACHE_HOST_PY"] = host, py   # read by comfy_client at import
     sys.path.insert(0, str(ROOT / "scripts"))
@@ -409,10 +413,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.plumbing_on_cpu:
         print("[gpu-checks] --plumbing-on-cpu: no results written", flush=True)
         return 1 if failed else 0
-    try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
-    except Exception:  # noqa: BLE001
-        commit = "unknown"
     aimdo = subprocess.run([py, "-c", "import importlib.metadata as m; print(m.version('comfy-aimdo'))"],
                            capture_output=True, text=True).stdout.strip() or "not installed"
     meta = {"ComfyUI": host_version(host), "GPU": ", ".join(torch.cuda.get_device_name(i)

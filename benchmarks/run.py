@@ -138,7 +138,10 @@ def run_saved_cases(out: Path, device: str, tag: str, info: dict, plan: list[dic
         write_json(p, {"info": tinfo, "cases": sorted(prev + res, key=lambda c: c["T"])})
 
 
-def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_patch=None) -> list[dict]:
+def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_patch=None,
+              on_case=None) -> list[dict]:
+    """Every case of ``plan``; ``on_case(cases so far)`` after each one, so a run stopped part way (a GPU lease
+    that runs out) keeps the cases it finished."""
     from . import speed
 
     out = []
@@ -154,6 +157,8 @@ def run_speed(quick: bool, device: str, plan: list[dict] | None = None, pixart_p
         log(f"  -> {res['arch']} T={res['T']}: " + ", ".join(
             f"{r['method']} {r['wall_speedup']:.2f}x" for r in res["rows"]) + f" ({res['seconds']} s)")
         out.append(res)
+        if on_case is not None:
+            on_case(out)
     return out
 
 
@@ -246,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
         host_res = json.loads(host_json.read_text())
     if args.only in (None, "speed"):
         log("[bench] speed bench")
-        speed_res = run_speed(args.quick, device)
+        speed_res = run_speed(args.quick, device,
+                              on_case=lambda done: write_json(speed_json, {"info": dict(info), "cases": done}))
         plot_speed(speed_res, out / f"speed_{device}.png")
-        write_json(speed_json, {"info": dict(info), "cases": speed_res})
         speed_info = dict(info)
     # a partial run (--only) keeps the other part's latest results of the same mode in the README
     if quality_res is None and quality_json.exists():

@@ -79,3 +79,21 @@ def test_a_regenerated_table_keeps_the_hand_written_reading(tmp_path):
     assert new.endswith("**Reading.** Row a is 1 because ...\n") and "| 2 |" in new and "| 1 |" not in new
     assert keep_reading("# T\n\n**Reading.** generated\n", old).count("**Reading.**") == 1
     assert keep_reading("# T\n", tmp_path / "none.md") == "# T\n"
+
+
+def test_a_tree_outside_git_takes_its_commit_from_the_sender(monkeypatch):
+    """A GPU machine gets the working tree without git: PROCACHE_BENCH_COMMIT names the commit, and
+    anything that is not a commit id is ignored (no stamp rather than a wrong one)."""
+    from benchmarks import common
+
+    def no_git(*a, **k):
+        raise FileNotFoundError("git")
+
+    monkeypatch.setattr(common.subprocess, "run", no_git)
+    monkeypatch.setenv("PROCACHE_BENCH_COMMIT", "49e5a04c0ffee")
+    assert common.code_commit(7) == "49e5a04"
+    assert common.head_commit() == "49e5a04"
+    monkeypatch.setenv("PROCACHE_BENCH_COMMIT", "HEAD; rm -rf")
+    assert common.code_commit(7) is None and common.head_commit() == "unknown"
+    monkeypatch.delenv("PROCACHE_BENCH_COMMIT")
+    assert common.code_commit() is None
