@@ -63,6 +63,8 @@ if [ -n "$OFFLINE" ]; then
     mkdir -p "$SITE/comfyui_frontend_package/static"
     printf '<!doctype html><title>ProCache GPU bench: no UI</title>\n' > "$SITE/comfyui_frontend_package/static/index.html"; }
   "$PY" -c "import comfy_kitchen" 2>/dev/null || standin comfy_kitchen "fp8/fp4 kernels (no quantized weights here)"
+  "$PY" -c "import torchaudio" 2>/dev/null || { mkdir -p "$SITE/torchaudio"   # 0.8+ import it at start-up
+    cp "$ROOT/scripts/torchaudio_standin.py" "$SITE/torchaudio/__init__.py"; STANDINS="$STANDINS torchaudio"; }
 fi
 for tree in "$BASE" $(cut -d' ' -f2 "$MATRIX/hosts.txt" 2>/dev/null); do
   [ -d "$tree/custom_nodes" ] || continue
@@ -77,13 +79,19 @@ stage() {   # stage NAME SECONDS CMD...: runs CMD under a time limit, reports, n
   local name="$1" limit="$2"; shift 2
   local t0=$SECONDS
   say "== $name (limit ${limit} s)"
-  timeout -k 10 "$limit" "$@"; local r=$?
+  if declare -F "$1" >/dev/null; then   # a function of this script: timeout runs programs only
+    timeout -k 10 "$limit" bash -c "$(declare -f "$1"); $*"
+  else
+    timeout -k 10 "$limit" "$@"
+  fi
+  local r=$?
   say "== $name: rc=$r in $((SECONDS - t0)) s"
   [ $r -eq 0 ] || rc=1
   return $r
 }
 
 NEWEST="$(sort -V -k1,1 "$MATRIX/hosts.txt" 2>/dev/null | tail -n1 | cut -d' ' -f2)"
+export PY BASE NEWEST
 preflight() {
   local tree
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print('[gpu-bench]', torch.__version__, torch.cuda.get_device_name(0))" || return 1
@@ -91,7 +99,7 @@ preflight() {
     PROCACHE_HOST="$tree" "$PY" -c "
 import sys; sys.path[:0] = ['scripts', '.']
 from host_inprocess import use_host
-use_host(cpu=False)
+import torch; use_host(cpu=not torch.cuda.is_available())
 import comfy.sd, comfy.model_management as mm, comfy_extras.nodes_easycache, nodes
 from comfy_api.latest import io
 print('[gpu-bench] host ok:', '$tree', mm.get_torch_device())" || return 1
