@@ -90,13 +90,17 @@ stage() {   # stage NAME SECONDS CMD...: runs CMD under a time limit, reports, n
   return $r
 }
 
-NEWEST="$(sort -V -k1,1 "$MATRIX/hosts.txt" 2>/dev/null | tail -n1 | cut -d' ' -f2)"
-export PY BASE NEWEST
+NEWEST_LINE="$(sort -V -k1,1 "$MATRIX/hosts.txt" 2>/dev/null | tail -n1)"
+NEWEST="$(echo "$NEWEST_LINE" | cut -s -d' ' -f2)"       # the newest host's tree and its python
+NEWEST_PY="$(echo "$NEWEST_LINE" | cut -s -d' ' -f3)"
+export PY BASE NEWEST NEWEST_PY
 preflight() {
   local tree
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA'; print('[gpu-bench]', torch.__version__, torch.cuda.get_device_name(0))" || return 1
+  local py
   for tree in "$BASE" ${NEWEST:+"$NEWEST"}; do
-    PROCACHE_HOST="$tree" "$PY" -c "
+    py="$PY"; [ "$tree" = "$NEWEST" ] && py="${NEWEST_PY:-$PY}"
+    PROCACHE_HOST="$tree" "$py" -c "
 import sys; sys.path[:0] = ['scripts', '.']
 from host_inprocess import use_host
 import torch; use_host(cpu=not torch.cuda.is_available())
@@ -109,6 +113,6 @@ stage preflight 180 preflight || { say "preflight failed: nothing benchmarked"; 
 stage speed "${GPU_SPEED_S:-330}" env PROCACHE_HOST="$BASE" "$PY" -m benchmarks.run --only speed --device cuda --out "$OUTDIR" \
   || { [ -f "$OUTDIR/raw/speed_full_cuda.json" ] && stage speed-report 120 env PROCACHE_HOST="$BASE" "$PY" -m benchmarks.run \
          --report-only --device cuda --out "$OUTDIR"; }
-stage gpu_checks "${GPU_CHECKS_S:-240}" "$PY" -m benchmarks.gpu_checks ${NEWEST:+--host "$NEWEST" --host-py "$PY"} \
+stage gpu_checks "${GPU_CHECKS_S:-240}" "$PY" -m benchmarks.gpu_checks ${NEWEST:+--host "$NEWEST" --host-py "${NEWEST_PY:-$PY}"} \
   --out "$OUTDIR/gpu_checks.md"
 exit $rc
