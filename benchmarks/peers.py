@@ -367,6 +367,11 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     for preset in PROCACHE_PRESETS[fam]:
         procache_row("pcs", f"procache {preset} {STEP_LABEL}", preset,
                      {"preset": preset, "apply": {"reuse": "step"}, "selective": STEP_FORECAST})
+    # and the light end of the curve (more full steps), where the peers' mildest settings sit
+    for budget in (round(0.7 * steps), round(0.85 * steps)):
+        sched = paper_schedule(fam, steps, budget)
+        procache_row("pcq", f"procache paper-style B={budget} {STEP_LABEL}", sched,
+                     {"actions": sched, "apply": {"reuse": "step"}, "selective": STEP_FORECAST})
     plain = hd.digits_prompt(fam, prefix="peer", **base)
     for p, _path, _src in found:
         if p.name in failures:
