@@ -292,6 +292,36 @@ def run(peers_dir: Path | None, families=("flux",), cases=None, steps: int = 20,
     return results
 
 
+class RowTimings:
+    """The timed runs of each sampled row of one case, under a key of their own.
+
+    Keyed by a sequence number, never by ``id()`` of the row's history entry: the entry is freed once its
+    row is built, and a later entry at the same address would take over the earlier row's times (a
+    2026-12-04 run gave a block-reuse preset the 0.96x of a setting that skipped nothing)."""
+
+    def __init__(self) -> None:
+        self._rows: list[tuple[list[float], list[float], tuple | None]] = []
+
+    def add(self, times: list[float], cpu: list[float], walls: list[float] | None = None,
+            cpus: list[float] | None = None) -> int:
+        """One row's run times and process CPU seconds, and (paired timing) its per-pair speed-ups."""
+        pairs = None
+        if walls is not None and cpus is not None:
+            pairs = ((statistics.median(walls), statistics.median(cpus)), (list(walls), list(cpus)))
+        self._rows.append((list(times), list(cpu), pairs))
+        return len(self._rows) - 1
+
+    def cpu(self, key: int) -> float:
+        return statistics.median(self._rows[key][1])
+
+    def runs(self, key: int) -> tuple[list[float], list[float]]:
+        return self._rows[key][0], self._rows[key][1]
+
+    def pairs(self, key: int) -> tuple | None:
+        """((median wall, median CPU speed-up), (every wall ratio, every CPU ratio)), None unpaired."""
+        return self._rows[key][2]
+
+
 def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featnet, f_real, found, live, failures,
               fam_res, log, PromptError, timing_runs: int = 3, paired: bool = True) -> dict:
     import torch
@@ -329,21 +359,15 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 cpus.append(cf / c if c > 0 else float("nan"))
             first = first or entry
         x = hd.decode_latent_file(client.output_files(first, "latents")[0])
-        cpu_s[id(first)] = statistics.median(cpu)
-        run_s[id(first)] = (times, cpu)
-        if paired:
-            pair_ratios[id(first)] = (statistics.median(walls), statistics.median(cpus))
-            pair_runs[id(first)] = (walls, cpus)
+        key = timings.add(times, cpu, walls if paired else None, cpus if paired else None)
+        first["_bench_key"] = key
         return x, first, statistics.median(times)
 
-    pair_ratios: dict[int, tuple[float, float]] = {}
-    pair_runs: dict[int, tuple[list[float], list[float]]] = {}
-    run_s: dict[int, tuple[list[float], list[float]]] = {}
-    cpu_s: dict[int, float] = {}
+    timings = RowTimings()
     log(f"[bench-peers] {fam} {case['name']}")
     x_full, e_full, t_full0 = sample("full", hd.digits_prompt(fam, prefix="full", **base))
     counts_full = _count_line(e_full)
-    cpu_full0 = cpu_s[id(e_full)]
+    cpu_full0 = timings.cpu(e_full["_bench_key"])
     f_full = features(featnet, x_full).numpy()
 
     def evaluate(x: torch.Tensor) -> dict:
@@ -356,7 +380,8 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": label, "setting": setting,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
+                     "seconds": t, "cpu_seconds": timings.cpu(e["_bench_key"]), "_entry": e["_bench_key"],
+                     **evaluate(x)})
 
     for preset in PROCACHE_PRESETS[fam]:
         procache_row("pc", f"procache {preset}", preset, {"preset": preset})
@@ -406,26 +431,29 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 rows.append({"method": p.name.lower() + ("+ourratios" if suffix else ""), "label": label,
                              "setting": setting, "note": note, "documented": documented,
                              "block_eval_fraction": frac, "model_evals": c and c["model_calls"],
-                             "seconds": t, "cpu_seconds": cpu_s[id(e)], "_entry": id(e), **evaluate(x)})
+                             "seconds": t, "cpu_seconds": timings.cpu(e["_bench_key"]), "_entry": e["_bench_key"],
+                     **evaluate(x)})
     _, e_full1, t_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
     t_full = (t_full0 + t_full1) / 2
-    cpu_full = (cpu_full0 + cpu_s[id(e_full1)]) / 2
+    cpu_full = (cpu_full0 + timings.cpu(e_full1["_bench_key"])) / 2
     for r in rows:
         r["wall_speedup"] = t_full / r["seconds"] if r.get("seconds") else float("nan")
         r["cpu_speedup"] = cpu_full / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
         key = r.pop("_entry", None)
-        if key in run_s:
-            r["seconds_runs"], r["cpu_seconds_runs"] = run_s[key]
-            r["wall_speedup_runs"] = [t_full / t if t > 0 else float("nan") for t in run_s[key][0]]
-            r["cpu_speedup_runs"] = [cpu_full / c if c > 0 else float("nan") for c in run_s[key][1]]
-        if key in pair_ratios:   # paired: medians of the per-pair ratios
-            r["wall_speedup"], r["cpu_speedup"] = pair_ratios[key]
-            r["wall_speedup_runs"], r["cpu_speedup_runs"] = pair_runs[key]
+        if key is None:
+            continue
+        r["seconds_runs"], r["cpu_seconds_runs"] = timings.runs(key)
+        r["wall_speedup_runs"] = [t_full / t if t > 0 else float("nan") for t in r["seconds_runs"]]
+        r["cpu_speedup_runs"] = [cpu_full / c if c > 0 else float("nan") for c in r["cpu_seconds_runs"]]
+        paired_ratios = timings.pairs(key)
+        if paired_ratios is not None:   # paired: medians of the per-pair ratios
+            (r["wall_speedup"], r["cpu_speedup"]), (r["wall_speedup_runs"], r["cpu_speedup_runs"]) = paired_ratios
             r["timing"] = "paired"
     full_row = {"method": "full", "label": "full", "block_eval_fraction": 1.0,
                 "model_evals": counts_full and counts_full["model_calls"], "seconds": t_full,
                 "seconds_runs": [t_full0, t_full1], "cpu_seconds": cpu_full,
-                "cpu_seconds_runs": [cpu_full0, cpu_s[id(e_full1)]], "wall_speedup": 1.0, "cpu_speedup": 1.0,
+                "cpu_seconds_runs": [cpu_full0, timings.cpu(e_full1["_bench_key"])], "wall_speedup": 1.0,
+                "cpu_speedup": 1.0,
                 **evaluate(x_full)}
     for r in [full_row] + rows:
         if r.get("psnr") is None:

@@ -298,3 +298,24 @@ def test_cpu_efficiency_splits_procache_by_reuse_mode_when_both_ran():
     assert abs(eff["procache"] - 0.85) < 1e-12 and abs(eff["magcache"] - 0.9) < 1e-12
     only_blocks = cpu_efficiency({"families": {"flux": {"cases": [{"rows": rows[:1]}]}}})
     assert set(only_blocks) == {"procache"}
+
+
+def test_row_timings_keep_each_rows_runs_after_its_entry_is_gone():
+    """Rows are keyed by a sequence number: a row's history entry is freed once the row is built, and a
+    later entry can take its id(), which once gave one row another row's times."""
+    import gc
+
+    t = bp.RowTimings()
+    keys = []
+    for i in range(50):
+        entry = {"n": i}                       # a fresh object per row, dropped right after, as in the bench
+        keys.append(t.add([1.0 + i], [2.0 + i], walls=[3.0 + i], cpus=[4.0 + i]))
+        entry["key"] = keys[-1]
+        del entry
+        gc.collect()
+    assert keys == list(range(50))
+    for i, k in enumerate(keys):
+        assert t.runs(k) == ([1.0 + i], [2.0 + i])
+        assert t.cpu(k) == 2.0 + i
+        assert t.pairs(k) == ((3.0 + i, 4.0 + i), ([3.0 + i], [4.0 + i]))
+    assert t.pairs(t.add([1.0], [1.0])) is None   # unpaired timing has no ratios
