@@ -369,7 +369,9 @@ def _preset_from_mapping(data: Mapping[Any, Any]) -> Preset:
     for key in data:
         if not isinstance(key, str) or key not in KNOWN_KEYS:
             shown = key if isinstance(key, str) else repr(key)
-            raise ScheduleError(str(shown)[:60], "is not a preset key.", f"use only {', '.join(KNOWN_KEYS)}.")
+            why = "" if isinstance(key, str) else (
+                " (YAML reads an unquoted yes/no/on/off/true/false/null or number as a value, not a name)")
+            raise ScheduleError(str(shown)[:60], f"is not a preset key{why}.", f"use only {', '.join(KNOWN_KEYS)}.")
     version = _check_version(data.get("version", PRESET_VERSION))
     if "name" not in data or data["name"] is None:
         raise ScheduleError("name", "is missing.", "add e.g. 'name: my-preset'.")
