@@ -341,8 +341,9 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         entry = client.run(with_counter(prompt, uuid.uuid4().hex), timeout=1800)
         return entry, hd.exec_seconds(entry), server_cpu_seconds(srv) - c0
 
-    def sample(prefix: str, prompt: dict, runs: int = timing_runs) -> tuple[torch.Tensor, dict, float]:
-        """The first run's output and entry, and the median host-reported time over `runs` runs (the
+    def sample(prefix: str, prompt: dict, runs: int = timing_runs) -> tuple[torch.Tensor, dict, float, int]:
+        """The first run's output and entry, the median host-reported time over `runs` runs and the row's
+        key in ``timings`` (the
         counter's token makes every run execute from the loader on). With `paired`, a full-compute run
         precedes each run and the row's speed-ups are the medians of the per-pair ratios, so load from
         other processes that drifts during the bench hits both sides of each ratio alike. Every run's
@@ -360,14 +361,13 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
             first = first or entry
         x = hd.decode_latent_file(client.output_files(first, "latents")[0])
         key = timings.add(times, cpu, walls if paired else None, cpus if paired else None)
-        first["_bench_key"] = key
-        return x, first, statistics.median(times)
+        return x, first, statistics.median(times), key
 
     timings = RowTimings()
     log(f"[bench-peers] {fam} {case['name']}")
-    x_full, e_full, t_full0 = sample("full", hd.digits_prompt(fam, prefix="full", **base))
+    x_full, e_full, t_full0, k_full = sample("full", hd.digits_prompt(fam, prefix="full", **base))
     counts_full = _count_line(e_full)
-    cpu_full0 = timings.cpu(e_full["_bench_key"])
+    cpu_full0 = timings.cpu(k_full)
     f_full = features(featnet, x_full).numpy()
 
     def evaluate(x: torch.Tensor) -> dict:
@@ -376,12 +376,11 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     rows: list[dict] = []
 
     def procache_row(prefix: str, label: str, setting: str, procache: dict) -> None:
-        x, e, t = sample(prefix, hd.digits_prompt(fam, prefix=prefix, procache=procache, **base))
+        x, e, t, key = sample(prefix, hd.digits_prompt(fam, prefix=prefix, procache=procache, **base))
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": label, "setting": setting,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, "cpu_seconds": timings.cpu(e["_bench_key"]), "_entry": e["_bench_key"],
-                     **evaluate(x)})
+                     "seconds": t, "cpu_seconds": timings.cpu(key), "_entry": key, **evaluate(x)})
 
     for preset in PROCACHE_PRESETS[fam]:
         procache_row("pc", f"procache {preset}", preset, {"preset": preset})
@@ -417,7 +416,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 label = (f"{p.name.lower()}{suffix} " + " ".join(f"{k}={v}" for k, v in setting.items())
                          + (" (documented setting)" if documented else ""))
                 try:
-                    x, e, t = sample(p.name.lower(), with_peer(plain, p.node, p.inputs(fam, setting), extra))
+                    x, e, t, key = sample(p.name.lower(), with_peer(plain, p.node, p.inputs(fam, setting), extra))
                 except PromptError as exc:
                     # the node refuses this model whatever its knob: one row for the sweep
                     rows.append(_blank_row(p, f"error: {str(exc)[:300]}", label=f"{p.name.lower()}{suffix} (sweep)",
@@ -431,11 +430,11 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 rows.append({"method": p.name.lower() + ("+ourratios" if suffix else ""), "label": label,
                              "setting": setting, "note": note, "documented": documented,
                              "block_eval_fraction": frac, "model_evals": c and c["model_calls"],
-                             "seconds": t, "cpu_seconds": timings.cpu(e["_bench_key"]), "_entry": e["_bench_key"],
-                     **evaluate(x)})
-    _, e_full1, t_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
+                             "seconds": t, "cpu_seconds": timings.cpu(key), "_entry": key, **evaluate(x)})
+    _, _, t_full1, k_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
+    cpu_full1 = timings.cpu(k_full1)
     t_full = (t_full0 + t_full1) / 2
-    cpu_full = (cpu_full0 + timings.cpu(e_full1["_bench_key"])) / 2
+    cpu_full = (cpu_full0 + cpu_full1) / 2
     for r in rows:
         r["wall_speedup"] = t_full / r["seconds"] if r.get("seconds") else float("nan")
         r["cpu_speedup"] = cpu_full / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
@@ -452,8 +451,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     full_row = {"method": "full", "label": "full", "block_eval_fraction": 1.0,
                 "model_evals": counts_full and counts_full["model_calls"], "seconds": t_full,
                 "seconds_runs": [t_full0, t_full1], "cpu_seconds": cpu_full,
-                "cpu_seconds_runs": [cpu_full0, timings.cpu(e_full1["_bench_key"])], "wall_speedup": 1.0,
-                "cpu_speedup": 1.0,
+                "cpu_seconds_runs": [cpu_full0, cpu_full1], "wall_speedup": 1.0, "cpu_speedup": 1.0,
                 **evaluate(x_full)}
     for r in [full_row] + rows:
         if r.get("psnr") is None:
