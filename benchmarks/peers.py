@@ -57,6 +57,8 @@ PROCACHE_PRESETS = {"flux": ("flux-28-quality", "flux-28-balanced", "flux-28-fas
 # call) and forecasting light, the pair the step-cost bench measured best (benchmarks/results/step_cost_cpu.md)
 STEP_FORECAST = {"enabled": False, "depth_fraction": 1.0, "ratio": 0.3, "w_staleness": 1.0, "w_input_change": 0.0,
                  "w_output_norm": 0.0, "w_spatial": 0.0, "forecast": "light (order 1)"}
+# shares of the steps computed in full by the light step-reuse rows (the paper schedule carried to that budget)
+GENTLE_FULL_SHARES = (0.7, 0.85, 0.9, 0.95)
 
 
 # ---------------------------------------------------------------------------------------------- discovery
@@ -391,8 +393,9 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     for preset in PROCACHE_PRESETS[fam]:
         procache_row("pcs", f"procache {preset} {STEP_LABEL}", preset,
                      {"preset": preset, "apply": {"reuse": "step"}, "selective": STEP_FORECAST})
-    # and the light end of the curve (more full steps), where the peers' mildest settings sit
-    for budget in (round(0.7 * steps), round(0.85 * steps)):
+    # and the light end of the curve (more full steps), down to one cached step, where the peers' mildest
+    # settings sit (MagCache at its lowest thresholds skips one step of 20)
+    for budget in sorted({round(f * steps) for f in GENTLE_FULL_SHARES} - {steps}):
         sched = paper_schedule(fam, steps, budget)
         procache_row("pcq", f"procache paper-style B={budget} {STEP_LABEL}", sched,
                      {"actions": sched, "apply": {"reuse": "step"}, "selective": STEP_FORECAST})
