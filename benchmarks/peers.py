@@ -344,12 +344,11 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         return entry, hd.exec_seconds(entry), server_cpu_seconds(srv) - c0
 
     def sample(prefix: str, prompt: dict, runs: int = timing_runs) -> tuple[torch.Tensor, dict, float, int]:
-        """The first run's output and entry, the median host-reported time over `runs` runs and the row's
-        key in ``timings`` (the
-        counter's token makes every run execute from the loader on). With `paired`, a full-compute run
-        precedes each run and the row's speed-ups are the medians of the per-pair ratios, so load from
-        other processes that drifts during the bench hits both sides of each ratio alike. Every run's
-        time (and, paired, every pair's ratio) is kept so the report can show the spread."""
+        """The first run's output and entry, the median host-reported time over `runs` runs (the counter's
+        token makes every run execute from the loader on) and the row's key in ``timings``. With `paired`, a
+        full-compute run precedes each run and the row's speed-ups are the medians of the per-pair ratios, so
+        load from other processes that drifts during the bench hits both sides of each ratio alike. Every
+        run's time (and, paired, every pair's ratio) is kept so the report can show the spread."""
         times, cpu, walls, cpus, first = [], [], [], [], None
         for _ in range(runs):
             if paired:
@@ -382,7 +381,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
         st = hd.parse_stats(hd.stats_text(e))
         rows.append({"method": "procache", "label": label, "setting": setting,
                      "block_eval_fraction": st["block_eval_fraction"], "model_evals": st["model_evals"],
-                     "seconds": t, "cpu_seconds": timings.cpu(key), "_entry": key, **evaluate(x)})
+                     "seconds": t, "cpu_seconds": timings.cpu(key), "_timing_key": key, **evaluate(x)})
 
     for preset in PROCACHE_PRESETS[fam]:
         procache_row("pc", f"procache {preset}", preset, {"preset": preset})
@@ -433,7 +432,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
                 rows.append({"method": p.name.lower() + ("+ourratios" if suffix else ""), "label": label,
                              "setting": setting, "note": note, "documented": documented,
                              "block_eval_fraction": frac, "model_evals": c and c["model_calls"],
-                             "seconds": t, "cpu_seconds": timings.cpu(key), "_entry": key, **evaluate(x)})
+                             "seconds": t, "cpu_seconds": timings.cpu(key), "_timing_key": key, **evaluate(x)})
     _, _, t_full1, k_full1 = sample("full2", hd.digits_prompt(fam, prefix="full2", **base))
     cpu_full1 = timings.cpu(k_full1)
     t_full = (t_full0 + t_full1) / 2
@@ -441,7 +440,7 @@ def _run_case(client, srv, fam, case, steps, cfg, repeat, digits, labels, featne
     for r in rows:
         r["wall_speedup"] = t_full / r["seconds"] if r.get("seconds") else float("nan")
         r["cpu_speedup"] = cpu_full / r["cpu_seconds"] if r.get("cpu_seconds") else float("nan")
-        key = r.pop("_entry", None)
+        key = r.pop("_timing_key", None)
         if key is None:
             continue
         r["seconds_runs"], r["cpu_seconds_runs"] = timings.runs(key)
